@@ -1,0 +1,194 @@
+//! Each breaker's in-process state: one atomic word (see `machine.rs`), found once per call
+//! site and cached there.
+//!
+//! For the in-memory storage the word is the breaker. For a shared storage it is this
+//! process's view of the shared state, refreshed by every storage reply, so that a closed
+//! breaker is known to be closed, and an open one known to be open until its deadline,
+//! without asking the storage.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError, RwLock};
+use std::time::Duration;
+
+use crate::clock::Nanos;
+use crate::error::StorageError;
+use crate::handler::{CircuitBreaker, State};
+use crate::key::{self, Key};
+use crate::machine::{Window, Word, deadline_ticks};
+use crate::policy::Config;
+use crate::storage::Snapshot;
+
+/// The longest per-call key a breaker accepts, so a key computed from user input cannot
+/// grow storage keys without bound.
+pub(crate) const MAX_KEY_LEN: usize = 512;
+
+#[derive(Debug)]
+pub(crate) struct Cell {
+    word: AtomicU64,
+    /// Counts for the windowed policies; locked only by calls that record into a window.
+    pub(crate) window: Mutex<Window>,
+    pub(crate) key: Key,
+}
+
+impl Cell {
+    /// A cell in no registry, for a call whose key was unusable.
+    pub(crate) fn detached(key: &'static str) -> Self {
+        Cell::new(Key::Static(key))
+    }
+
+    fn new(key: Key) -> Self {
+        Cell {
+            word: AtomicU64::new(Word::CLOSED.0),
+            window: Mutex::default(),
+            key,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn load(&self) -> Word {
+        Word(self.word.load(Ordering::Acquire))
+    }
+
+    #[inline]
+    pub(crate) fn compare_exchange(&self, current: Word, new: Word) -> Result<Word, Word> {
+        self.word
+            .compare_exchange(current.0, new.0, Ordering::AcqRel, Ordering::Acquire)
+            .map(Word)
+            .map_err(Word)
+    }
+
+    pub(crate) fn swap(&self, new: Word) -> Word {
+        Word(self.word.swap(new.0, Ordering::AcqRel))
+    }
+
+    pub(crate) fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adopts the state a shared storage reported; returns the previous word.
+    pub(crate) fn mirror(&self, snapshot: &Snapshot, now: Nanos, config: &Config) -> (Word, Word) {
+        let current = self.load();
+        let refresh = |wait: Option<Duration>| {
+            deadline_ticks(now.saturating_add(nanos(wait.unwrap_or(config.recovery_timeout))))
+        };
+        let next = match snapshot.state {
+            State::Closed if current.phase() == State::Closed => {
+                current.with_failures(snapshot.failures.min(u64::from(u32::MAX)) as u32)
+            }
+            State::Closed => current
+                .next(State::Closed, 0)
+                .with_failures(snapshot.failures.min(u64::from(u32::MAX)) as u32),
+            State::Open => current.next(State::Open, refresh(snapshot.retry_in)),
+            // A forced-open breaker is asked again after one recovery timeout, to see a reset.
+            State::ForcedOpen => current.next(State::ForcedOpen, refresh(None)),
+            state => current.next(state, 0),
+        };
+        (self.swap(next), next)
+    }
+}
+
+pub(crate) fn nanos(duration: Duration) -> Nanos {
+    duration.as_nanos().min(u128::from(u64::MAX)) as Nanos
+}
+
+/// A reference to a cell: borrowed from a call site for the handler's own key, shared for a
+/// key computed per call.
+pub(crate) enum CellRef<'a> {
+    Borrowed(&'a Cell),
+    Shared(Arc<Cell>),
+}
+
+impl Deref for CellRef<'_> {
+    type Target = Cell;
+    #[inline]
+    fn deref(&self) -> &Cell {
+        match self {
+            CellRef::Borrowed(cell) => cell,
+            CellRef::Shared(cell) => cell,
+        }
+    }
+}
+
+/// All breakers of one handler on one storage instance: the handler's own key and every
+/// per-call key under it.
+#[derive(Debug)]
+pub(crate) struct Family {
+    cell: Cell,
+    keyed: RwLock<HashMap<Box<str>, Arc<Cell>>>,
+}
+
+impl Family {
+    pub(crate) fn cell<'a>(&'a self, per_call: Option<&str>) -> Result<CellRef<'a>, StorageError> {
+        let Some(per_call) = per_call else {
+            return Ok(CellRef::Borrowed(&self.cell));
+        };
+        if let Some(cell) = self
+            .keyed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(per_call)
+        {
+            return Ok(CellRef::Shared(cell.clone()));
+        }
+        if per_call.is_empty() || per_call.len() > MAX_KEY_LEN {
+            return Err(StorageError::InvalidKey {
+                key: per_call.chars().take(64).collect(),
+                detail: "a per-call key must be 1 to 512 bytes long",
+            });
+        }
+        let mut keyed = self.keyed.write().unwrap_or_else(PoisonError::into_inner);
+        let cell = keyed.entry(per_call.into()).or_insert_with(|| {
+            Arc::new(Cell::new(Key::Shared(key::join(
+                self.cell.key.as_str(),
+                per_call,
+            ))))
+        });
+        Ok(CellRef::Shared(cell.clone()))
+    }
+}
+
+type RegistryKey = (TypeId, usize);
+
+static REGISTRY: LazyLock<Mutex<HashMap<RegistryKey, Arc<Family>>>> = LazyLock::new(Mutex::default);
+
+/// The family of handler `H` on the storage at `storage`.
+pub(crate) fn family<H: CircuitBreaker>(storage: &H::Storage) -> Arc<Family> {
+    let id = (
+        TypeId::of::<H>(),
+        storage as *const H::Storage as *const () as usize,
+    );
+    let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    registry
+        .entry(id)
+        .or_insert_with(|| {
+            Arc::new(Family {
+                cell: Cell::new(Key::Static(H::FAILURE_KEY)),
+                keyed: RwLock::default(),
+            })
+        })
+        .clone()
+}
+
+/// A call site's cache of its family; a `static` in the code `#[circuit_breaker]` generates.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Site {
+    family: OnceLock<Arc<Family>>,
+}
+
+impl Site {
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        Site {
+            family: OnceLock::new(),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn family<H: CircuitBreaker>(&self, storage: &H::Storage) -> &Family {
+        self.family.get_or_init(|| family::<H>(storage))
+    }
+}

@@ -1,0 +1,482 @@
+//! What happens around a guarded call: admission before the body runs, recording after it.
+//! `#[circuit_breaker]` and [`Breaker::call`](crate::Breaker::call) both come here.
+//!
+//! The in-memory storage decides in this process with the rules of `machine.rs`. A shared
+//! storage decides on its server: the local cell only lets a closed breaker pass and an open
+//! one reject without a round trip, and adopts whatever the storage replies.
+
+use std::any::Any;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::task::Poll;
+
+use crate::cell::{CellRef, nanos};
+use crate::clock::{Clock, Nanos};
+use crate::error::{CircuitBreakerOpen, Rejection, StorageError};
+use crate::handler::{CircuitBreaker, State};
+use crate::machine::{Admit, Outcome, Refusal, Word, admit, settle};
+use crate::policy::{Config, FailurePolicy, OnStorageFailure};
+use crate::storage::{
+    AsyncStorage, Backend, Blocking, NonBlocking, Op, Request, Snapshot, Storage, ready,
+};
+
+/// A panic caught in a guarded body, to be resumed once it has been recorded.
+pub type Panic = Box<dyn Any + Send + 'static>;
+
+/// Handler `H`'s configuration, checked at compile time wherever `H` guards a call.
+pub(crate) struct Cfg<H>(PhantomData<H>);
+
+impl<H: CircuitBreaker> Cfg<H> {
+    pub(crate) const CONFIG: Config = Config::of::<H>();
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Admitted while closed; the outcome is counted.
+    Closed,
+    /// Admitted as a half-open trial.
+    Trial,
+    /// Admitted without the breaker (forced closed, or the storage failed and the policy
+    /// let the call through); nothing is recorded.
+    Unrecorded,
+}
+
+/// A call the breaker admitted. Recording its outcome consumes it; dropping it unrecorded
+/// (a cancelled future, a thread that died) gives a trial permit back.
+#[must_use = "a guard records the call's outcome when completed"]
+pub struct Guard<'a, H: CircuitBreaker> {
+    handler: &'a H,
+    cell: CellRef<'a>,
+    clock: &'a Clock,
+    admitted: Word,
+    role: Role,
+    in_process: bool,
+    started: Nanos,
+}
+
+impl<H: CircuitBreaker> Drop for Guard<'_, H> {
+    fn drop(&mut self) {
+        // Shared storages lease permits, and the lease lapses by itself.
+        if self.role == Role::Trial && self.in_process {
+            settle_in_process(self, Outcome::Abandoned);
+        }
+    }
+}
+
+impl<'a, H: CircuitBreaker> Guard<'a, H> {
+    fn new(
+        handler: &'a H,
+        cell: CellRef<'a>,
+        clock: &'a Clock,
+        admitted: Word,
+        role: Role,
+        in_process: bool,
+    ) -> Self {
+        let started = if Cfg::<H>::CONFIG.slow_call_threshold.is_some() {
+            clock.now()
+        } else {
+            0
+        };
+        Guard {
+            handler,
+            cell,
+            clock,
+            admitted,
+            role,
+            in_process,
+            started,
+        }
+    }
+
+    fn outcome<T, E: 'static>(&self, result: &Result<Result<T, E>, Panic>) -> Option<Outcome> {
+        let failure = Outcome::Failure { trips: false };
+        match result {
+            Ok(Ok(_)) => match Cfg::<H>::CONFIG.slow_call_threshold {
+                Some(slow) if self.clock.now().saturating_sub(self.started) > nanos(slow) => {
+                    Some(failure)
+                }
+                _ => Some(Outcome::Success),
+            },
+            Ok(Err(error)) if self.handler.is_failure(error) => Some(failure),
+            Ok(Err(_)) => None,
+            Err(_) => Some(failure),
+        }
+    }
+
+    /// Records a blocking call's outcome and returns its result, or resumes its panic.
+    pub fn complete<T, E: 'static>(mut self, result: Result<Result<T, E>, Panic>) -> Result<T, E>
+    where
+        H::Storage: Storage,
+    {
+        let outcome = self.outcome(&result);
+        if self.in_process {
+            record_in_process(&mut self, outcome);
+        } else {
+            let storage = self.handler.storage();
+            ready(record_shared(&mut self, &Blocking(storage), outcome));
+        }
+        result.unwrap_or_else(|panic| resume_unwind(panic))
+    }
+
+    /// Records an async call's outcome and returns its result, or resumes its panic.
+    pub async fn complete_async<T, E: 'static>(
+        mut self,
+        result: Result<Result<T, E>, Panic>,
+    ) -> Result<T, E>
+    where
+        H::Storage: AsyncStorage,
+    {
+        let outcome = self.outcome(&result);
+        if self.in_process {
+            record_in_process(&mut self, outcome);
+        } else {
+            let storage = self.handler.storage();
+            record_shared(&mut self, &NonBlocking(storage), outcome).await;
+        }
+        result.unwrap_or_else(|panic| resume_unwind(panic))
+    }
+}
+
+/// Runs a blocking body, catching a panic so it can be recorded before it resumes.
+#[inline]
+pub fn catch<R>(body: impl FnOnce() -> R) -> Result<R, Panic> {
+    catch_unwind(AssertUnwindSafe(body))
+}
+
+/// Runs an async body, catching a panic from any of its polls.
+pub async fn catch_async<F: Future>(body: F) -> Result<F::Output, Panic> {
+    let mut body = std::pin::pin!(body);
+    std::future::poll_fn(move |context| {
+        match catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(context))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
+    .await
+}
+
+/// Admission for a blocking call.
+#[inline]
+pub fn enter<'a, H>(
+    handler: &'a H,
+    site: &'a crate::cell::Site,
+    key: Option<&str>,
+    method: &'static str,
+) -> Result<Guard<'a, H>, CircuitBreakerOpen>
+where
+    H: CircuitBreaker,
+    H::Storage: Storage,
+{
+    let storage = handler.storage();
+    let clock = Storage::clock(storage);
+    let cell = match site.family::<H>(storage).cell(key) {
+        Ok(cell) => cell,
+        Err(error) => return storage_failed_before_call(handler, None, clock, method, error),
+    };
+    if <H::Storage as Storage>::__IN_PROCESS {
+        enter_in_process(handler, cell, clock, method)
+    } else {
+        ready(enter_shared(
+            handler,
+            &Blocking(storage),
+            clock,
+            cell,
+            method,
+        ))
+    }
+}
+
+/// Admission for an async call.
+#[inline]
+pub async fn enter_async<'a, H>(
+    handler: &'a H,
+    site: &'a crate::cell::Site,
+    key: Option<&str>,
+    method: &'static str,
+) -> Result<Guard<'a, H>, CircuitBreakerOpen>
+where
+    H: CircuitBreaker,
+    H::Storage: AsyncStorage,
+{
+    let storage = handler.storage();
+    let clock = AsyncStorage::clock(storage);
+    let cell = match site.family::<H>(storage).cell(key) {
+        Ok(cell) => cell,
+        Err(error) => return storage_failed_before_call(handler, None, clock, method, error),
+    };
+    if <H::Storage as AsyncStorage>::__IN_PROCESS {
+        enter_in_process(handler, cell, clock, method)
+    } else {
+        enter_shared(handler, &NonBlocking(storage), clock, cell, method).await
+    }
+}
+
+#[inline]
+pub(crate) fn enter_in_process<'a, H: CircuitBreaker>(
+    handler: &'a H,
+    cell: CellRef<'a>,
+    clock: &'a Clock,
+    method: &'static str,
+) -> Result<Guard<'a, H>, CircuitBreakerOpen> {
+    let mut word = cell.load();
+    loop {
+        let decision = match word.phase() {
+            // The closed path reads no clock.
+            State::Closed => Admit::Pass,
+            _ => admit(word, clock.coarse_now(), Cfg::<H>::CONFIG.half_open_trials),
+        };
+        match decision {
+            Admit::Pass => {
+                let role = if word.phase() == State::Closed {
+                    Role::Closed
+                } else {
+                    Role::Unrecorded
+                };
+                return Ok(Guard::new(handler, cell, clock, word, role, true));
+            }
+            Admit::Reject(refusal) => {
+                return Err(reject(handler, &cell, clock, method, word, refusal));
+            }
+            Admit::Trial(next) => match cell.compare_exchange(word, next) {
+                Ok(_) => {
+                    notify(handler, &cell, word, next);
+                    return Ok(Guard::new(handler, cell, clock, next, Role::Trial, true));
+                }
+                Err(actual) => word = actual,
+            },
+        }
+    }
+}
+
+pub(crate) async fn enter_shared<'a, H: CircuitBreaker, B: Backend>(
+    handler: &'a H,
+    backend: &B,
+    clock: &'a Clock,
+    cell: CellRef<'a>,
+    method: &'static str,
+) -> Result<Guard<'a, H>, CircuitBreakerOpen> {
+    let word = cell.load();
+    match word.phase() {
+        State::Closed | State::ForcedClosed => {
+            return Ok(Guard::new(handler, cell, clock, word, Role::Closed, false));
+        }
+        State::Open | State::ForcedOpen => {
+            let refusal = if word.phase() == State::Open {
+                Refusal::Open
+            } else {
+                Refusal::ForcedOpen
+            };
+            if word
+                .deadline()
+                .is_some_and(|deadline| clock.coarse_now() < deadline)
+            {
+                return Err(reject(handler, &cell, clock, method, word, refusal));
+            }
+        }
+        State::HalfOpen => {}
+    }
+    let config = &Cfg::<H>::CONFIG;
+    match backend
+        .execute(&Request::new(cell.key.as_str(), Op::AcquireTrial, config))
+        .await
+    {
+        Ok(snapshot) => {
+            let word = adopt(handler, &cell, clock, &snapshot);
+            let refusal = match snapshot.state {
+                State::Closed | State::ForcedClosed => {
+                    return Ok(Guard::new(handler, cell, clock, word, Role::Closed, false));
+                }
+                State::HalfOpen if snapshot.permit => {
+                    return Ok(Guard::new(handler, cell, clock, word, Role::Trial, false));
+                }
+                State::HalfOpen => Refusal::TrialsInProgress,
+                State::Open => Refusal::Open,
+                State::ForcedOpen => Refusal::ForcedOpen,
+            };
+            Err(reject(handler, &cell, clock, method, word, refusal))
+        }
+        Err(error) => storage_failed_before_call(handler, Some(cell), clock, method, error),
+    }
+}
+
+/// The storage failed before the call: the handler's policy lets the call through
+/// unrecorded or rejects it.
+pub(crate) fn storage_failed_before_call<'a, H: CircuitBreaker>(
+    handler: &'a H,
+    cell: Option<CellRef<'a>>,
+    clock: &'a Clock,
+    method: &'static str,
+    error: StorageError,
+) -> Result<Guard<'a, H>, CircuitBreakerOpen> {
+    handler.on_storage_error(
+        cell.as_ref()
+            .map_or(H::FAILURE_KEY, |cell| cell.key.as_str()),
+        &error,
+    );
+    match (Cfg::<H>::CONFIG.on_storage_failure, cell) {
+        (OnStorageFailure::Allow, Some(cell)) => {
+            let word = cell.load();
+            Ok(Guard::new(
+                handler,
+                cell,
+                clock,
+                word,
+                Role::Unrecorded,
+                false,
+            ))
+        }
+        (OnStorageFailure::Allow, None) => {
+            // No cell for an unusable key: the call runs against a throwaway one.
+            let cell = CellRef::Shared(std::sync::Arc::new(crate::cell::Cell::detached(
+                H::FAILURE_KEY,
+            )));
+            Ok(Guard::new(
+                handler,
+                cell,
+                clock,
+                Word::CLOSED,
+                Role::Unrecorded,
+                false,
+            ))
+        }
+        (OnStorageFailure::Reject, cell) => {
+            let rejection = CircuitBreakerOpen {
+                key: cell.map_or(crate::key::Key::Static(H::FAILURE_KEY), |cell| {
+                    cell.key.clone()
+                }),
+                method,
+                opened_at: None,
+                retry_at: None,
+                reason: Rejection::StorageFailed(error),
+            };
+            handler.on_rejected(&rejection);
+            Err(rejection)
+        }
+    }
+}
+
+fn reject<H: CircuitBreaker>(
+    handler: &H,
+    cell: &CellRef<'_>,
+    clock: &Clock,
+    method: &'static str,
+    word: Word,
+    refusal: Refusal,
+) -> CircuitBreakerOpen {
+    let recovery = nanos(Cfg::<H>::CONFIG.recovery_timeout);
+    let deadline = word.deadline();
+    let rejection = CircuitBreakerOpen {
+        key: cell.key.clone(),
+        method,
+        opened_at: match refusal {
+            Refusal::Open => deadline.map(|deadline| clock.wall(deadline.saturating_sub(recovery))),
+            _ => None,
+        },
+        retry_at: match refusal {
+            Refusal::Open => deadline.map(|deadline| clock.wall(deadline)),
+            _ => None,
+        },
+        reason: match refusal {
+            Refusal::Open => Rejection::Open,
+            Refusal::TrialsInProgress => Rejection::TrialsInProgress,
+            Refusal::ForcedOpen => Rejection::ForcedOpen,
+        },
+    };
+    handler.on_rejected(&rejection);
+    rejection
+}
+
+fn notify<H: CircuitBreaker>(handler: &H, cell: &CellRef<'_>, from: Word, to: Word) {
+    if from.phase() != to.phase() {
+        handler.on_state_change(cell.key.as_str(), from.phase(), to.phase());
+    }
+}
+
+/// Adopts a shared storage's reply in the local cell.
+pub(crate) fn adopt<H: CircuitBreaker>(
+    handler: &H,
+    cell: &CellRef<'_>,
+    clock: &Clock,
+    snapshot: &Snapshot,
+) -> Word {
+    let (from, to) = cell.mirror(snapshot, clock.now(), &Cfg::<H>::CONFIG);
+    notify(handler, cell, from, to);
+    to
+}
+
+fn record_in_process<H: CircuitBreaker>(guard: &mut Guard<'_, H>, outcome: Option<Outcome>) {
+    let role = std::mem::replace(&mut guard.role, Role::Unrecorded);
+    match (role, outcome) {
+        (Role::Unrecorded, _) => {}
+        (Role::Trial, None) => settle_in_process(guard, Outcome::Abandoned),
+        (Role::Closed, None) => {}
+        (_, Some(outcome)) => settle_in_process(guard, outcome),
+    }
+}
+
+fn settle_in_process<H: CircuitBreaker>(guard: &Guard<'_, H>, outcome: Outcome) {
+    let config = &Cfg::<H>::CONFIG;
+    let cell = &guard.cell;
+    let failed = matches!(outcome, Outcome::Failure { .. });
+    let in_window = guard.admitted.phase() == State::Closed
+        && match config.policy {
+            FailurePolicy::Consecutive => false,
+            FailurePolicy::CountInWindow { .. } => failed,
+            FailurePolicy::Rate { .. } => outcome != Outcome::Abandoned,
+        };
+    // Consecutive-policy successes read no clock.
+    let now = if failed || in_window {
+        guard.clock.now()
+    } else {
+        0
+    };
+    let outcome = if in_window {
+        let trips = cell.window().record(config, now, failed);
+        if failed {
+            Outcome::Failure { trips }
+        } else {
+            Outcome::Success
+        }
+    } else {
+        outcome
+    };
+    let mut word = cell.load();
+    while let Some(next) = settle(word, guard.admitted, outcome, config, now) {
+        match cell.compare_exchange(word, next) {
+            Ok(_) => {
+                if next.phase() != word.phase() {
+                    cell.window().clear();
+                }
+                notify(guard.handler, cell, word, next);
+                return;
+            }
+            Err(actual) => word = actual,
+        }
+    }
+}
+
+async fn record_shared<H: CircuitBreaker, B: Backend>(
+    guard: &mut Guard<'_, H>,
+    backend: &B,
+    outcome: Option<Outcome>,
+) {
+    let role = std::mem::replace(&mut guard.role, Role::Unrecorded);
+    let op = match (role, outcome) {
+        (Role::Closed, Some(Outcome::Success)) => Op::Success,
+        (Role::Closed, Some(Outcome::Failure { .. })) => Op::Failure,
+        (Role::Trial, Some(Outcome::Success)) => Op::TrialSuccess,
+        (Role::Trial, Some(Outcome::Failure { .. })) => Op::TrialFailure,
+        _ => return,
+    };
+    let request = Request::new(guard.cell.key.as_str(), op, &Cfg::<H>::CONFIG);
+    match backend.execute(&request).await {
+        Ok(snapshot) => {
+            adopt(guard.handler, &guard.cell, guard.clock, &snapshot);
+        }
+        Err(error) => guard
+            .handler
+            .on_storage_error(guard.cell.key.as_str(), &error),
+    }
+}

@@ -1,0 +1,224 @@
+//! The handler trait: one unit struct per breaker, configured with associated consts.
+
+use std::any::Any;
+use std::time::Duration;
+
+use crate::error::{CircuitBreakerOpen, StorageError};
+use crate::policy::{FailurePolicy, OnStorageFailure};
+
+/// A circuit breaker's configuration and hooks, implemented on a unit struct.
+///
+/// The three required consts mirror the original circuitpy handler; the rest have defaults.
+/// An invalid value (a zero threshold, a zero recovery timeout, an empty key, a rate outside
+/// `(0, 1]`, ...) fails the build of every function that uses the handler.
+///
+/// The storage is reached through [`storage`](CircuitBreaker::storage); a unit struct returns
+/// a `static`, built lazily when it needs a runtime value such as a URL:
+///
+/// ```
+/// use std::sync::LazyLock;
+/// use std::time::Duration;
+/// use circuitpy::{circuit_breaker, CircuitBreaker, CircuitBreakerOpen, MemoryStorage};
+///
+/// static STORAGE: LazyLock<MemoryStorage> = LazyLock::new(MemoryStorage::new);
+///
+/// struct RequestCircuitBreaker;
+///
+/// impl CircuitBreaker for RequestCircuitBreaker {
+///     const FAILURE_THRESHOLD: u32 = 100;
+///     const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+///     const FAILURE_KEY: &'static str = "request_cb";
+///     type Storage = MemoryStorage;
+///     fn storage(&self) -> &MemoryStorage {
+///         &STORAGE
+///     }
+/// }
+///
+/// #[derive(Debug)]
+/// enum FetchError { Open(CircuitBreakerOpen), Http(u16) }
+/// impl From<CircuitBreakerOpen> for FetchError {
+///     fn from(open: CircuitBreakerOpen) -> Self { FetchError::Open(open) }
+/// }
+///
+/// #[circuit_breaker(handler = RequestCircuitBreaker)]
+/// fn fetch_user(id: u64) -> Result<String, FetchError> {
+///     if id == 0 { Err(FetchError::Http(404)) } else { Ok(format!("user {id}")) }
+/// }
+///
+/// assert_eq!(fetch_user(7).unwrap(), "user 7");
+/// ```
+pub trait CircuitBreaker: Send + Sync + 'static {
+    /// How many failures trip the breaker (consecutive, or within the window, per
+    /// [`FAILURE_POLICY`](CircuitBreaker::FAILURE_POLICY)). Not used by the rate policy.
+    const FAILURE_THRESHOLD: u32;
+    /// How long the breaker stays open before it admits trial calls.
+    const RECOVERY_TIMEOUT: Duration;
+    /// The name of the breaker's state in its storage. Handlers with the same key on the
+    /// same storage share one breaker when the storage is shared (Redis, SQL).
+    const FAILURE_KEY: &'static str;
+
+    /// How many trial calls are admitted while half-open; all must succeed to close.
+    const HALF_OPEN_TRIALS: u32 = 1;
+    /// How failures are counted.
+    const FAILURE_POLICY: FailurePolicy = FailurePolicy::Consecutive;
+    /// A successful call that took longer than this counts as a failure. Off by default;
+    /// when on, each call reads the clock twice.
+    const SLOW_CALL_THRESHOLD: Option<Duration> = None;
+    /// What a call does when the storage fails or times out.
+    const ON_STORAGE_FAILURE: OnStorageFailure = OnStorageFailure::Allow;
+    /// The longest a storage command may take before it counts as failed. 50 ms is far
+    /// above a healthy round trip to Redis or PostgreSQL on a LAN (well under 1 ms) and far
+    /// below the 500 ms default of the redis client, so a stalled server costs a caller at
+    /// most one short wait per call instead of stalling it.
+    const STORAGE_TIMEOUT: Duration = Duration::from_millis(50);
+    /// Namespace of every key a shared storage writes, so two applications on one server
+    /// never collide.
+    const KEY_PREFIX: &'static str = "circuitpy";
+
+    /// Where the breaker's state lives: [`MemoryStorage`](crate::MemoryStorage), a Redis
+    /// client or connection, or any [`Storage`](crate::Storage) /
+    /// [`AsyncStorage`](crate::AsyncStorage).
+    type Storage;
+
+    /// The storage instance; for a unit struct, usually a `static`.
+    fn storage(&self) -> &Self::Storage;
+
+    /// Whether an error returned by a guarded function counts as a failure. All errors do
+    /// by default; errors that do not count pass through untouched and are not recorded.
+    ///
+    /// ```
+    /// use std::any::Any;
+    /// # use std::time::Duration;
+    /// # #[derive(Debug)] enum ApiError { NotFound, Unavailable }
+    /// # struct Api;
+    /// impl circuitpy::CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = circuitpy::MemoryStorage;
+    /// #   fn storage(&self) -> &circuitpy::MemoryStorage { unimplemented!() }
+    ///     // A 404 says nothing about the dependency's health.
+    ///     fn is_failure(&self, error: &dyn Any) -> bool {
+    ///         !matches!(error.downcast_ref::<ApiError>(), Some(ApiError::NotFound))
+    ///     }
+    /// }
+    /// ```
+    fn is_failure(&self, error: &dyn Any) -> bool {
+        let _ = error;
+        true
+    }
+
+    /// Called when this process sees the breaker change state.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # struct Api;
+    /// impl circuitpy::CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = circuitpy::MemoryStorage;
+    /// #   fn storage(&self) -> &circuitpy::MemoryStorage { unimplemented!() }
+    ///     fn on_state_change(&self, key: &str, from: circuitpy::State, to: circuitpy::State) {
+    ///         eprintln!("breaker {key}: {from} -> {to}");
+    ///     }
+    /// }
+    /// ```
+    fn on_state_change(&self, key: &str, from: State, to: State) {
+        let _ = (key, from, to);
+    }
+
+    /// Called for every rejected call, before the function returns its error or fallback.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # struct Api;
+    /// impl circuitpy::CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = circuitpy::MemoryStorage;
+    /// #   fn storage(&self) -> &circuitpy::MemoryStorage { unimplemented!() }
+    ///     fn on_rejected(&self, rejection: &circuitpy::CircuitBreakerOpen) {
+    ///         eprintln!("{rejection}");
+    ///     }
+    /// }
+    /// ```
+    fn on_rejected(&self, rejection: &CircuitBreakerOpen) {
+        let _ = rejection;
+    }
+
+    /// Called when the storage fails, whatever the storage-failure policy then decides.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # struct Api;
+    /// impl circuitpy::CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = circuitpy::MemoryStorage;
+    /// #   fn storage(&self) -> &circuitpy::MemoryStorage { unimplemented!() }
+    ///     fn on_storage_error(&self, key: &str, error: &circuitpy::StorageError) {
+    ///         eprintln!("breaker {key}: {error}");
+    ///     }
+    /// }
+    /// ```
+    fn on_storage_error(&self, key: &str, error: &StorageError) {
+        let _ = (key, error);
+    }
+}
+
+/// The state of a breaker.
+///
+/// ```
+/// assert_eq!(circuitpy::State::HalfOpen.to_string(), "half-open");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Calls run; outcomes are counted.
+    Closed,
+    /// Calls are rejected until the recovery timeout has passed.
+    Open,
+    /// A limited number of trial calls run; the rest are rejected.
+    HalfOpen,
+    /// Every call is rejected until [`Breaker::reset`](crate::Breaker::reset).
+    ForcedOpen,
+    /// Every call runs and nothing is recorded until [`Breaker::reset`](crate::Breaker::reset).
+    ForcedClosed,
+}
+
+impl State {
+    pub(crate) const fn code(self) -> u64 {
+        match self {
+            State::Closed => 0,
+            State::Open => 1,
+            State::HalfOpen => 2,
+            State::ForcedOpen => 3,
+            State::ForcedClosed => 4,
+        }
+    }
+
+    pub(crate) const fn from_code(code: u64) -> Option<State> {
+        Some(match code {
+            0 => State::Closed,
+            1 => State::Open,
+            2 => State::HalfOpen,
+            3 => State::ForcedOpen,
+            4 => State::ForcedClosed,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half-open",
+            State::ForcedOpen => "forced open",
+            State::ForcedClosed => "forced closed",
+        })
+    }
+}

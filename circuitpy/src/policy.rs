@@ -1,0 +1,202 @@
+//! How failures are counted, what a storage failure does, and the validated configuration a
+//! handler's consts add up to.
+
+use std::time::Duration;
+
+use crate::handler::CircuitBreaker;
+
+/// How failures are counted while the breaker is closed.
+///
+/// ```
+/// use circuitpy::FailurePolicy;
+/// use std::time::Duration;
+///
+/// // Trip when at least half of the calls of the last 30 s failed, once 20 calls were seen.
+/// const POLICY: FailurePolicy = FailurePolicy::Rate {
+///     rate: 0.5,
+///     window: Duration::from_secs(30),
+///     minimum_calls: 20,
+/// };
+/// # let _ = POLICY;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FailurePolicy {
+    /// Trip after `FAILURE_THRESHOLD` failures in a row; a success resets the count.
+    Consecutive,
+    /// Trip after `FAILURE_THRESHOLD` failures with no gap longer than `window` between them:
+    /// each failure renews the count's expiry, as the original circuitpy counted.
+    CountInWindow {
+        /// How long the count survives without a new failure.
+        window: Duration,
+    },
+    /// Trip when, over the last `window`, at least `minimum_calls` calls were made and the
+    /// share of them that failed is at least `rate`.
+    Rate {
+        /// The failure share that trips, in `(0, 1]`.
+        rate: f64,
+        /// The sliding window the share is measured over (ten buckets).
+        window: Duration,
+        /// Calls the window must hold before the share is judged.
+        minimum_calls: u32,
+    },
+}
+
+/// What a call does when the breaker's storage fails or times out.
+///
+/// ```
+/// use circuitpy::OnStorageFailure;
+/// assert_eq!(OnStorageFailure::default(), OnStorageFailure::Allow);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnStorageFailure {
+    /// Run the call as if the breaker were closed (fail open), after calling
+    /// [`on_storage_error`](crate::CircuitBreaker::on_storage_error).
+    #[default]
+    Allow,
+    /// Reject the call with a [`CircuitBreakerOpen`](crate::CircuitBreakerOpen) whose reason
+    /// carries the storage error (fail closed).
+    Reject,
+}
+
+/// A handler's consts, validated. Storages receive it with every request.
+///
+/// ```
+/// use circuitpy::{CircuitBreaker, Config, MemoryStorage};
+/// use std::time::Duration;
+/// # struct Api;
+/// # impl CircuitBreaker for Api {
+/// #   const FAILURE_THRESHOLD: u32 = 5;
+/// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+/// #   const FAILURE_KEY: &'static str = "api";
+/// #   type Storage = MemoryStorage;
+/// #   fn storage(&self) -> &MemoryStorage { unimplemented!() }
+/// # }
+/// const CONFIG: Config = Config::of::<Api>();
+/// assert_eq!(CONFIG.failure_threshold, 5);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// [`CircuitBreaker::FAILURE_THRESHOLD`].
+    pub failure_threshold: u32,
+    /// [`CircuitBreaker::RECOVERY_TIMEOUT`].
+    pub recovery_timeout: Duration,
+    /// [`CircuitBreaker::FAILURE_KEY`].
+    pub key: &'static str,
+    /// [`CircuitBreaker::HALF_OPEN_TRIALS`].
+    pub half_open_trials: u32,
+    /// [`CircuitBreaker::FAILURE_POLICY`].
+    pub policy: FailurePolicy,
+    /// [`CircuitBreaker::SLOW_CALL_THRESHOLD`].
+    pub slow_call_threshold: Option<Duration>,
+    /// [`CircuitBreaker::ON_STORAGE_FAILURE`].
+    pub on_storage_failure: OnStorageFailure,
+    /// [`CircuitBreaker::STORAGE_TIMEOUT`].
+    pub storage_timeout: Duration,
+    /// [`CircuitBreaker::KEY_PREFIX`].
+    pub key_prefix: &'static str,
+}
+
+/// The most trial calls a half-open breaker can admit at once.
+pub const MAX_HALF_OPEN_TRIALS: u32 = u16::MAX as u32;
+
+impl Config {
+    /// The configuration of handler `H`. Evaluated at compile time wherever the handler is
+    /// used, so an invalid const fails the build with the message below.
+    ///
+    /// ```compile_fail
+    /// use circuitpy::{CircuitBreaker, Config, MemoryStorage};
+    /// use std::time::Duration;
+    /// struct Broken;
+    /// impl CircuitBreaker for Broken {
+    ///     const FAILURE_THRESHOLD: u32 = 0; // rejected: must be at least 1
+    ///     const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    ///     const FAILURE_KEY: &'static str = "broken";
+    ///     type Storage = MemoryStorage;
+    ///     fn storage(&self) -> &MemoryStorage { unimplemented!() }
+    /// }
+    /// const CONFIG: Config = Config::of::<Broken>();
+    /// ```
+    pub const fn of<H: CircuitBreaker>() -> Config {
+        let config = Config {
+            failure_threshold: H::FAILURE_THRESHOLD,
+            recovery_timeout: H::RECOVERY_TIMEOUT,
+            key: H::FAILURE_KEY,
+            half_open_trials: H::HALF_OPEN_TRIALS,
+            policy: H::FAILURE_POLICY,
+            slow_call_threshold: H::SLOW_CALL_THRESHOLD,
+            on_storage_failure: H::ON_STORAGE_FAILURE,
+            storage_timeout: H::STORAGE_TIMEOUT,
+            key_prefix: H::KEY_PREFIX,
+        };
+        match config.check() {
+            Ok(()) => config,
+            Err(message) => panic!("{}", message),
+        }
+    }
+
+    /// Checks every value; the message names the const at fault.
+    ///
+    /// ```
+    /// # use circuitpy::{CircuitBreaker, Config, MemoryStorage};
+    /// # use std::time::Duration;
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { unimplemented!() }
+    /// # }
+    /// assert!(Config::of::<Api>().check().is_ok());
+    /// ```
+    pub const fn check(&self) -> Result<(), &'static str> {
+        if self.failure_threshold == 0 {
+            return Err("circuitpy: FAILURE_THRESHOLD must be at least 1");
+        }
+        if self.recovery_timeout.is_zero() {
+            return Err("circuitpy: RECOVERY_TIMEOUT must be longer than zero");
+        }
+        if self.key.is_empty() {
+            return Err("circuitpy: FAILURE_KEY must not be empty");
+        }
+        if self.half_open_trials == 0 || self.half_open_trials > MAX_HALF_OPEN_TRIALS {
+            return Err("circuitpy: HALF_OPEN_TRIALS must be between 1 and 65535");
+        }
+        if self.storage_timeout.is_zero() {
+            return Err("circuitpy: STORAGE_TIMEOUT must be longer than zero");
+        }
+        if let Some(slow) = self.slow_call_threshold {
+            if slow.is_zero() {
+                return Err("circuitpy: SLOW_CALL_THRESHOLD must be longer than zero");
+            }
+        }
+        match self.policy {
+            FailurePolicy::Consecutive => {}
+            FailurePolicy::CountInWindow { window } => {
+                if window.is_zero() {
+                    return Err(
+                        "circuitpy: FailurePolicy::CountInWindow needs a window longer than zero",
+                    );
+                }
+            }
+            FailurePolicy::Rate {
+                rate,
+                window,
+                minimum_calls,
+            } => {
+                // Written so that NaN fails too.
+                if !(rate > 0.0 && rate <= 1.0) {
+                    return Err("circuitpy: FailurePolicy::Rate needs a rate in (0, 1]");
+                }
+                if window.is_zero() {
+                    return Err("circuitpy: FailurePolicy::Rate needs a window longer than zero");
+                }
+                if minimum_calls == 0 {
+                    return Err("circuitpy: FailurePolicy::Rate needs minimum_calls of at least 1");
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,125 @@
+//! The default storage: breaker state in this process's memory.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use super::{AsyncStorage, Storage};
+use crate::clock::{Clock, Nanos};
+use crate::error::StorageError;
+
+/// Keeps breakers in this process, shared by all its threads and tasks.
+///
+/// A breaker on this storage is one atomic word: a call while closed does two atomic loads
+/// and writes nothing, reads no clock and allocates nothing; an open breaker rejects with
+/// one more load of a clock that a background thread keeps up to date. Breakers are
+/// identified by handler type, storage instance and key.
+///
+/// It also implements the three storage primitives over a map, so it can stand in for a
+/// shared storage in tests of storage-level code.
+///
+/// ```
+/// use std::sync::LazyLock;
+/// use circuitpy::{ManualClock, MemoryStorage};
+///
+/// static STORAGE: LazyLock<MemoryStorage> = LazyLock::new(MemoryStorage::new);
+/// let in_tests = MemoryStorage::with_clock(ManualClock::new().clock());
+/// # let _ = (&*STORAGE, in_tests);
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    clock: Clock,
+    counts: Mutex<HashMap<String, (u64, Nanos)>>,
+}
+
+impl MemoryStorage {
+    /// A storage on the system clock.
+    ///
+    /// ```
+    /// let _ = circuitpy::MemoryStorage::new();
+    /// ```
+    pub fn new() -> Self {
+        Self::with_clock(Clock::system())
+    }
+
+    /// A storage whose breakers read `clock` — a [`ManualClock`](crate::ManualClock) in tests.
+    ///
+    /// ```
+    /// let manual = circuitpy::ManualClock::new();
+    /// let _ = circuitpy::MemoryStorage::with_clock(manual.clock());
+    /// ```
+    pub fn with_clock(clock: Clock) -> Self {
+        MemoryStorage {
+            clock,
+            counts: Mutex::default(),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Nanos)>> {
+        // A panic while holding the lock cannot leave a half-written entry.
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn ttl_nanos(ttl: Duration) -> Nanos {
+    ttl.as_nanos().min(u128::from(u64::MAX)) as Nanos
+}
+
+impl Storage for MemoryStorage {
+    fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
+        let now = self.clock.now();
+        let mut counts = self.counts();
+        let entry = counts.entry(key.to_owned()).or_insert((0, 0));
+        if entry.1 <= now {
+            *entry = (0, now.saturating_add(ttl_nanos(ttl)));
+        }
+        entry.0 += 1;
+        Ok(entry.0)
+    }
+
+    fn get_count(&self, key: &str) -> Result<u64, StorageError> {
+        let now = self.clock.now();
+        Ok(self
+            .counts()
+            .get(key)
+            .filter(|entry| entry.1 > now)
+            .map_or(0, |entry| entry.0))
+    }
+
+    fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
+        let now = self.clock.now();
+        let mut counts = self.counts();
+        if ttl.is_zero() {
+            counts.remove(key);
+        } else if let Some(entry) = counts.get_mut(key) {
+            entry.1 = now.saturating_add(ttl_nanos(ttl));
+        }
+        Ok(())
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    const __IN_PROCESS: bool = true;
+}
+
+impl AsyncStorage for MemoryStorage {
+    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
+        Storage::increment(self, key, ttl)
+    }
+
+    async fn get_count(&self, key: &str) -> Result<u64, StorageError> {
+        Storage::get_count(self, key)
+    }
+
+    async fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
+        Storage::expire_after(self, key, ttl)
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    const __IN_PROCESS: bool = true;
+}

@@ -1,0 +1,392 @@
+//! Where a breaker's state lives.
+//!
+//! A storage implements three primitives — [`increment`](Storage::increment),
+//! [`get_count`](Storage::get_count) and [`expire_after`](Storage::expire_after) — and the
+//! breaker is correct on top of them: [`Storage::execute`] runs each breaker operation as a
+//! short sequence of primitives (see `primitive.rs`). A storage that can do better overrides
+//! `execute` with one atomic round trip, as the Redis and SQL storages do.
+//!
+//! The primitive names avoid `get` and `expire`, which `redis::Commands` also defines: with
+//! both traits in scope a call would be ambiguous.
+//!
+//! There are two flavours: [`Storage`] blocks the calling thread and needs no async runtime;
+//! [`AsyncStorage`] returns futures and never blocks its executor.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::error::StorageError;
+use crate::handler::State;
+use crate::policy::Config;
+
+pub(crate) mod memory;
+pub(crate) mod primitive;
+
+pub(crate) static SYSTEM_CLOCK: Clock = Clock::system();
+
+/// A blocking storage.
+///
+/// Implement the three primitives; the breaker needs nothing else. `increment` must be
+/// atomic, and when it creates the key it must give it the expiry in the same step (the
+/// original circuitpy set a counter and its expiry in two steps, and a crash between them
+/// left a key that never expired).
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use std::time::{Duration, Instant};
+/// use circuitpy::{Storage, StorageError};
+///
+/// #[derive(Default)]
+/// struct MapStorage(Mutex<HashMap<String, (u64, Instant)>>);
+///
+/// impl Storage for MapStorage {
+///     fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
+///         let mut map = self.0.lock().unwrap();
+///         let now = Instant::now();
+///         let entry = map.entry(key.to_owned()).or_insert((0, now + ttl));
+///         if entry.1 <= now { *entry = (0, now + ttl); }
+///         entry.0 += 1;
+///         Ok(entry.0)
+///     }
+///     fn get_count(&self, key: &str) -> Result<u64, StorageError> {
+///         let map = self.0.lock().unwrap();
+///         Ok(map.get(key).filter(|e| e.1 > Instant::now()).map_or(0, |e| e.0))
+///     }
+///     fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
+///         let mut map = self.0.lock().unwrap();
+///         if ttl.is_zero() { map.remove(key); }
+///         else if let Some(entry) = map.get_mut(key) { entry.1 = Instant::now() + ttl; }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Storage: Send + Sync {
+    /// Adds one to the count at `key` and returns the new count. A key this call creates
+    /// starts at zero and expires after `ttl`, set atomically with the increment; an existing
+    /// key keeps its expiry.
+    fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError>;
+
+    /// The count at `key`, zero when the key is absent or expired.
+    fn get_count(&self, key: &str) -> Result<u64, StorageError>;
+
+    /// Makes `key` expire after `ttl` from now; a zero `ttl` deletes it. No effect on an
+    /// absent key.
+    fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError>;
+
+    /// Runs one breaker operation and returns the breaker's state after it. The provided
+    /// implementation composes the three primitives; override it to do the whole operation
+    /// in one atomic round trip.
+    fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
+        primitive::execute_blocking(self, request)
+    }
+
+    /// The clock the breaker reads for this storage's breakers.
+    fn clock(&self) -> &Clock {
+        &SYSTEM_CLOCK
+    }
+
+    #[doc(hidden)]
+    const __IN_PROCESS: bool = false;
+}
+
+/// An async storage: the same contract as [`Storage`], with futures.
+///
+/// ```
+/// use std::time::Duration;
+/// use circuitpy::{AsyncStorage, StorageError};
+///
+/// /// A storage reached over some async API (here a stub that remembers nothing).
+/// struct Remote;
+///
+/// impl AsyncStorage for Remote {
+///     async fn increment(&self, _key: &str, _ttl: Duration) -> Result<u64, StorageError> { Ok(1) }
+///     async fn get_count(&self, _key: &str) -> Result<u64, StorageError> { Ok(0) }
+///     async fn expire_after(&self, _key: &str, _ttl: Duration) -> Result<(), StorageError> { Ok(()) }
+/// }
+/// ```
+pub trait AsyncStorage: Send + Sync {
+    /// See [`Storage::increment`].
+    fn increment(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// See [`Storage::get_count`].
+    fn get_count(&self, key: &str) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// See [`Storage::expire_after`].
+    fn expire_after(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// See [`Storage::execute`].
+    fn execute(
+        &self,
+        request: &Request<'_>,
+    ) -> impl Future<Output = Result<Snapshot, StorageError>> + Send {
+        primitive::execute_async(self, request)
+    }
+
+    /// See [`Storage::clock`].
+    fn clock(&self) -> &Clock {
+        &SYSTEM_CLOCK
+    }
+
+    #[doc(hidden)]
+    const __IN_PROCESS: bool = false;
+}
+
+/// One breaker operation for a storage to carry out.
+///
+/// ```
+/// use circuitpy::{Op, Request};
+/// # fn f(config: &circuitpy::Config) {
+/// let request = Request::new("payments", Op::Failure, config);
+/// assert_eq!(request.namespaced_key(), format!("{}:{{payments}}", config.key_prefix));
+/// # }
+/// ```
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct Request<'a> {
+    /// The breaker's key (the handler's key, or `handler_key:per_call_key`).
+    pub key: &'a str,
+    /// What to do.
+    pub op: Op,
+    /// The handler's configuration.
+    pub config: &'a Config,
+}
+
+impl<'a> Request<'a> {
+    /// A request.
+    ///
+    /// ```
+    /// # fn f(config: &circuitpy::Config) {
+    /// let _ = circuitpy::Request::new("k", circuitpy::Op::Read, config);
+    /// # }
+    /// ```
+    pub fn new(key: &'a str, op: Op, config: &'a Config) -> Self {
+        Request { key, op, config }
+    }
+
+    /// `{prefix}:{{key}}`: the stem of every key this breaker writes. The braces are a Redis
+    /// Cluster hash tag, so all of one breaker's keys live on one node.
+    ///
+    /// ```
+    /// # fn f(config: &circuitpy::Config) {
+    /// let request = circuitpy::Request::new("k", circuitpy::Op::Read, config);
+    /// assert!(request.namespaced_key().ends_with(":{k}"));
+    /// # }
+    /// ```
+    pub fn namespaced_key(&self) -> String {
+        format!("{}:{{{}}}", self.config.key_prefix, self.key)
+    }
+}
+
+/// A breaker operation.
+///
+/// ```
+/// assert_ne!(circuitpy::Op::Success, circuitpy::Op::Failure);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Op {
+    /// Read the state; change nothing.
+    Read,
+    /// A call admitted while closed succeeded.
+    Success,
+    /// A call admitted while closed failed; trips the breaker when the policy says so.
+    Failure,
+    /// Ask for a trial permit: granted while half-open (or once the open period is over) to
+    /// at most `half_open_trials` callers per round; a permit is a lease that lapses after
+    /// the recovery timeout.
+    AcquireTrial,
+    /// A trial call succeeded; the last of the round's permitted trials closes the breaker.
+    TrialSuccess,
+    /// A trial call failed: open for another recovery timeout.
+    TrialFailure,
+    /// Reject every call until [`Op::Reset`].
+    ForceOpen,
+    /// Admit every call and record nothing until [`Op::Reset`].
+    ForceClosed,
+    /// Back to closed with every count cleared.
+    Reset,
+}
+
+/// A breaker's state as a storage reports it after an operation.
+///
+/// ```
+/// let closed = circuitpy::Snapshot::closed(0);
+/// assert!(closed.permit);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// The state after the operation.
+    pub state: State,
+    /// For [`Op::AcquireTrial`]: whether the caller got a trial permit (always true when the
+    /// state is closed).
+    pub permit: bool,
+    /// While open: how long until a trial may be asked for, by the storage's clock.
+    pub retry_in: Option<Duration>,
+    /// While open: how long ago it opened, when the storage knows.
+    pub open_since: Option<Duration>,
+    /// While closed: the failure count.
+    pub failures: u64,
+}
+
+impl Snapshot {
+    /// Closed, with `failures` counted.
+    ///
+    /// ```
+    /// assert_eq!(circuitpy::Snapshot::closed(3).failures, 3);
+    /// ```
+    pub fn closed(failures: u64) -> Self {
+        Snapshot {
+            state: State::Closed,
+            permit: true,
+            retry_in: None,
+            open_since: None,
+            failures,
+        }
+    }
+
+    /// Open for `retry_in` more, opened `open_since` ago if known.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let open = circuitpy::Snapshot::open(Duration::from_secs(1), None);
+    /// assert!(!open.permit);
+    /// ```
+    pub fn open(retry_in: Duration, open_since: Option<Duration>) -> Self {
+        Snapshot {
+            state: State::Open,
+            permit: false,
+            retry_in: Some(retry_in),
+            open_since,
+            failures: 0,
+        }
+    }
+
+    /// Half-open; `permit` says whether this caller holds a trial permit.
+    ///
+    /// ```
+    /// assert!(circuitpy::Snapshot::half_open(true).permit);
+    /// ```
+    pub fn half_open(permit: bool) -> Self {
+        Snapshot {
+            state: State::HalfOpen,
+            permit,
+            retry_in: None,
+            open_since: None,
+            failures: 0,
+        }
+    }
+
+    /// Forced open or forced closed.
+    ///
+    /// ```
+    /// let forced = circuitpy::Snapshot::forced(circuitpy::State::ForcedOpen);
+    /// assert!(!forced.permit);
+    /// ```
+    pub fn forced(state: State) -> Self {
+        Snapshot {
+            state,
+            permit: state == State::ForcedClosed,
+            retry_in: None,
+            open_since: None,
+            failures: 0,
+        }
+    }
+}
+
+/// The storage calls the engine and the primitive algorithm make, over either flavour.
+pub(crate) trait Backend: Sync {
+    fn increment(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+    fn get_count(&self, key: &str) -> impl Future<Output = Result<u64, StorageError>> + Send;
+    fn expire_after(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+    fn execute(
+        &self,
+        request: &Request<'_>,
+    ) -> impl Future<Output = Result<Snapshot, StorageError>> + Send;
+    fn clock(&self) -> &Clock;
+}
+
+/// A [`Storage`] seen as a [`Backend`]; its futures are ready on their first poll.
+pub(crate) struct Blocking<'a, S: ?Sized>(pub(crate) &'a S);
+
+/// An [`AsyncStorage`] seen as a [`Backend`].
+pub(crate) struct NonBlocking<'a, S: ?Sized>(pub(crate) &'a S);
+
+impl<S: Storage + ?Sized> Backend for Blocking<'_, S> {
+    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
+        Storage::increment(self.0, key, ttl)
+    }
+    async fn get_count(&self, key: &str) -> Result<u64, StorageError> {
+        Storage::get_count(self.0, key)
+    }
+    async fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
+        Storage::expire_after(self.0, key, ttl)
+    }
+    async fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
+        Storage::execute(self.0, request)
+    }
+    fn clock(&self) -> &Clock {
+        Storage::clock(self.0)
+    }
+}
+
+impl<S: AsyncStorage + ?Sized> Backend for NonBlocking<'_, S> {
+    fn increment(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send {
+        AsyncStorage::increment(self.0, key, ttl)
+    }
+    fn get_count(&self, key: &str) -> impl Future<Output = Result<u64, StorageError>> + Send {
+        AsyncStorage::get_count(self.0, key)
+    }
+    fn expire_after(
+        &self,
+        key: &str,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send {
+        AsyncStorage::expire_after(self.0, key, ttl)
+    }
+    fn execute(
+        &self,
+        request: &Request<'_>,
+    ) -> impl Future<Output = Result<Snapshot, StorageError>> + Send {
+        AsyncStorage::execute(self.0, request)
+    }
+    fn clock(&self) -> &Clock {
+        AsyncStorage::clock(self.0)
+    }
+}
+
+/// Drives a future built only from blocking calls, which is ready on its first poll; no
+/// async runtime is involved.
+pub(crate) fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+    loop {
+        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+            return output;
+        }
+        // Not reached by blocking backends; yielding keeps a misbehaving one from spinning hot.
+        std::thread::yield_now();
+    }
+}
