@@ -20,6 +20,7 @@ use crate::key::Key;
 ///         Rejection::Open | Rejection::TrialsInProgress => format!("retry at {:?}", error.retry_at()),
 ///         Rejection::ForcedOpen => "switched off by an operator".to_owned(),
 ///         Rejection::StorageFailed(cause) => format!("state unavailable: {cause}"),
+///         _ => error.to_string(),
 ///     }
 /// }
 /// ```

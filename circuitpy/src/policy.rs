@@ -166,10 +166,10 @@ impl Config {
         if self.storage_timeout.is_zero() {
             return Err("circuitpy: STORAGE_TIMEOUT must be longer than zero");
         }
-        if let Some(slow) = self.slow_call_threshold {
-            if slow.is_zero() {
-                return Err("circuitpy: SLOW_CALL_THRESHOLD must be longer than zero");
-            }
+        if let Some(slow) = self.slow_call_threshold
+            && slow.is_zero()
+        {
+            return Err("circuitpy: SLOW_CALL_THRESHOLD must be longer than zero");
         }
         match self.policy {
             FailurePolicy::Consecutive => {}
