@@ -1,10 +1,13 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use circuitpy::{Breaker, CircuitBreaker, CircuitBreakerOpen, ManualClock, MemoryStorage, State, circuit_breaker};
+use circuitpy::{
+    Breaker, CircuitBreaker, CircuitBreakerOpen, ManualClock, MemoryStorage, State, circuit_breaker,
+};
 
 static CLOCK: LazyLock<ManualClock> = LazyLock::new(ManualClock::new);
-static STORAGE: LazyLock<MemoryStorage> = LazyLock::new(|| MemoryStorage::with_clock(CLOCK.clock()));
+static STORAGE: LazyLock<MemoryStorage> =
+    LazyLock::new(|| MemoryStorage::with_clock(CLOCK.clock()));
 
 struct Smoke;
 impl CircuitBreaker for Smoke {
@@ -61,14 +64,18 @@ fn smoke() {
     assert!(matches!(flaky(false), Err(E::Down)));
     assert!(matches!(flaky(false), Err(E::Down)));
     let err = flaky(true).unwrap_err();
-    let E::Open(open) = err else { panic!("not open") };
+    let E::Open(open) = err else {
+        panic!("not open")
+    };
     println!("{open}");
     assert_eq!(Breaker::new(Smoke).state().unwrap(), State::Open);
     CLOCK.advance(Duration::from_secs(2));
     assert_eq!(flaky(true).unwrap(), 1);
     assert_eq!(Breaker::new(Smoke).state().unwrap(), State::Closed);
 
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(async {
         assert_eq!(per_host("a", true).await.unwrap(), "a");
         assert!(per_host("a", false).await.is_err());

@@ -31,6 +31,10 @@ pub(crate) struct Cell {
     /// Counts for the windowed policies; locked only by calls that record into a window.
     pub(crate) window: Mutex<Window>,
     pub(crate) key: Key,
+    /// Shared storages in local mode: when the storage last replied (clock nanos), and
+    /// successes not yet reported.
+    pub(crate) synced_at: AtomicU64,
+    pub(crate) unreported_successes: AtomicU64,
 }
 
 impl Cell {
@@ -44,6 +48,8 @@ impl Cell {
             word: AtomicU64::new(Word::CLOSED.0),
             window: Mutex::default(),
             key,
+            synced_at: AtomicU64::new(0),
+            unreported_successes: AtomicU64::new(0),
         }
     }
 
@@ -86,6 +92,7 @@ impl Cell {
             State::ForcedOpen => current.next(State::ForcedOpen, refresh(None)),
             state => current.next(state, 0),
         };
+        self.synced_at.store(now, Ordering::Relaxed);
         (self.swap(next), next)
     }
 }

@@ -9,6 +9,7 @@ use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::Ordering;
 use std::task::Poll;
 
 use crate::cell::{CellRef, nanos};
@@ -462,21 +463,57 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
     backend: &B,
     outcome: Option<Outcome>,
 ) {
+    let config = &Cfg::<H>::CONFIG;
     let role = std::mem::replace(&mut guard.role, Role::Unrecorded);
     let op = match (role, outcome) {
-        (Role::Closed, Some(Outcome::Success)) => Op::Success,
+        (Role::Closed, Some(Outcome::Success)) => {
+            if let Some(interval) = config.sync_interval
+                && hold_back_success(guard, interval)
+            {
+                return;
+            }
+            Op::Success
+        }
         (Role::Closed, Some(Outcome::Failure { .. })) => Op::Failure,
         (Role::Trial, Some(Outcome::Success)) => Op::TrialSuccess,
         (Role::Trial, Some(Outcome::Failure { .. })) => Op::TrialFailure,
         _ => return,
     };
-    let request = Request::new(guard.cell.key.as_str(), op, &Cfg::<H>::CONFIG);
+    let cell = &guard.cell;
+    let mut request = Request::new(cell.key.as_str(), op, config);
+    if op == Op::Success && config.sync_interval.is_some() {
+        request = request.with_count(1 + cell.unreported_successes.swap(0, Ordering::Relaxed));
+    }
     match backend.execute(&request).await {
         Ok(snapshot) => {
-            adopt(guard.handler, &guard.cell, guard.clock, &snapshot);
+            adopt(guard.handler, cell, guard.clock, &snapshot);
         }
-        Err(error) => guard
-            .handler
-            .on_storage_error(guard.cell.key.as_str(), &error),
+        Err(error) => guard.handler.on_storage_error(cell.key.as_str(), &error),
     }
+}
+
+/// Local mode: whether a closed success may go unreported for now. It may while the last
+/// reply is younger than the interval and left no failure count that this success must
+/// reset; the rate policy still needs it counted, so it is held back for the next report.
+fn hold_back_success<H: CircuitBreaker>(
+    guard: &Guard<'_, H>,
+    interval: std::time::Duration,
+) -> bool {
+    let cell = &guard.cell;
+    let word = cell.load();
+    let policy = Cfg::<H>::CONFIG.policy;
+    if word.phase() != State::Closed
+        || (policy == FailurePolicy::Consecutive && word.failures() != 0)
+    {
+        return false;
+    }
+    let fresh = guard.clock.coarse_now()
+        < cell
+            .synced_at
+            .load(Ordering::Relaxed)
+            .saturating_add(nanos(interval));
+    if fresh && matches!(policy, FailurePolicy::Rate { .. }) {
+        cell.unreported_successes.fetch_add(1, Ordering::Relaxed);
+    }
+    fresh
 }

@@ -71,6 +71,15 @@ pub trait CircuitBreaker: Send + Sync + 'static {
     /// below the 500 ms default of the redis client, so a stalled server costs a caller at
     /// most one short wait per call instead of stalling it.
     const STORAGE_TIMEOUT: Duration = Duration::from_millis(50);
+    /// Local mode for shared storages (Redis, SQL, custom): `Some(interval)` lets a
+    /// successful call while closed send nothing, as long as this process last heard from
+    /// the storage less than `interval` ago and saw no failure count to reset. The first
+    /// success after the interval reports (with the successes held back, for the rate
+    /// policy) and refreshes the state; failures are always reported at once. A breaker
+    /// that trips anywhere is therefore seen by every calling process within `interval`.
+    /// `None` (the default) is strict mode: every outcome is reported, one command each.
+    /// No effect on the in-memory storage.
+    const SYNC_INTERVAL: Option<Duration> = None;
     /// Namespace of every key a shared storage writes, so two applications on one server
     /// never collide.
     const KEY_PREFIX: &'static str = "circuitpy";

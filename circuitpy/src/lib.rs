@@ -69,6 +69,15 @@ pub use handler::{CircuitBreaker, State};
 pub use policy::{Config, FailurePolicy, MAX_HALF_OPEN_TRIALS, OnStorageFailure};
 pub use storage::memory::MemoryStorage;
 pub use storage::primitive::{FORCED_TTL, retention};
+
+/// The breaker protocol over the three storage primitives: what [`Storage::execute`] and
+/// [`AsyncStorage::execute`] do unless a storage overrides them. An override can call these
+/// to wrap the default, e.g. to count or log operations.
+pub mod primitive {
+    pub use crate::storage::primitive::{
+        FORCED_TTL, execute_async, execute_blocking as execute, retention,
+    };
+}
 pub use storage::{AsyncStorage, Op, Request, Snapshot, Storage};
 
 /// Guards a function returning `Result<T, E>` with a circuit breaker.

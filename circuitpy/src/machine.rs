@@ -290,6 +290,7 @@ mod tests {
             on_storage_failure: OnStorageFailure::Allow,
             storage_timeout: Duration::from_millis(50),
             key_prefix: "p",
+            sync_interval: None,
         }
     }
 

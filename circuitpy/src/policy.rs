@@ -95,6 +95,8 @@ pub struct Config {
     pub storage_timeout: Duration,
     /// [`CircuitBreaker::KEY_PREFIX`].
     pub key_prefix: &'static str,
+    /// [`CircuitBreaker::SYNC_INTERVAL`].
+    pub sync_interval: Option<Duration>,
 }
 
 /// The most trial calls a half-open breaker can admit at once.
@@ -128,6 +130,7 @@ impl Config {
             on_storage_failure: H::ON_STORAGE_FAILURE,
             storage_timeout: H::STORAGE_TIMEOUT,
             key_prefix: H::KEY_PREFIX,
+            sync_interval: H::SYNC_INTERVAL,
         };
         match config.check() {
             Ok(()) => config,
@@ -170,6 +173,11 @@ impl Config {
             && slow.is_zero()
         {
             return Err("circuitpy: SLOW_CALL_THRESHOLD must be longer than zero");
+        }
+        if let Some(interval) = self.sync_interval
+            && interval.is_zero()
+        {
+            return Err("circuitpy: SYNC_INTERVAL must be longer than zero");
         }
         match self.policy {
             FailurePolicy::Consecutive => {}

@@ -159,6 +159,10 @@ pub struct Request<'a> {
     pub op: Op,
     /// The handler's configuration.
     pub config: &'a Config,
+    /// How many calls an [`Op::Success`] reports: more than one when local mode
+    /// ([`CircuitBreaker::SYNC_INTERVAL`](crate::CircuitBreaker::SYNC_INTERVAL)) held
+    /// successes back. Always 1 for other operations.
+    pub count: u64,
 }
 
 impl<'a> Request<'a> {
@@ -170,7 +174,27 @@ impl<'a> Request<'a> {
     /// # }
     /// ```
     pub fn new(key: &'a str, op: Op, config: &'a Config) -> Self {
-        Request { key, op, config }
+        Request {
+            key,
+            op,
+            config,
+            count: 1,
+        }
+    }
+
+    /// A request reporting `count` calls at once (see [`Request::count`]).
+    ///
+    /// ```
+    /// # fn f(config: &circuitpy::Config) {
+    /// let request = circuitpy::Request::new("k", circuitpy::Op::Success, config).with_count(5);
+    /// assert_eq!(request.count, 5);
+    /// # }
+    /// ```
+    pub fn with_count(self, count: u64) -> Self {
+        Request {
+            count: count.max(1),
+            ..self
+        }
     }
 
     /// `{prefix}:{{key}}`: the stem of every key this breaker writes. The braces are a Redis

@@ -50,14 +50,16 @@ pub fn retention(config: &crate::Config) -> Duration {
 const MODE_FORCED_OPEN: u64 = 1;
 const MODE_FORCED_CLOSED: u64 = 2;
 
-pub(crate) fn execute_blocking<S: Storage + ?Sized>(
+/// Runs `request` on a blocking storage with its three primitives.
+pub fn execute_blocking<S: Storage + ?Sized>(
     storage: &S,
     request: &Request<'_>,
 ) -> Result<Snapshot, StorageError> {
     ready(execute(&Blocking(storage), request))
 }
 
-pub(crate) async fn execute_async<S: AsyncStorage + ?Sized>(
+/// Runs `request` on an async storage with its three primitives.
+pub async fn execute_async<S: AsyncStorage + ?Sized>(
     storage: &S,
     request: &Request<'_>,
 ) -> Result<Snapshot, StorageError> {

@@ -1,0 +1,140 @@
+//! Local mode (`SYNC_INTERVAL`) on a shared storage: successes in steady state send nothing,
+//! failures always report, and a trip elsewhere is seen within the interval.
+
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use circuitpy::{
+    Breaker, CircuitBreaker, CircuitBreakerOpen, Clock, ManualClock, MemoryStorage, Request,
+    Snapshot, State, Storage, StorageError,
+};
+
+/// A shared storage stand-in: the three primitives over a map, every operation counted.
+struct CountingStorage {
+    map: MemoryStorage,
+    clock: Clock,
+    operations: AtomicU64,
+}
+
+impl Storage for CountingStorage {
+    fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
+        Storage::increment(&self.map, key, ttl)
+    }
+    fn get_count(&self, key: &str) -> Result<u64, StorageError> {
+        Storage::get_count(&self.map, key)
+    }
+    fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
+        Storage::expire_after(&self.map, key, ttl)
+    }
+    fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
+        self.operations.fetch_add(1, Ordering::Relaxed);
+        circuitpy::primitive::execute(self, request)
+    }
+    fn clock(&self) -> &Clock {
+        &self.clock
+    }
+}
+
+static MANUAL: LazyLock<ManualClock> = LazyLock::new(ManualClock::new);
+static SHARED: LazyLock<CountingStorage> = LazyLock::new(|| CountingStorage {
+    map: MemoryStorage::with_clock(MANUAL.clock()),
+    clock: MANUAL.clock(),
+    operations: AtomicU64::new(0),
+});
+
+fn operations() -> u64 {
+    SHARED.operations.load(Ordering::Relaxed)
+}
+
+macro_rules! handler {
+    ($name:ident, $key:literal, $interval:expr) => {
+        struct $name;
+        impl CircuitBreaker for $name {
+            const FAILURE_THRESHOLD: u32 = 3;
+            const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
+            const FAILURE_KEY: &'static str = $key;
+            const SYNC_INTERVAL: Option<Duration> = $interval;
+            type Storage = CountingStorage;
+            fn storage(&self) -> &CountingStorage {
+                &SHARED
+            }
+        }
+    };
+}
+
+// Two handlers on one key stand for two processes sharing the breaker.
+handler!(LocalA, "local", Some(Duration::from_secs(1)));
+handler!(LocalB, "local", Some(Duration::from_secs(1)));
+handler!(Strict, "strict", None);
+
+#[derive(Debug)]
+enum CallError {
+    Down,
+    Open(CircuitBreakerOpen),
+}
+
+impl From<CircuitBreakerOpen> for CallError {
+    fn from(open: CircuitBreakerOpen) -> Self {
+        CallError::Open(open)
+    }
+}
+
+fn succeed<H: CircuitBreaker<Storage = CountingStorage>>(handler: H) -> Result<(), CallError> {
+    Breaker::new(handler).call(|| Ok(()))
+}
+
+fn fail<H: CircuitBreaker<Storage = CountingStorage>>(handler: H) {
+    let result: Result<(), CallError> = Breaker::new(handler).call(|| Err(CallError::Down));
+    assert!(matches!(result, Err(CallError::Down)));
+}
+
+#[test]
+fn local_mode_behaviour() {
+    // Strict mode: one operation per success.
+    let before = operations();
+    for _ in 0..100 {
+        succeed(Strict).unwrap();
+    }
+    assert_eq!(operations() - before, 100);
+
+    // Local mode: the first success syncs, the next 9 999 within the interval send nothing.
+    let before = operations();
+    for _ in 0..10_000 {
+        succeed(LocalA).unwrap();
+    }
+    let sent = operations() - before;
+    assert!(sent <= 1, "{sent} operations for 10 000 successes");
+
+    // After the interval, one success reports again.
+    MANUAL.advance(Duration::from_millis(1001));
+    let before = operations();
+    for _ in 0..1_000 {
+        succeed(LocalA).unwrap();
+    }
+    assert_eq!(operations() - before, 1);
+
+    // Failures always report; the next success reports too, to reset the count.
+    let before = operations();
+    fail(LocalA);
+    assert_eq!(operations() - before, 1);
+    succeed(LocalA).unwrap();
+    assert_eq!(operations() - before, 2);
+    succeed(LocalA).unwrap();
+    assert_eq!(operations() - before, 2);
+
+    // "Process" B trips the shared breaker. A keeps succeeding locally until its interval
+    // is up, then learns the breaker is open and rejects.
+    for _ in 0..3 {
+        fail(LocalB);
+    }
+    assert_eq!(Breaker::new(LocalB).state().unwrap(), State::Open);
+    succeed(LocalA).unwrap();
+    MANUAL.advance(Duration::from_millis(1001));
+    // This call ran (A still believed closed) and its report brought back "open".
+    succeed(LocalA).unwrap();
+    let Err(CallError::Open(rejected)) = succeed(LocalA) else {
+        panic!("A did not see the trip")
+    };
+    assert!(rejected.reason().is_open());
+}
