@@ -78,6 +78,11 @@ fn start_ticker() -> Nanos {
     now
 }
 
+/// The wall-clock time of a clock reading.
+pub(crate) fn wall(at: Nanos) -> SystemTime {
+    EPOCH.wall + Duration::from_nanos(at)
+}
+
 /// The time source of a storage's breakers.
 ///
 /// [`Clock::system`] is the monotonic system clock. A [`ManualClock`] moves only when a test
@@ -144,11 +149,6 @@ impl Clock {
             None => coarse_now(),
             Some(nanos) => nanos.load(Ordering::Acquire),
         }
-    }
-
-    /// The wall-clock time of a reading of this clock.
-    pub(crate) fn wall(&self, at: Nanos) -> SystemTime {
-        EPOCH.wall + Duration::from_nanos(at)
     }
 }
 

@@ -238,7 +238,7 @@ pub(crate) fn enter_in_process<'a, H: CircuitBreaker>(
                 return Ok(Guard::new(handler, cell, clock, word, role, true));
             }
             Admit::Reject(refusal) => {
-                return Err(reject(handler, &cell, clock, method, word, refusal));
+                return Err(reject(handler, &cell, method, word, refusal));
             }
             Admit::Trial(next) => match cell.compare_exchange(word, next) {
                 Ok(_) => {
@@ -273,7 +273,7 @@ pub(crate) async fn enter_shared<'a, H: CircuitBreaker, B: Backend>(
                 .deadline()
                 .is_some_and(|deadline| clock.coarse_now() < deadline)
             {
-                return Err(reject(handler, &cell, clock, method, word, refusal));
+                return Err(reject(handler, &cell, method, word, refusal));
             }
         }
         State::HalfOpen => {}
@@ -296,7 +296,7 @@ pub(crate) async fn enter_shared<'a, H: CircuitBreaker, B: Backend>(
                 State::Open => Refusal::Open,
                 State::ForcedOpen => Refusal::ForcedOpen,
             };
-            Err(reject(handler, &cell, clock, method, word, refusal))
+            Err(reject(handler, &cell, method, word, refusal))
         }
         Err(error) => storage_failed_before_call(handler, Some(cell), clock, method, error),
     }
@@ -350,7 +350,7 @@ pub(crate) fn storage_failed_before_call<'a, H: CircuitBreaker>(
                 method,
                 opened_at: None,
                 retry_at: None,
-                reason: Rejection::StorageFailed(error),
+                reason: Rejection::StorageFailed(Box::new(error)),
             };
             handler.on_rejected(&rejection);
             Err(rejection)
@@ -361,7 +361,6 @@ pub(crate) fn storage_failed_before_call<'a, H: CircuitBreaker>(
 fn reject<H: CircuitBreaker>(
     handler: &H,
     cell: &CellRef<'_>,
-    clock: &Clock,
     method: &'static str,
     word: Word,
     refusal: Refusal,
@@ -372,11 +371,11 @@ fn reject<H: CircuitBreaker>(
         key: cell.key.clone(),
         method,
         opened_at: match refusal {
-            Refusal::Open => deadline.map(|deadline| clock.wall(deadline.saturating_sub(recovery))),
+            Refusal::Open => deadline.map(|deadline| deadline.saturating_sub(recovery)),
             _ => None,
         },
         retry_at: match refusal {
-            Refusal::Open => deadline.map(|deadline| clock.wall(deadline)),
+            Refusal::Open => deadline,
             _ => None,
         },
         reason: match refusal {

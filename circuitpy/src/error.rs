@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::clock::{self, Nanos};
 use crate::key::Key;
 
 /// The breaker refused a call; the function's body did not run.
@@ -28,8 +29,10 @@ use crate::key::Key;
 pub struct CircuitBreakerOpen {
     pub(crate) key: Key,
     pub(crate) method: &'static str,
-    pub(crate) opened_at: Option<SystemTime>,
-    pub(crate) retry_at: Option<SystemTime>,
+    /// Clock readings (see `clock.rs`), turned into wall-clock times only when asked for, so
+    /// that a rejection reads no clock.
+    pub(crate) opened_at: Option<Nanos>,
+    pub(crate) retry_at: Option<Nanos>,
     pub(crate) reason: Rejection,
 }
 
@@ -50,7 +53,7 @@ pub enum Rejection {
     ForcedOpen,
     /// The storage failed and the handler's policy is
     /// [`OnStorageFailure::Reject`](crate::OnStorageFailure::Reject).
-    StorageFailed(StorageError),
+    StorageFailed(Box<StorageError>),
 }
 
 impl Rejection {
@@ -91,7 +94,7 @@ impl CircuitBreakerOpen {
     /// # fn f(e: circuitpy::CircuitBreakerOpen) { let _ = e.opened_at(); }
     /// ```
     pub fn opened_at(&self) -> Option<SystemTime> {
-        self.opened_at
+        self.opened_at.map(clock::wall)
     }
 
     /// When the breaker next admits a trial call, if known.
@@ -100,7 +103,7 @@ impl CircuitBreakerOpen {
     /// # fn f(e: circuitpy::CircuitBreakerOpen) { let _ = e.retry_at(); }
     /// ```
     pub fn retry_at(&self) -> Option<SystemTime> {
-        self.retry_at
+        self.retry_at.map(clock::wall)
     }
 
     /// Why the call was rejected.
@@ -137,12 +140,12 @@ impl fmt::Display for CircuitBreakerOpen {
                 self.key.as_str()
             )?,
         }
-        if let Some(at) = self.opened_at {
+        if let Some(at) = self.opened_at() {
             write!(f, ", opened at {}", Rfc3339(at))?;
         }
         if matches!(self.reason, Rejection::TrialsInProgress) {
             f.write_str(", trial calls in progress")?;
-        } else if let Some(at) = self.retry_at {
+        } else if let Some(at) = self.retry_at() {
             write!(f, ", next trial at {}", Rfc3339(at))?;
         }
         Ok(())
@@ -152,7 +155,7 @@ impl fmt::Display for CircuitBreakerOpen {
 impl std::error::Error for CircuitBreakerOpen {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.reason {
-            Rejection::StorageFailed(cause) => Some(cause),
+            Rejection::StorageFailed(cause) => Some(&**cause),
             _ => None,
         }
     }
