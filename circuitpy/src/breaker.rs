@@ -105,6 +105,21 @@ impl<H: CircuitBreaker> Breaker<H> {
     }
 
     /// The full key: the handler's key, then `:` and the per-call key if any.
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// assert_eq!(Breaker::keyed(Api, "eu").key(), "api:eu");
+    /// ```
     pub fn key(&self) -> String {
         match &self.key {
             Some(key) => format!("{}:{key}", H::FAILURE_KEY),
@@ -263,6 +278,23 @@ impl<H: CircuitBreaker> Breaker<H> {
     }
 
     /// [`Breaker::state`] for an async storage.
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// # async fn run() {
+    /// assert_eq!(Breaker::new(Api).state_async().await.unwrap(), State::Closed);
+    /// # }
+    /// ```
     pub async fn state_async(&self) -> Result<State, StorageError>
     where
         H::Storage: AsyncStorage,
@@ -276,6 +308,23 @@ impl<H: CircuitBreaker> Breaker<H> {
 
     /// Rejects every call until [`Breaker::reset`] (on a shared storage, for at most
     /// seven days).
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// let breaker = Breaker::keyed(Api, "forced");
+    /// breaker.force_open().unwrap();
+    /// assert_eq!(breaker.state().unwrap(), State::ForcedOpen);
+    /// ```
     pub fn force_open(&self) -> Result<(), StorageError>
     where
         H::Storage: Storage,
@@ -284,6 +333,23 @@ impl<H: CircuitBreaker> Breaker<H> {
     }
 
     /// Admits every call and records nothing until [`Breaker::reset`].
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// let breaker = Breaker::keyed(Api, "kept-closed");
+    /// breaker.force_closed().unwrap();
+    /// assert_eq!(breaker.state().unwrap(), State::ForcedClosed);
+    /// ```
     pub fn force_closed(&self) -> Result<(), StorageError>
     where
         H::Storage: Storage,
@@ -292,6 +358,24 @@ impl<H: CircuitBreaker> Breaker<H> {
     }
 
     /// Back to closed with every count cleared.
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// let breaker = Breaker::keyed(Api, "reset");
+    /// breaker.force_open().unwrap();
+    /// breaker.reset().unwrap();
+    /// assert_eq!(breaker.state().unwrap(), State::Closed);
+    /// ```
     pub fn reset(&self) -> Result<(), StorageError>
     where
         H::Storage: Storage,
@@ -300,6 +384,25 @@ impl<H: CircuitBreaker> Breaker<H> {
     }
 
     /// [`Breaker::force_open`] for an async storage.
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// # async fn run() {
+    /// let breaker = Breaker::keyed(Api, "forced-async");
+    /// breaker.force_open_async().await.unwrap();
+    /// assert_eq!(breaker.state_async().await.unwrap(), State::ForcedOpen);
+    /// # }
+    /// ```
     pub async fn force_open_async(&self) -> Result<(), StorageError>
     where
         H::Storage: AsyncStorage,
@@ -308,6 +411,25 @@ impl<H: CircuitBreaker> Breaker<H> {
     }
 
     /// [`Breaker::force_closed`] for an async storage.
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// # async fn run() {
+    /// let breaker = Breaker::keyed(Api, "closed-async");
+    /// breaker.force_closed_async().await.unwrap();
+    /// assert_eq!(breaker.state_async().await.unwrap(), State::ForcedClosed);
+    /// # }
+    /// ```
     pub async fn force_closed_async(&self) -> Result<(), StorageError>
     where
         H::Storage: AsyncStorage,
@@ -316,6 +438,25 @@ impl<H: CircuitBreaker> Breaker<H> {
     }
 
     /// [`Breaker::reset`] for an async storage.
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// # async fn run() {
+    /// let breaker = Breaker::keyed(Api, "reset-async");
+    /// breaker.reset_async().await.unwrap();
+    /// assert_eq!(breaker.state_async().await.unwrap(), State::Closed);
+    /// # }
+    /// ```
     pub async fn reset_async(&self) -> Result<(), StorageError>
     where
         H::Storage: AsyncStorage,

@@ -73,6 +73,22 @@ pub use storage::primitive::{FORCED_TTL, retention};
 /// The breaker protocol over the three storage primitives: what [`Storage::execute`] and
 /// [`AsyncStorage::execute`] do unless a storage overrides them. An override can call these
 /// to wrap the default, e.g. to count or log operations.
+///
+/// ```
+/// use circuitpy::{MemoryStorage, Request, Snapshot, Storage, StorageError};
+/// # use std::time::Duration;
+/// struct Logged(MemoryStorage);
+/// impl Storage for Logged {
+/// #   fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> { Storage::increment(&self.0, key, ttl) }
+/// #   fn get_count(&self, key: &str) -> Result<u64, StorageError> { Storage::get_count(&self.0, key) }
+/// #   fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> { Storage::expire_after(&self.0, key, ttl) }
+///     // increment, get_count, expire_after as usual, then:
+///     fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
+///         eprintln!("{:?} on {}", request.op, request.key);
+///         circuitpy::primitive::execute(self, request)
+///     }
+/// }
+/// ```
 pub mod primitive {
     pub use crate::storage::primitive::{
         FORCED_TTL, execute_async, execute_blocking as execute, retention,

@@ -100,6 +100,10 @@ pub struct Config {
 }
 
 /// The most trial calls a half-open breaker can admit at once.
+///
+/// ```
+/// assert_eq!(circuitpy::MAX_HALF_OPEN_TRIALS, 65_535);
+/// ```
 pub const MAX_HALF_OPEN_TRIALS: u32 = u16::MAX as u32;
 
 impl Config {

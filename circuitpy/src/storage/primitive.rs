@@ -39,10 +39,20 @@ use crate::machine::{BUCKETS, bucket_width, trips_on_rate};
 use crate::policy::FailurePolicy;
 
 /// How long a forced state lasts on a shared storage without a reset.
+///
+/// ```
+/// assert_eq!(circuitpy::FORCED_TTL.as_secs(), 7 * 24 * 3600);
+/// ```
 pub const FORCED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long a consecutive-failure count and the trip marker survive without activity: a
 /// day, or four recovery timeouts if that is longer.
+///
+/// ```
+/// # fn f(config: &circuitpy::Config) {
+/// assert!(circuitpy::retention(config) >= std::time::Duration::from_secs(86_400));
+/// # }
+/// ```
 pub fn retention(config: &crate::Config) -> Duration {
     (config.recovery_timeout * 4).max(Duration::from_secs(24 * 3600))
 }
@@ -51,6 +61,15 @@ const MODE_FORCED_OPEN: u64 = 1;
 const MODE_FORCED_CLOSED: u64 = 2;
 
 /// Runs `request` on a blocking storage with its three primitives.
+///
+/// ```
+/// use circuitpy::{MemoryStorage, Op, Request, State};
+/// # fn f(config: &circuitpy::Config) {
+/// let storage = MemoryStorage::new();
+/// let snapshot = circuitpy::primitive::execute(&storage, &Request::new("k", Op::Read, config)).unwrap();
+/// assert_eq!(snapshot.state, State::Closed);
+/// # }
+/// ```
 pub fn execute_blocking<S: Storage + ?Sized>(
     storage: &S,
     request: &Request<'_>,
@@ -59,6 +78,16 @@ pub fn execute_blocking<S: Storage + ?Sized>(
 }
 
 /// Runs `request` on an async storage with its three primitives.
+///
+/// ```
+/// use circuitpy::{MemoryStorage, Op, Request, State};
+/// # async fn f(config: &circuitpy::Config) {
+/// let storage = MemoryStorage::new();
+/// let request = Request::new("k", Op::Read, config);
+/// let snapshot = circuitpy::primitive::execute_async(&storage, &request).await.unwrap();
+/// assert_eq!(snapshot.state, State::Closed);
+/// # }
+/// ```
 pub async fn execute_async<S: AsyncStorage + ?Sized>(
     storage: &S,
     request: &Request<'_>,
