@@ -54,9 +54,7 @@ fn with_connection<T>(
         }
         None => {
             let started = Instant::now();
-            let connection = client
-                .get_connection_with_timeout(timeout)
-                .map_err(fail)?;
+            let connection = client.get_connection_with_timeout(timeout).map_err(fail)?;
             // What is left of the timeout bounds the first command.
             let left = timeout
                 .saturating_sub(started.elapsed())

@@ -279,7 +279,10 @@ mod tests {
             redact("failed for redis://user:hunter2@host:6379/0", None),
             "failed for redis://***@host:6379/0"
         );
-        assert_eq!(redact("WRONGPASS hunter2", Some("hunter2")), "WRONGPASS ***");
+        assert_eq!(
+            redact("WRONGPASS hunter2", Some("hunter2")),
+            "WRONGPASS ***"
+        );
         assert_eq!(redact("no url here", Some("")), "no url here");
         assert_eq!(
             redact("a rediss://h:1 and redis://:pw@h", None),

@@ -11,8 +11,8 @@ use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, FromRedisValue, RedisResult, Value};
 
 use super::{
-    Endpoint, execute_invocation, expire_command, get_command, increment_invocation,
-    parse_count, parse_snapshot, storage_error,
+    Endpoint, execute_invocation, expire_command, get_command, increment_invocation, parse_count,
+    parse_snapshot, storage_error,
 };
 use crate::error::StorageError;
 use crate::storage::{AsyncStorage, Request, Snapshot};
@@ -26,10 +26,15 @@ async fn increment<C: ConnectionLike + Send>(
     key: &str,
     ttl: Duration,
 ) -> RedisResult<u64> {
-    increment_invocation(key, ttl).invoke_async(connection).await
+    increment_invocation(key, ttl)
+        .invoke_async(connection)
+        .await
 }
 
-async fn get<C: ConnectionLike + Send>(connection: &mut C, key: &str) -> RedisResult<Option<Vec<u8>>> {
+async fn get<C: ConnectionLike + Send>(
+    connection: &mut C,
+    key: &str,
+) -> RedisResult<Option<Vec<u8>>> {
     get_command(key).query_async(connection).await
 }
 
