@@ -74,6 +74,12 @@ fn with_connection<T>(
         Err(error) => {
             if connection_usable(&error) {
                 give_back(endpoint, idle);
+            } else {
+                // The server went away or stopped answering: the idle connections to it are
+                // most likely dead too, and each would cost a call its failure.
+                POOL.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&endpoint);
             }
             Err(fail(error))
         }
