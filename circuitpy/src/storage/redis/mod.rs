@@ -255,9 +255,23 @@ struct Endpoint {
     password: Option<String>,
 }
 
+/// Makes sure TLS connections have a crypto provider: rustls panics when none was chosen.
+/// The process's own choice, if it made one, stands.
+fn tls_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    });
+}
+
 impl Endpoint {
     fn of(client: &redis::Client) -> Self {
         let info = client.get_connection_info();
+        if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+            tls_provider();
+        }
         let settings = info.redis_settings();
         Endpoint {
             addr: info.addr().to_string(),
