@@ -54,11 +54,16 @@ fn with_connection<T>(
         }
         None => {
             let started = Instant::now();
-            let connection = client.get_connection_with_timeout(timeout).map_err(fail)?;
+            // The client applies its timeout to each round trip of its handshake in turn
+            // (there are two), so half of ours bounds the whole connection setup.
+            let connection = client
+                .get_connection_with_timeout(timeout / 2)
+                .map_err(fail)?;
             // What is left of the timeout bounds the first command.
-            let left = timeout
-                .saturating_sub(started.elapsed())
-                .max(Duration::from_millis(1));
+            let left = timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(StorageError::timeout(key, timeout));
+            }
             set_timeouts(&connection, left).map_err(fail)?;
             Idle {
                 connection,
