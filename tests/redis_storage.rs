@@ -420,6 +420,36 @@ fn rediss_against_a_plain_port_fails_cleanly() {
     );
 }
 
+#[test]
+fn a_breaker_over_tls() {
+    let dir = std::env::temp_dir().join(format!("circuitpy-tls-{}", std::process::id()));
+    let Some((server, ca)) = RedisServer::start_tls(&dir) else {
+        return;
+    };
+    let url = format!("rediss://127.0.0.1:{}/", server.port());
+    let certificates = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca),
+    };
+    let client = leak(redis::Client::build_with_tls(url.as_str(), certificates).unwrap());
+    let breaker = Breaker::new(Plain(client));
+    for _ in 0..2 {
+        let _ = breaker.call(|| Err::<(), E>(E::Down));
+    }
+    assert_eq!(breaker.state().unwrap(), State::Open);
+    let state = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(breaker.state_async());
+    assert_eq!(state.unwrap(), State::Open);
+    // Without the CA the server's certificate is not trusted: a clean error.
+    let untrusted = leak(redis::Client::open(url).unwrap());
+    let error = Breaker::new(Plain(untrusted)).state().unwrap_err();
+    assert!(matches!(error, StorageError::Backend { .. }), "{error:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `redis::Commands` and `circuitpy::Storage` in scope together: no ambiguous method.
 #[test]
 fn redis_commands_and_the_storage_trait_coexist() {

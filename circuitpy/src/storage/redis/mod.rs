@@ -246,10 +246,13 @@ fn redact(text: &str, secret: Option<&str>) -> String {
 }
 
 /// The identity of a server and login, for sharing connections between equal clients.
+///
+/// A TLS client's trust settings cannot be compared, so its connections are shared only
+/// with itself: `client` is then its address in memory (zero for plain connections).
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct Endpoint {
     addr: String,
-    tls: bool,
+    client: usize,
     db: i64,
     username: Option<String>,
     password: Option<String>,
@@ -269,13 +272,18 @@ fn tls_provider() {
 impl Endpoint {
     fn of(client: &redis::Client) -> Self {
         let info = client.get_connection_info();
-        if matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }) {
+        let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        if tls {
             tls_provider();
         }
         let settings = info.redis_settings();
         Endpoint {
             addr: info.addr().to_string(),
-            tls: matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. }),
+            client: if tls {
+                client as *const redis::Client as usize
+            } else {
+                0
+            },
             db: settings.db(),
             username: settings.username().map(str::to_owned),
             password: settings.password().map(str::to_owned),
