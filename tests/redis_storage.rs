@@ -552,6 +552,92 @@ mod asynchronous {
         assert_eq!(trips, 1);
     }
 
+    #[tokio::test]
+    async fn an_async_call_costs_at_most_one_command_too() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let client = leak(server.client());
+        let multiplexed = leak(client.get_multiplexed_async_connection().await.unwrap());
+        for breaker in [
+            Breaker::new(Trials(client)),
+            Breaker::keyed(Trials(client), "x"),
+        ] {
+            breaker.state_async().await.unwrap();
+            let mut counter = Counter::new(&server);
+            breaker.call_async(async { Ok::<(), E>(()) }).await.unwrap();
+            assert!(counter.sent() <= 1);
+            let _ = breaker.call_async(async { Err::<(), E>(E::Down) }).await;
+            assert_eq!(counter.sent(), 1);
+        }
+        let breaker = Breaker::new(Trials(multiplexed));
+        breaker.state_async().await.unwrap();
+        let mut counter = Counter::new(&server);
+        breaker.call_async(async { Ok::<(), E>(()) }).await.unwrap();
+        assert!(counter.sent() <= 1);
+        let _ = breaker.call_async(async { Err::<(), E>(E::Down) }).await;
+        assert_eq!(counter.sent(), 1);
+        let _ = breaker.call_async(async { Err::<(), E>(E::Down) }).await;
+        assert_eq!(counter.sent(), 1);
+        assert!(matches!(
+            breaker.call_async(async { Ok::<(), E>(()) }).await,
+            Err(E::Open(_))
+        ));
+        assert_eq!(
+            counter.sent(),
+            0,
+            "rejected before the deadline without a command"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_async_primitives_follow_the_storage_contract() {
+        use circuitpy::AsyncStorage;
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let client = server.client();
+        let multiplexed = client.get_multiplexed_async_connection().await.unwrap();
+        let manager = redis::aio::ConnectionManager::new(client.clone())
+            .await
+            .unwrap();
+        let mut redis = server.connection();
+        async fn check<S: AsyncStorage>(storage: &S, key: &str, redis: &mut redis::Connection) {
+            assert_eq!(storage.get_count(key).await.unwrap(), 0);
+            assert_eq!(
+                storage
+                    .increment(key, Duration::from_secs(10))
+                    .await
+                    .unwrap(),
+                1
+            );
+            assert_eq!(
+                storage
+                    .increment(key, Duration::from_secs(99))
+                    .await
+                    .unwrap(),
+                2
+            );
+            let ttl = pttl(redis, key);
+            assert!(ttl > 9_000 && ttl <= 10_000, "{ttl}");
+            storage
+                .expire_after(key, Duration::from_secs(100))
+                .await
+                .unwrap();
+            assert!(pttl(redis, key) > 10_000);
+            storage.expire_after(key, Duration::ZERO).await.unwrap();
+            assert_eq!(storage.get_count(key).await.unwrap(), 0);
+            cmd(redis, &["SET", key, "abc"]);
+            let error = storage.get_count(key).await.unwrap_err();
+            assert!(matches!(&error, StorageError::InvalidData { key: k, .. } if k == key));
+            let error = storage.increment(key, RECOVERY).await.unwrap_err();
+            assert!(matches!(&error, StorageError::InvalidData { key: k, .. } if k == key));
+        }
+        check(&client, "a", &mut redis).await;
+        check(&multiplexed, "b", &mut redis).await;
+        check(&manager, "c", &mut redis).await;
+    }
+
     /// The client's cached connection belongs to the runtime that made it; a new runtime
     /// gets a working connection without a failed call.
     #[test]
