@@ -179,6 +179,12 @@ fn values_the_breaker_did_not_write_are_invalid_data_naming_the_key() {
     // Forcing does not overwrite what it cannot read.
     let error = Breaker::new(Rejecting(client)).force_open().unwrap_err();
     assert!(matches!(&error, StorageError::InvalidData { key, .. } if key == HASH));
+    // A reset clears it, whatever it holds.
+    Breaker::new(Plain(client)).reset().unwrap();
+    assert_eq!(Breaker::new(Plain(client)).state().unwrap(), State::Closed);
+    cmd(&mut redis, &["SET", HASH, "surprise"]);
+    Breaker::new(Plain(client)).reset().unwrap();
+    assert_eq!(Breaker::new(Plain(client)).state().unwrap(), State::Closed);
 
     // The primitives name the key too.
     cmd(&mut redis, &["SET", "plain", "abc"]);

@@ -26,14 +26,21 @@ local width = tonumber(ARGV[9])
 local retention = tonumber(ARGV[10])
 local forced_ttl = tonumber(ARGV[11])
 
-local kind = redis.call('TYPE', key)['ok']
-if kind ~= 'none' and kind ~= 'hash' then
-  return redis.error_reply('CIRCUITPY ' .. key .. ': expected a hash, found a ' .. kind)
+-- Writes after reading TIME need effects replication: the only mode since Redis 7, to be
+-- asked for on older servers.
+if redis.replicate_commands then
+  redis.replicate_commands()
 end
 
+-- A reset clears whatever the key holds, even a value this script did not write.
 if op == 'reset' then
   redis.call('DEL', key)
   return {0, 1, -1, -1, 0}
+end
+
+local kind = redis.call('TYPE', key)['ok']
+if kind ~= 'none' and kind ~= 'hash' then
+  return redis.error_reply('CIRCUITPY ' .. key .. ': expected a hash, found a ' .. kind)
 end
 
 -- The current state, validated: every field must be what this script writes.
