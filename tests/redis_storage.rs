@@ -224,6 +224,49 @@ fn the_primitives_follow_the_storage_contract() {
 }
 
 #[test]
+fn trial_permits_are_leases_and_late_outcomes_change_nothing() {
+    use circuitpy::{Config, Op, Request, Storage};
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = server.client();
+    let config = Config::of::<Trials<redis::Client>>();
+    let run = |op| client.execute(&Request::new("svc", op, &config)).unwrap();
+
+    run(Op::Failure);
+    let open = run(Op::Failure);
+    assert_eq!(open.state, State::Open);
+    let retry_in = open.retry_in.unwrap();
+    assert!(
+        retry_in > Duration::ZERO && retry_in <= RECOVERY,
+        "{retry_in:?}"
+    );
+    assert!(open.open_since.unwrap() < RECOVERY);
+    // Outcomes of calls admitted while closed, arriving now, change nothing.
+    assert_eq!(run(Op::Failure).state, State::Open);
+    assert_eq!(run(Op::TrialSuccess).state, State::Open);
+    assert!(
+        !run(Op::AcquireTrial).permit,
+        "no permit before the deadline"
+    );
+
+    std::thread::sleep(RECOVERY + Duration::from_millis(50));
+    assert_eq!(run(Op::Read).state, State::HalfOpen);
+    assert!(run(Op::AcquireTrial).permit);
+    assert!(!run(Op::AcquireTrial).permit, "one trial at a time");
+    // Its holder never reports: after a recovery timeout the lease lapses.
+    std::thread::sleep(RECOVERY + Duration::from_millis(50));
+    assert!(run(Op::AcquireTrial).permit, "a new round");
+    assert!(!run(Op::AcquireTrial).permit);
+    assert_eq!(run(Op::TrialSuccess), circuitpy::Snapshot::closed(0));
+    // A trial outcome arriving after it closed changes nothing.
+    assert_eq!(run(Op::TrialFailure), circuitpy::Snapshot::closed(0));
+    let mut redis = server.connection();
+    let trips: u32 = redis::Commands::hget(&mut redis, HASH, "n").unwrap();
+    assert_eq!(trips, 1);
+}
+
+#[test]
 fn two_prefixes_on_one_server_do_not_collide() {
     let Some(server) = RedisServer::start() else {
         return;
