@@ -1,0 +1,347 @@
+//! Redis as a breaker's storage (feature `redis`): many processes on many hosts share one
+//! breaker.
+//!
+//! Implemented for the `redis` crate's own types, so a handler needs no adapter:
+//! - [`Storage`](crate::Storage) for `redis::Client` (blocking; connections are pooled per
+//!   server and reused, so a call never opens a connection of its own);
+//! - [`AsyncStorage`](crate::AsyncStorage) for `redis::Client` (one multiplexed connection
+//!   per server, created on first use), `redis::aio::MultiplexedConnection` and
+//!   `redis::aio::ConnectionManager`.
+//!
+//! Every breaker operation is one `EVALSHA` of `script.lua`: the read, the decision and the
+//! writes happen atomically on the server, by the server's clock. One breaker is one hash,
+//! `{prefix}:{key}:state`, always written with an expiry, so a crash or an eviction leaves
+//! at worst a closed breaker. Every command is bounded by the handler's storage timeout.
+
+use std::fmt;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::{Cmd, ErrorKind, RedisError, Script, ScriptInvocation};
+
+use crate::error::StorageError;
+use crate::handler::State;
+use crate::machine::bucket_width;
+use crate::policy::FailurePolicy;
+use crate::storage::primitive::{FORCED_TTL, retention};
+use crate::storage::{Op, Request, Snapshot};
+
+mod blocking;
+mod nonblocking;
+
+/// The breaker operation, one round trip.
+static EXECUTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("script.lua")));
+
+/// `increment`: the count and its expiry are set in one atomic step.
+static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local n = redis.call('INCR', KEYS[1]) \
+         if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+         return n",
+    )
+});
+
+/// Whole milliseconds, rounded up, at least one (Redis rejects a zero expiry).
+fn millis(duration: Duration) -> u64 {
+    duration
+        .as_nanos()
+        .div_ceil(1_000_000)
+        .clamp(1, u128::from(u64::MAX)) as u64
+}
+
+/// The hash holding one breaker.
+fn state_key(request: &Request<'_>) -> String {
+    format!("{}:state", request.namespaced_key())
+}
+
+fn op_name(op: Op) -> &'static str {
+    match op {
+        Op::Read => "read",
+        Op::Success => "success",
+        Op::Failure => "failure",
+        Op::AcquireTrial => "acquire",
+        Op::TrialSuccess => "trial_success",
+        Op::TrialFailure => "trial_failure",
+        Op::ForceOpen => "force_open",
+        Op::ForceClosed => "force_closed",
+        Op::Reset => "reset",
+    }
+}
+
+/// The script call for `request`, and the key it touches.
+fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'static>) {
+    let config = request.config;
+    let (policy, window, rate, minimum_calls) = match config.policy {
+        FailurePolicy::Consecutive => (0, Duration::ZERO, 0.0, 0),
+        FailurePolicy::CountInWindow { window } => (1, window, 0.0, 0),
+        FailurePolicy::Rate {
+            rate,
+            window,
+            minimum_calls,
+        } => (2, window, rate, minimum_calls),
+    };
+    let bucket_ms = (bucket_width(window) / 1_000_000).max(1);
+    let key = state_key(request);
+    let mut invocation = EXECUTE.prepare_invoke();
+    invocation
+        .key(&key)
+        .arg(op_name(request.op))
+        .arg(config.failure_threshold)
+        .arg(millis(config.recovery_timeout))
+        .arg(config.half_open_trials)
+        .arg(policy)
+        .arg(millis(window))
+        .arg(rate)
+        .arg(minimum_calls)
+        .arg(bucket_ms)
+        .arg(millis(retention(config)))
+        .arg(millis(FORCED_TTL));
+    (key, invocation)
+}
+
+fn increment_invocation(key: &str, ttl: Duration) -> ScriptInvocation<'static> {
+    let mut invocation = INCREMENT.prepare_invoke();
+    invocation.key(key).arg(millis(ttl));
+    invocation
+}
+
+fn get_command(key: &str) -> Cmd {
+    let mut cmd = redis::cmd("GET");
+    cmd.arg(key);
+    cmd
+}
+
+fn expire_command(key: &str, ttl: Duration) -> Cmd {
+    if ttl.is_zero() {
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(key);
+        cmd
+    } else {
+        let mut cmd = redis::cmd("PEXPIRE");
+        cmd.arg(key).arg(millis(ttl));
+        cmd
+    }
+}
+
+/// A `GET` reply as a count.
+fn parse_count(key: &str, value: Option<Vec<u8>>) -> Result<u64, StorageError> {
+    let Some(bytes) = value else { return Ok(0) };
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .ok_or_else(|| {
+            let shown: String = String::from_utf8_lossy(&bytes).chars().take(40).collect();
+            StorageError::invalid_data(key, format!("expected a count, found {shown:?}"))
+        })
+}
+
+/// The script's reply as a snapshot.
+fn parse_snapshot(key: &str, reply: &[i64]) -> Result<Snapshot, StorageError> {
+    let &[state, permit, retry_in, open_since, failures] = reply else {
+        return Err(StorageError::invalid_data(
+            key,
+            format!("unexpected script reply {reply:?}"),
+        ));
+    };
+    let state = u64::try_from(state)
+        .ok()
+        .and_then(State::from_code)
+        .ok_or_else(|| StorageError::invalid_data(key, format!("unknown state {state}")))?;
+    let duration = |ms: i64| u64::try_from(ms).ok().map(Duration::from_millis);
+    Ok(match state {
+        State::Closed => Snapshot::closed(u64::try_from(failures).unwrap_or(0)),
+        State::Open => Snapshot::open(
+            duration(retry_in).unwrap_or(Duration::ZERO),
+            duration(open_since),
+        ),
+        State::HalfOpen => Snapshot::half_open(permit == 1),
+        forced => Snapshot::forced(forced),
+    })
+}
+
+/// Maps a client error to a storage error. `secret` is the password the client was given,
+/// if known; it never reaches the error's text.
+fn storage_error(
+    key: &str,
+    error: RedisError,
+    secret: Option<&str>,
+    timeout: Duration,
+) -> StorageError {
+    let code = error.code().unwrap_or_default();
+    let detail = error.detail().unwrap_or_default();
+    if code == "CIRCUITPY" {
+        let detail = detail.split_once(": ").map_or(detail, |(_, rest)| rest);
+        return StorageError::invalid_data(key, redact(detail, secret));
+    }
+    if code == "WRONGTYPE" || detail.contains("WRONGTYPE") {
+        return StorageError::invalid_data(key, "the key holds a value of another type");
+    }
+    if detail.contains("not an integer") {
+        return StorageError::invalid_data(key, "expected a count");
+    }
+    if error.is_timeout() {
+        return StorageError::timeout(key, timeout);
+    }
+    StorageError::backend(key, RedisFailure::new(&error, secret))
+}
+
+/// Whether a connection that returned `error` can still be used: the server answered with
+/// an error reply, so the connection is in step.
+fn connection_usable(error: &RedisError) -> bool {
+    matches!(error.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
+}
+
+/// A Redis client error with any credentials removed from its text.
+#[derive(Clone)]
+pub(crate) struct RedisFailure {
+    text: String,
+}
+
+impl RedisFailure {
+    fn new(error: &RedisError, secret: Option<&str>) -> Self {
+        RedisFailure {
+            text: redact(&error.to_string(), secret),
+        }
+    }
+}
+
+impl fmt::Display for RedisFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for RedisFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("RedisFailure").field(&self.text).finish()
+    }
+}
+
+impl std::error::Error for RedisFailure {}
+
+/// Removes `secret` and the user information of any URL (`scheme://user:pass@host`).
+fn redact(text: &str, secret: Option<&str>) -> String {
+    let mut text = text.to_owned();
+    if let Some(secret) = secret.filter(|secret| !secret.is_empty()) {
+        text = text.replace(secret, "***");
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(user_end) => {
+                out.push_str("***");
+                rest = &tail[user_end..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The identity of a server and login, for sharing connections between equal clients.
+///
+/// A TLS client's trust settings cannot be compared, so its connections are shared only
+/// with itself: `client` is then its address in memory (zero for plain connections).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Endpoint {
+    addr: String,
+    client: usize,
+    db: i64,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+/// Makes sure TLS connections have a crypto provider: rustls panics when none was chosen.
+/// The process's own choice, if it made one, stands.
+fn tls_provider() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    });
+}
+
+impl Endpoint {
+    fn of(client: &redis::Client) -> Self {
+        let info = client.get_connection_info();
+        let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        if tls {
+            tls_provider();
+        }
+        let settings = info.redis_settings();
+        Endpoint {
+            addr: info.addr().to_string(),
+            client: if tls {
+                client as *const redis::Client as usize
+            } else {
+                0
+            },
+            db: settings.db(),
+            username: settings.username().map(str::to_owned),
+            password: settings.password().map(str::to_owned),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_removes_the_password_and_url_credentials() {
+        assert_eq!(
+            redact("failed for redis://user:hunter2@host:6379/0", None),
+            "failed for redis://***@host:6379/0"
+        );
+        assert_eq!(
+            redact("WRONGPASS hunter2", Some("hunter2")),
+            "WRONGPASS ***"
+        );
+        assert_eq!(redact("no url here", Some("")), "no url here");
+        assert_eq!(
+            redact("a rediss://h:1 and redis://:pw@h", None),
+            "a rediss://h:1 and redis://***@h"
+        );
+    }
+
+    #[test]
+    fn millis_round_up_and_never_zero() {
+        assert_eq!(millis(Duration::ZERO), 1);
+        assert_eq!(millis(Duration::from_micros(1500)), 2);
+        assert_eq!(millis(Duration::from_secs(2)), 2000);
+    }
+
+    #[test]
+    fn counts_parse_or_name_the_key() {
+        assert_eq!(parse_count("k", None).unwrap(), 0);
+        assert_eq!(parse_count("k", Some(b"12".to_vec())).unwrap(), 12);
+        let error = parse_count("app:{k}:failures", Some(b"abc".to_vec())).unwrap_err();
+        assert!(error.to_string().contains("app:{k}:failures"), "{error}");
+    }
+
+    #[test]
+    fn replies_become_snapshots() {
+        assert_eq!(
+            parse_snapshot("k", &[0, 1, -1, -1, 2]).unwrap(),
+            Snapshot::closed(2)
+        );
+        assert_eq!(
+            parse_snapshot("k", &[1, 0, 250, 50, 0]).unwrap(),
+            Snapshot::open(Duration::from_millis(250), Some(Duration::from_millis(50)))
+        );
+        assert_eq!(
+            parse_snapshot("k", &[2, 1, -1, -1, 0]).unwrap(),
+            Snapshot::half_open(true)
+        );
+        assert!(parse_snapshot("k", &[9, 0, -1, -1, 0]).is_err());
+        assert!(parse_snapshot("k", &[0]).is_err());
+    }
+}
