@@ -67,6 +67,7 @@ macro_rules! handler {
 handler!(LocalA, "local", Some(Duration::from_secs(1)));
 handler!(LocalB, "local", Some(Duration::from_secs(1)));
 handler!(Strict, "strict", None);
+handler!(Latecomer, "local", None);
 
 #[derive(Debug)]
 enum CallError {
@@ -91,7 +92,11 @@ fn fail<H: CircuitBreaker<Storage = CountingStorage>>(handler: H) {
 
 #[test]
 fn local_mode_behaviour() {
-    // Strict mode: one operation per success.
+    // Strict mode: a process's first call asks for the shared state; then one operation per
+    // success.
+    let before = operations();
+    succeed(Strict).unwrap();
+    assert_eq!(operations() - before, 2);
     let before = operations();
     for _ in 0..100 {
         succeed(Strict).unwrap();

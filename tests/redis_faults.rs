@@ -127,7 +127,7 @@ where
 fn storage_failed(result: Result<(), E>) -> Option<StorageError> {
     match result {
         Err(E::Open(open)) => match open.reason() {
-            Rejection::StorageFailed(cause) => Some(cause.clone()),
+            Rejection::StorageFailed(cause) => Some((**cause).clone()),
             _ => None,
         },
         _ => None,

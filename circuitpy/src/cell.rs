@@ -92,7 +92,7 @@ impl Cell {
             State::ForcedOpen => current.next(State::ForcedOpen, refresh(None)),
             state => current.next(state, 0),
         };
-        self.synced_at.store(now, Ordering::Relaxed);
+        self.synced_at.store(now.max(1), Ordering::Relaxed);
         (self.swap(next), next)
     }
 }

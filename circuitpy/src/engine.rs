@@ -260,9 +260,13 @@ pub(crate) async fn enter_shared<'a, H: CircuitBreaker, B: Backend>(
 ) -> Result<Guard<'a, H>, CircuitBreakerOpen> {
     let word = cell.load();
     match word.phase() {
-        State::Closed | State::ForcedClosed => {
+        // A view this process has never refreshed is asked for once: a new process must not
+        // run calls against a breaker the rest of the fleet opened. After that, every reply
+        // refreshes the view.
+        State::Closed | State::ForcedClosed if cell.synced_at.load(Ordering::Relaxed) != 0 => {
             return Ok(Guard::new(handler, cell, clock, word, Role::Closed, false));
         }
+        State::Closed | State::ForcedClosed => {}
         State::Open | State::ForcedOpen => {
             let refusal = if word.phase() == State::Open {
                 Refusal::Open

@@ -95,7 +95,8 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
         .arg(minimum_calls)
         .arg(bucket_ms)
         .arg(millis(retention(config)))
-        .arg(millis(FORCED_TTL));
+        .arg(millis(FORCED_TTL))
+        .arg(request.count);
     (key, invocation)
 }
 

@@ -2,7 +2,8 @@
 --
 -- KEYS[1]  the breaker's hash, `{prefix}:{key}:state`
 -- ARGV     op, threshold, recovery_ms, trials, policy (0 consecutive, 1 count in window,
---          2 rate), window_ms, rate, minimum_calls, bucket_ms, retention_ms, forced_ttl_ms
+--          2 rate), window_ms, rate, minimum_calls, bucket_ms, retention_ms, forced_ttl_ms,
+--          count (calls a success reports: more than one when local mode held some back)
 --
 -- Hash fields (all integers; an absent hash is a closed breaker with nothing counted):
 --   s       state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 forced closed
@@ -25,6 +26,7 @@ local minimum = tonumber(ARGV[8])
 local width = tonumber(ARGV[9])
 local retention = tonumber(ARGV[10])
 local forced_ttl = tonumber(ARGV[11])
+local count = tonumber(ARGV[12]) or 1
 
 -- Writes after reading TIME need effects replication: the only mode since Redis 7, to be
 -- asked for on older servers.
@@ -86,14 +88,14 @@ local function closed()
   changed = true
 end
 
--- Rate policy: count one call in the current bucket; the window's totals.
-local function record(failed)
+-- Rate policy: count `calls` calls in the current bucket; the window's totals.
+local function record(failed, calls_made)
   local bucket = math.floor(now / width)
   local slot = bucket % 10
   if v['b' .. slot] ~= bucket then
     v['b' .. slot], v['c' .. slot], v['e' .. slot] = bucket, 0, 0
   end
-  v['c' .. slot] = v['c' .. slot] + 1
+  v['c' .. slot] = v['c' .. slot] + calls_made
   if failed then
     v['e' .. slot] = v['e' .. slot] + 1
   end
@@ -118,7 +120,7 @@ if op == 'success' then
       v.f = nil
       changed = true
     elseif policy == 2 then
-      local _, failures = record(false)
+      local _, failures = record(false, count)
       reported = failures
     end
   end
@@ -136,7 +138,7 @@ elseif op == 'failure' then
       v.l = now
       trips = v.f >= threshold
     else
-      local calls, failures = record(true)
+      local calls, failures = record(true, 1)
       reported = failures
       trips = calls >= minimum and failures >= rate * calls
     end
