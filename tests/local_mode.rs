@@ -142,4 +142,14 @@ fn local_mode_behaviour() {
         panic!("A did not see the trip")
     };
     assert!(rejected.reason().is_open());
+
+    // A process that starts after the trip asks before its first call, which is rejected
+    // without running.
+    let mut ran = false;
+    let result: Result<(), CallError> = Breaker::new(Latecomer).call(|| {
+        ran = true;
+        Ok(())
+    });
+    assert!(matches!(result, Err(CallError::Open(_))));
+    assert!(!ran);
 }
