@@ -31,7 +31,12 @@ impl Parse for Args {
                     let path: LitStr = input.parse()?;
                     set_once(&mut krate, &name, path.parse_with(Path::parse_mod_style)?)?;
                 }
-                other => return Err(syn::Error::new(name.span(), format!("unknown option `{other}`; {OPTIONS}"))),
+                other => {
+                    return Err(syn::Error::new(
+                        name.span(),
+                        format!("unknown option `{other}`; {OPTIONS}"),
+                    ));
+                }
             }
             if input.is_empty() {
                 break;
@@ -44,14 +49,22 @@ impl Parse for Args {
                 "missing `handler = ...`: name the unit struct that implements `circuitpy::CircuitBreaker`",
             )
         })?;
-        Ok(Args { handler, key, fallback, krate })
+        Ok(Args {
+            handler,
+            key,
+            fallback,
+            krate,
+        })
     }
 }
 
 /// Stores an option's value, or fails on the option's second appearance.
 fn set_once<T>(slot: &mut Option<T>, name: &Ident, value: T) -> syn::Result<()> {
     if slot.is_some() {
-        return Err(syn::Error::new(name.span(), format!("duplicate option `{name}`; each option may appear once")));
+        return Err(syn::Error::new(
+            name.span(),
+            format!("duplicate option `{name}`; each option may appear once"),
+        ));
     }
     *slot = Some(value);
     Ok(())

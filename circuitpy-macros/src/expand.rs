@@ -11,7 +11,10 @@ pub(crate) fn circuit_breaker(args: TokenStream, item: TokenStream) -> TokenStre
     let function: ItemFn = match syn::parse2(item.clone()) {
         Ok(function) => function,
         Err(error) => {
-            let error = syn::Error::new(error.span(), "`#[circuit_breaker]` goes on a function returning `Result<T, E>`");
+            let error = syn::Error::new(
+                error.span(),
+                "`#[circuit_breaker]` goes on a function returning `Result<T, E>`",
+            );
             return with_error(item, error);
         }
     };
@@ -28,9 +31,17 @@ fn with_error(item: TokenStream, error: syn::Error) -> TokenStream {
 }
 
 fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
-    let ItemFn { attrs, vis, sig, block } = function;
+    let ItemFn {
+        attrs,
+        vis,
+        sig,
+        block,
+    } = function;
     if let Some(constness) = &sig.constness {
-        return Err(syn::Error::new(constness.span(), "`#[circuit_breaker]` cannot guard a `const fn`"));
+        return Err(syn::Error::new(
+            constness.span(),
+            "`#[circuit_breaker]` cannot guard a `const fn`",
+        ));
     }
     let return_type = result_type(&sig.output, sig)?;
     let krate = match &args.krate {
@@ -103,7 +114,14 @@ fn result_type<'a>(output: &'a ReturnType, sig: &syn::Signature) -> syn::Result<
     match output {
         ReturnType::Default => Err(syn::Error::new(sig.paren_token.span.close(), message)),
         ReturnType::Type(_, ty) => match &**ty {
-            Type::Path(path) if path.qself.is_none() && path.path.segments.last().is_some_and(|s| s.ident == "Result") => {
+            Type::Path(path)
+                if path.qself.is_none()
+                    && path
+                        .path
+                        .segments
+                        .last()
+                        .is_some_and(|s| s.ident == "Result") =>
+            {
                 Ok(ty)
             }
             _ => Err(syn::Error::new_spanned(ty, message)),
@@ -141,4 +159,3 @@ fn argument_names(sig: &syn::Signature) -> syn::Result<Vec<TokenStream>> {
         })
         .collect()
 }
-
