@@ -91,9 +91,22 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
     } else {
         quote!(__circuitpy_guard.complete(#private::catch(move || #body)))
     };
+    // Checked first, so that a handler that is not one, or whose consts are invalid, is
+    // reported at the handler's name, even by `cargo check`. The call is spelled with the handler's span only (a path keeping the macro's span
+    // would get the error reported at the whole attribute); the `use` keeps the crate
+    // path's own span, so an unknown `crate = ...` is reported there.
+    let alias = syn::Ident::new("__circuitpy_check_handler", handler.span());
+    let call = quote_spanned!(handler.span()=> #alias::<#handler>());
+    let check = quote! {
+        const {
+            use #private::check_handler as #alias;
+            #call
+        };
+    };
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
+            #check
             static __CIRCUITPY_SITE: #private::Site = #private::Site::new();
             let __circuitpy_guard = match #enter {
                 ::core::result::Result::Ok(guard) => guard,
