@@ -1,4 +1,4 @@
-#![deny(warnings)]
+#![deny(warnings, clippy::all)]
 #![forbid(unsafe_code)]
 
 use circuitpy::circuit_breaker;
