@@ -86,10 +86,14 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
     } else {
         quote_spanned!(handler.span()=> #private::enter::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method))
     };
+    // The method name carries the handler's span: an unmet bound on the handler's storage
+    // is reported there.
     let run = if is_async {
-        quote!(__circuitpy_guard.complete_async(#private::catch_async(async move #body).await).await)
+        let complete = syn::Ident::new("complete_async", handler.span());
+        quote!(__circuitpy_guard.#complete(#private::catch_async(async move #body).await).await)
     } else {
-        quote!(__circuitpy_guard.complete(#private::catch(move || #body)))
+        let complete = syn::Ident::new("complete", handler.span());
+        quote!(__circuitpy_guard.#complete(#private::catch(move || #body)))
     };
     // Checked first, so that a handler that is not one, or whose consts are invalid, is
     // reported at the handler's name, even by `cargo check`. The call is spelled with the handler's span only (a path keeping the macro's span
