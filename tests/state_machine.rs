@@ -724,3 +724,53 @@ fn per_call_keys_are_independent_breakers() {
         ]
     );
 }
+
+handler!(StaleWindow {
+    const FAILURE_THRESHOLD: u32 = 2;
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+    const FAILURE_POLICY: FailurePolicy = FailurePolicy::CountInWindow {
+        window: Duration::from_secs(60),
+    };
+});
+
+#[test]
+fn a_failure_admitted_before_the_breaker_opened_does_not_count_after_it_closed_again() {
+    use std::future::{Future, poll_fn};
+    use std::task::{Context, Poll, Waker};
+
+    let breaker = Breaker::new(StaleWindow);
+    let finish = Cell::new(false);
+    // A call admitted while closed, still running when the breaker opens and closes again.
+    let mut slow = Box::pin(breaker.call_async(async {
+        poll_fn(|_| {
+            if finish.get() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        Err::<(), Error>(Error::Down)
+    }));
+    let mut context = Context::from_waker(Waker::noop());
+    assert!(slow.as_mut().poll(&mut context).is_pending());
+    for _ in 0..2 {
+        assert!(breaker.call(down).is_err());
+    }
+    assert_eq!(breaker.state().unwrap(), State::Open);
+    StaleWindow::clock().advance(Duration::from_secs(10) + SLACK);
+    assert!(breaker.call(ok).is_ok());
+    assert_eq!(breaker.state().unwrap(), State::Closed);
+    // The old call fails now; it belongs to the breaker's previous closed period.
+    finish.set(true);
+    assert!(matches!(
+        slow.as_mut().poll(&mut context),
+        Poll::Ready(Err(Error::Down))
+    ));
+    assert_eq!(breaker.state().unwrap(), State::Closed);
+    // One failure of this closed period is below the threshold of two.
+    assert!(breaker.call(down).is_err());
+    assert_eq!(breaker.state().unwrap(), State::Closed);
+    assert!(breaker.call(down).is_err());
+    assert_eq!(breaker.state().unwrap(), State::Open);
+}
