@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use circuitpy::{Breaker, State};
+use circuitpy::{Breaker, CircuitBreaker, ManualClock, State};
 use common::{Error, rejected};
 use proptest::prelude::*;
 
@@ -24,6 +24,21 @@ const TRIALS: u32 = 2;
 /// Half a second off the whole seconds the clock moves by, so no step lands on a deadline
 /// (which the breaker rounds up to its millisecond tick).
 const RECOVERY: Duration = Duration::from_millis(10_500);
+
+/// The window of the windowed handler: a whole number of seconds, so that steps land on
+/// its edge too.
+const WINDOW: Duration = Duration::from_secs(6);
+
+handler!(ModelledWindow {
+    const FAILURE_THRESHOLD: u32 = THRESHOLD;
+    const RECOVERY_TIMEOUT: Duration = RECOVERY;
+    const HALF_OPEN_TRIALS: u32 = TRIALS;
+    const FAILURE_POLICY: circuitpy::FailurePolicy =
+        circuitpy::FailurePolicy::CountInWindow { window: WINDOW };
+    fn is_failure(&self, error: &dyn Any) -> bool {
+        !matches!(error.downcast_ref::<Error>(), Some(Error::NotFound))
+    }
+});
 
 handler!(Modelled {
     const FAILURE_THRESHOLD: u32 = THRESHOLD;
@@ -83,11 +98,27 @@ fn step() -> impl Strategy<Value = Step> {
 /// The reference model's phase.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Phase {
-    Closed { failures: u32 },
-    Open { until: Duration },
-    HalfOpen { permits: u32, successes: u32 },
+    /// `last`: when the last counted failure came (windowed policy only).
+    Closed {
+        failures: u32,
+        last: Duration,
+    },
+    Open {
+        until: Duration,
+    },
+    HalfOpen {
+        permits: u32,
+        successes: u32,
+    },
     ForcedOpen,
     ForcedClosed,
+}
+
+impl Phase {
+    const CLOSED: Phase = Phase::Closed {
+        failures: 0,
+        last: Duration::ZERO,
+    };
 }
 
 /// What an admitted call's outcome will count against.
@@ -100,6 +131,8 @@ enum Role {
 
 #[derive(Debug)]
 struct Model {
+    /// `None` for the consecutive policy, the window for `CountInWindow`.
+    window: Option<Duration>,
     phase: Phase,
     /// Bumped on every phase change and every manual control; outcomes of calls admitted
     /// under an older epoch change nothing.
@@ -144,17 +177,24 @@ impl Model {
             until: now + RECOVERY,
         };
         match (role, self.phase) {
-            (Role::Closed(epoch), Phase::Closed { failures }) if epoch == self.epoch => {
+            (Role::Closed(epoch), Phase::Closed { failures, last }) if epoch == self.epoch => {
                 if failed {
-                    if failures + 1 >= THRESHOLD {
+                    let failures = match self.window {
+                        // The count starts over after a gap longer than the window.
+                        Some(window) if now.saturating_sub(last) > window => 1,
+                        _ => failures + 1,
+                    };
+                    if failures >= THRESHOLD {
                         self.enter(open);
                     } else {
                         self.phase = Phase::Closed {
-                            failures: failures + 1,
+                            failures,
+                            last: now,
                         };
                     }
-                } else if end == Some(End::Success) {
-                    self.phase = Phase::Closed { failures: 0 };
+                } else if end == Some(End::Success) && self.window.is_none() {
+                    // Consecutive: a success resets the count; in a window it changes nothing.
+                    self.phase = Phase::CLOSED;
                 }
             }
             (Role::Trial(epoch), Phase::HalfOpen { permits, successes }) if epoch == self.epoch => {
@@ -162,7 +202,7 @@ impl Model {
                     self.enter(open);
                 } else if end == Some(End::Success) {
                     if successes + 1 >= TRIALS {
-                        self.enter(Phase::Closed { failures: 0 });
+                        self.enter(Phase::CLOSED);
                     } else {
                         self.phase = Phase::HalfOpen {
                             permits,
@@ -232,13 +272,17 @@ fn check_end(result: Result<Result<u32, Error>, Box<dyn Any + Send>>, end: End) 
 
 static CASE: AtomicU64 = AtomicU64::new(0);
 
-fn run_case(steps: &[Step]) {
+fn run_case<H>(handler: H, manual: &ManualClock, window: Option<Duration>, steps: &[Step])
+where
+    H: CircuitBreaker<Storage = circuitpy::MemoryStorage>,
+{
     // Each case has a breaker of its own: a fresh per-call key.
     let key = format!("case-{}", CASE.fetch_add(1, Ordering::Relaxed));
-    let breaker = Breaker::keyed(Modelled, &key);
-    let clock = Modelled::clock().clock();
+    let breaker = Breaker::keyed(handler, &key);
+    let clock = manual.clock();
     let mut model = Model {
-        phase: Phase::Closed { failures: 0 },
+        window,
+        phase: Phase::CLOSED,
         epoch: 0,
     };
     let mut waiting: Vec<Waiting<'_>> = Vec::new();
@@ -267,7 +311,7 @@ fn run_case(steps: &[Step]) {
                     }
                 }
             }
-            Step::Advance(seconds) => Modelled::clock().advance(Duration::from_secs(*seconds)),
+            Step::Advance(seconds) => manual.advance(Duration::from_secs(*seconds)),
             Step::Start => {
                 let expected = model.admit(now);
                 let slot = Rc::new(Cell::new(None));
@@ -333,7 +377,7 @@ fn run_case(steps: &[Step]) {
             }
             Step::Reset => {
                 breaker.reset().unwrap();
-                model.enter(Phase::Closed { failures: 0 });
+                model.enter(Phase::CLOSED);
             }
         }
         let now = clock.elapsed();
@@ -364,6 +408,12 @@ proptest! {
     #[test]
     fn the_breaker_behaves_like_the_model(steps in prop::collection::vec(step(), 1..100)) {
         quiet_modelled_panics();
-        run_case(&steps);
+        run_case(Modelled, Modelled::clock(), None, &steps);
+    }
+
+    #[test]
+    fn the_windowed_breaker_behaves_like_the_model(steps in prop::collection::vec(step(), 1..100)) {
+        quiet_modelled_panics();
+        run_case(ModelledWindow, ModelledWindow::clock(), Some(WINDOW), &steps);
     }
 }
