@@ -40,6 +40,32 @@ handler!(ModelledWindow {
     }
 });
 
+/// The rate handler's buckets are a tenth of its window: whole seconds, like the steps.
+const RATE_BUCKET: Duration = Duration::from_secs(1);
+const RATE_MINIMUM_CALLS: u32 = 4;
+
+handler!(ModelledRate {
+    const FAILURE_THRESHOLD: u32 = THRESHOLD;
+    const RECOVERY_TIMEOUT: Duration = RECOVERY;
+    const HALF_OPEN_TRIALS: u32 = TRIALS;
+    const FAILURE_POLICY: circuitpy::FailurePolicy = circuitpy::FailurePolicy::Rate {
+        rate: 0.5,
+        window: Duration::from_secs(10),
+        minimum_calls: RATE_MINIMUM_CALLS,
+    };
+    fn is_failure(&self, error: &dyn Any) -> bool {
+        !matches!(error.downcast_ref::<Error>(), Some(Error::NotFound))
+    }
+});
+
+/// How the model counts failures while closed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Policy {
+    Consecutive,
+    Window(Duration),
+    Rate,
+}
+
 handler!(Modelled {
     const FAILURE_THRESHOLD: u32 = THRESHOLD;
     const RECOVERY_TIMEOUT: Duration = RECOVERY;
@@ -131,8 +157,9 @@ enum Role {
 
 #[derive(Debug)]
 struct Model {
-    /// `None` for the consecutive policy, the window for `CountInWindow`.
-    window: Option<Duration>,
+    policy: Policy,
+    /// The rate policy's calls of this closed period: (bucket, failed).
+    rate_calls: Vec<(u64, bool)>,
     phase: Phase,
     /// Bumped on every phase change and every manual control; outcomes of calls admitted
     /// under an older epoch change nothing.
@@ -143,6 +170,7 @@ impl Model {
     fn enter(&mut self, phase: Phase) {
         self.phase = phase;
         self.epoch += 1;
+        self.rate_calls.clear();
     }
 
     /// Admission at `now`: the role of an admitted call, or the rejection's reason.
@@ -177,11 +205,31 @@ impl Model {
             until: now + RECOVERY,
         };
         match (role, self.phase) {
+            (Role::Closed(epoch), Phase::Closed { .. })
+                if epoch == self.epoch && self.policy == Policy::Rate =>
+            {
+                if failed || end == Some(End::Success) {
+                    let bucket = now.as_nanos() as u64 / RATE_BUCKET.as_nanos() as u64;
+                    self.rate_calls.push((bucket, failed));
+                    let oldest = bucket.saturating_sub(9);
+                    let (calls, failures) = self
+                        .rate_calls
+                        .iter()
+                        .filter(|(at, _)| *at >= oldest)
+                        .fold((0, 0), |(calls, failures), (_, failed)| {
+                            (calls + 1, failures + u32::from(*failed))
+                        });
+                    // A rate of one half: trips when at least half the calls failed.
+                    if failed && calls >= RATE_MINIMUM_CALLS && 2 * failures >= calls {
+                        self.enter(open);
+                    }
+                }
+            }
             (Role::Closed(epoch), Phase::Closed { failures, last }) if epoch == self.epoch => {
                 if failed {
-                    let failures = match self.window {
+                    let failures = match self.policy {
                         // The count starts over after a gap longer than the window.
-                        Some(window) if now.saturating_sub(last) > window => 1,
+                        Policy::Window(window) if now.saturating_sub(last) > window => 1,
                         _ => failures + 1,
                     };
                     if failures >= THRESHOLD {
@@ -192,7 +240,7 @@ impl Model {
                             last: now,
                         };
                     }
-                } else if end == Some(End::Success) && self.window.is_none() {
+                } else if end == Some(End::Success) && self.policy == Policy::Consecutive {
                     // Consecutive: a success resets the count; in a window it changes nothing.
                     self.phase = Phase::CLOSED;
                 }
@@ -272,7 +320,7 @@ fn check_end(result: Result<Result<u32, Error>, Box<dyn Any + Send>>, end: End) 
 
 static CASE: AtomicU64 = AtomicU64::new(0);
 
-fn run_case<H>(handler: H, manual: &ManualClock, window: Option<Duration>, steps: &[Step])
+fn run_case<H>(handler: H, manual: &ManualClock, policy: Policy, steps: &[Step])
 where
     H: CircuitBreaker<Storage = circuitpy::MemoryStorage>,
 {
@@ -281,7 +329,8 @@ where
     let breaker = Breaker::keyed(handler, &key);
     let clock = manual.clock();
     let mut model = Model {
-        window,
+        policy,
+        rate_calls: Vec::new(),
         phase: Phase::CLOSED,
         epoch: 0,
     };
@@ -408,12 +457,18 @@ proptest! {
     #[test]
     fn the_breaker_behaves_like_the_model(steps in prop::collection::vec(step(), 1..100)) {
         quiet_modelled_panics();
-        run_case(Modelled, Modelled::clock(), None, &steps);
+        run_case(Modelled, Modelled::clock(), Policy::Consecutive, &steps);
     }
 
     #[test]
     fn the_windowed_breaker_behaves_like_the_model(steps in prop::collection::vec(step(), 1..100)) {
         quiet_modelled_panics();
-        run_case(ModelledWindow, ModelledWindow::clock(), Some(WINDOW), &steps);
+        run_case(ModelledWindow, ModelledWindow::clock(), Policy::Window(WINDOW), &steps);
+    }
+
+    #[test]
+    fn the_rate_breaker_behaves_like_the_model(steps in prop::collection::vec(step(), 1..100)) {
+        quiet_modelled_panics();
+        run_case(ModelledRate, ModelledRate::clock(), Policy::Rate, &steps);
     }
 }
