@@ -208,21 +208,23 @@ impl Model {
             (Role::Closed(epoch), Phase::Closed { .. })
                 if epoch == self.epoch && self.policy == Policy::Rate =>
             {
-                if failed || end == Some(End::Success) {
-                    let bucket = now.as_nanos() as u64 / RATE_BUCKET.as_nanos() as u64;
-                    self.rate_calls.push((bucket, failed));
-                    let oldest = bucket.saturating_sub(9);
-                    let (calls, failures) = self
-                        .rate_calls
-                        .iter()
-                        .filter(|(at, _)| *at >= oldest)
-                        .fold((0, 0), |(calls, failures), (_, failed)| {
-                            (calls + 1, failures + u32::from(*failed))
-                        });
-                    // A rate of one half: trips when at least half the calls failed.
-                    if failed && calls >= RATE_MINIMUM_CALLS && 2 * failures >= calls {
-                        self.enter(open);
-                    }
+                // Errors that do not count are not calls of the rate either.
+                let Some(End::Success | End::Failure | End::Panic) = end else {
+                    return;
+                };
+                let bucket = now.as_nanos() as u64 / RATE_BUCKET.as_nanos() as u64;
+                self.rate_calls.push((bucket, failed));
+                let oldest = bucket.saturating_sub(9);
+                let (calls, failures) = self
+                    .rate_calls
+                    .iter()
+                    .filter(|(at, _)| *at >= oldest)
+                    .fold((0, 0), |(calls, failures), (_, failed)| {
+                        (calls + 1, failures + u32::from(*failed))
+                    });
+                // A rate of one half: trips when at least half the calls failed.
+                if failed && calls >= RATE_MINIMUM_CALLS && 2 * failures >= calls {
+                    self.enter(open);
                 }
             }
             (Role::Closed(epoch), Phase::Closed { failures, last }) if epoch == self.epoch => {
