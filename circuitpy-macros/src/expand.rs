@@ -63,7 +63,12 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
         Some(fallback) => {
             let arguments = argument_names(sig)?;
             let call = quote_spanned!(fallback.span()=> #fallback(#(#arguments),*));
-            if is_async { quote!(#call.await) } else { call }
+            if is_async {
+                // Spanned too, so a fallback that is not async is reported at its name.
+                quote_spanned!(fallback.span()=> #call.await)
+            } else {
+                call
+            }
         }
         None => quote_spanned! {return_type.span()=>
             ::core::result::Result::Err(::core::convert::From::from(__circuitpy_rejection))
