@@ -63,7 +63,12 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
         Some(fallback) => {
             let arguments = argument_names(sig)?;
             let call = quote_spanned!(fallback.span()=> #fallback(#(#arguments),*));
-            if is_async { quote!(#call.await) } else { call }
+            if is_async {
+                // Spanned too, so a fallback that is not async is reported at its name.
+                quote_spanned!(fallback.span()=> #call.await)
+            } else {
+                call
+            }
         }
         None => quote_spanned! {return_type.span()=>
             ::core::result::Result::Err(::core::convert::From::from(__circuitpy_rejection))
@@ -86,14 +91,31 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
     } else {
         quote_spanned!(handler.span()=> #private::enter::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method))
     };
+    // The method name carries the handler's span: an unmet bound on the handler's storage
+    // is reported there.
     let run = if is_async {
-        quote!(__circuitpy_guard.complete_async(#private::catch_async(async move #body).await).await)
+        let complete = syn::Ident::new("complete_async", handler.span());
+        quote!(__circuitpy_guard.#complete(#private::catch_async(async move #body).await).await)
     } else {
-        quote!(__circuitpy_guard.complete(#private::catch(move || #body)))
+        let complete = syn::Ident::new("complete", handler.span());
+        quote!(__circuitpy_guard.#complete(#private::catch(move || #body)))
+    };
+    // Checked first, so that a handler that is not one, or whose consts are invalid, is
+    // reported at the handler's name, even by `cargo check`. The call is spelled with the handler's span only (a path keeping the macro's span
+    // would get the error reported at the whole attribute); the `use` keeps the crate
+    // path's own span, so an unknown `crate = ...` is reported there.
+    let alias = syn::Ident::new("__circuitpy_check_handler", handler.span());
+    let call = quote_spanned!(handler.span()=> #alias::<#handler>());
+    let check = quote! {
+        const {
+            use #private::check_handler as #alias;
+            #call
+        };
     };
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
+            #check
             static __CIRCUITPY_SITE: #private::Site = #private::Site::new();
             let __circuitpy_guard = match #enter {
                 ::core::result::Result::Ok(guard) => guard,

@@ -437,7 +437,20 @@ fn settle_in_process<H: CircuitBreaker>(guard: &Guard<'_, H>, outcome: Outcome) 
         0
     };
     let outcome = if in_window {
-        let trips = cell.window().record(config, now, failed);
+        // Only while the breaker is still in the closed period the call was admitted in: an
+        // outcome from before it last opened must not count towards the next trip. Checked
+        // under the window's lock, which a phase change takes to clear the window.
+        let trips = {
+            let mut window = cell.window();
+            let current = cell.load();
+            if current.phase() == State::Closed
+                && current.generation() == guard.admitted.generation()
+            {
+                window.record(config, now, failed)
+            } else {
+                false
+            }
+        };
         if failed {
             Outcome::Failure { trips }
         } else {

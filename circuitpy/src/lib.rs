@@ -142,6 +142,13 @@ pub mod __private {
     pub use crate::cell::Site;
     pub use crate::engine::{Guard, Panic, catch, catch_async, enter, enter_async};
 
+    /// Checks that `H` is a handler with valid consts. The attribute evaluates it in a
+    /// `const` block spanned at its `handler = ...`, so an invalid const fails the build
+    /// there, with the const's message, instead of deep inside the engine.
+    pub const fn check_handler<H: crate::CircuitBreaker>() {
+        let _ = crate::Config::of::<H>();
+    }
+
     /// Borrows a per-call key as `&str`.
     #[inline]
     pub fn key_str<K: AsRef<str> + ?Sized>(key: &K) -> &str {

@@ -1,0 +1,142 @@
+//! Helpers shared by the integration tests: a handler macro that gives every handler its own
+//! manual clock, in-memory storage and event log, and an error type for guarded calls.
+#![allow(dead_code, unused_macros, unused_imports)]
+
+use std::sync::{Mutex, PoisonError};
+
+pub use circuitpy::{CircuitBreakerOpen, Rejection, State};
+
+/// What a handler's hooks saw.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Change { key: String, from: State, to: State },
+    Rejected { key: String, reason: &'static str },
+}
+
+/// The short name of a rejection's reason.
+pub fn reason(rejection: &Rejection) -> &'static str {
+    match rejection {
+        Rejection::Open => "open",
+        Rejection::TrialsInProgress => "trials",
+        Rejection::ForcedOpen => "forced",
+        Rejection::StorageFailed(_) => "storage",
+        _ => "other",
+    }
+}
+
+/// An append-only log of hook calls.
+#[derive(Debug, Default)]
+pub struct Log(Mutex<Vec<Event>>);
+
+impl Log {
+    pub const fn new() -> Self {
+        Log(Mutex::new(Vec::new()))
+    }
+    pub fn push(&self, event: Event) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(event);
+    }
+    /// Everything logged so far, leaving the log empty.
+    pub fn take(&self) -> Vec<Event> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+    /// The state changes logged so far, leaving the log empty.
+    pub fn changes(&self) -> Vec<(String, State, State)> {
+        self.take()
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::Change { key, from, to } => Some((key, from, to)),
+                Event::Rejected { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// The error of the guarded functions in the tests.
+#[derive(Debug)]
+pub enum Error {
+    /// Counts as a failure.
+    Down,
+    /// Does not count for handlers that narrow `is_failure`.
+    NotFound,
+    /// The breaker rejected the call.
+    Open(CircuitBreakerOpen),
+}
+
+impl From<CircuitBreakerOpen> for Error {
+    fn from(open: CircuitBreakerOpen) -> Self {
+        Error::Open(open)
+    }
+}
+
+impl Error {
+    /// The rejection, or a panic naming what came instead.
+    pub fn open(self) -> CircuitBreakerOpen {
+        match self {
+            Error::Open(open) => open,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+}
+
+/// The reason of a rejected result, `None` for any other result.
+pub fn rejected<T>(result: &Result<T, Error>) -> Option<&'static str> {
+    match result {
+        Err(Error::Open(open)) => Some(reason(open.reason())),
+        _ => None,
+    }
+}
+
+/// Defines a unit-struct handler on its own `MemoryStorage` driven by its own `ManualClock`,
+/// whose hooks append to its own `Log`. The braces hold the handler's consts (and any
+/// `is_failure`); `FAILURE_KEY` defaults to the struct's name.
+///
+/// `Name::clock()` is the manual clock, `Name::log()` the event log.
+macro_rules! handler {
+    ($name:ident { $($body:tt)* }) => {
+        struct $name;
+
+        impl $name {
+            #[allow(dead_code)]
+            fn clock() -> &'static ::circuitpy::ManualClock {
+                static CLOCK: ::std::sync::LazyLock<::circuitpy::ManualClock> =
+                    ::std::sync::LazyLock::new(::circuitpy::ManualClock::new);
+                &CLOCK
+            }
+
+            #[allow(dead_code)]
+            fn log() -> &'static $crate::common::Log {
+                static LOG: $crate::common::Log = $crate::common::Log::new();
+                &LOG
+            }
+        }
+
+        impl ::circuitpy::CircuitBreaker for $name {
+            const FAILURE_KEY: &'static str = stringify!($name);
+            type Storage = ::circuitpy::MemoryStorage;
+
+            fn storage(&self) -> &::circuitpy::MemoryStorage {
+                static STORAGE: ::std::sync::LazyLock<::circuitpy::MemoryStorage> =
+                    ::std::sync::LazyLock::new(|| {
+                        ::circuitpy::MemoryStorage::with_clock($name::clock().clock())
+                    });
+                &STORAGE
+            }
+
+            fn on_state_change(&self, key: &str, from: ::circuitpy::State, to: ::circuitpy::State) {
+                $name::log().push($crate::common::Event::Change { key: key.to_owned(), from, to });
+            }
+
+            fn on_rejected(&self, rejection: &::circuitpy::CircuitBreakerOpen) {
+                $name::log().push($crate::common::Event::Rejected {
+                    key: rejection.key().to_owned(),
+                    reason: $crate::common::reason(rejection.reason()),
+                });
+            }
+
+            $($body)*
+        }
+    };
+}

@@ -1,0 +1,37 @@
+//! Compile-time behaviour of `#[circuit_breaker]`: what it accepts (`tests/ui/pass`) and the
+//! diagnostics it gives for what it refuses (`tests/ui/fail`, each with its `.stderr`).
+//!
+//! The compiler's messages change between releases, so the expected output is kept for one
+//! toolchain only; on any other the test says so and does nothing. Regenerate with
+//! `TRYBUILD=overwrite cargo test --test ui` and read every changed `.stderr`.
+
+use std::process::Command;
+
+/// The toolchain the `.stderr` files were written with.
+const TOOLCHAIN: &str = "rustc 1.95.";
+
+fn rustc_version() -> Option<String> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let output = Command::new(rustc).arg("--version").output().ok()?;
+    Some(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn ui() {
+    match rustc_version() {
+        Some(version) if version.starts_with(TOOLCHAIN) => {}
+        other => {
+            eprintln!(
+                "\n\n**********************************************************************\n\
+                 * SKIPPED: the UI tests expect {TOOLCHAIN}x, found {:?}.\n\
+                 * Their expected compiler output is only valid on that toolchain.\n\
+                 **********************************************************************\n",
+                other.as_deref().map(str::trim)
+            );
+            return;
+        }
+    }
+    let t = trybuild::TestCases::new();
+    t.pass("tests/ui/pass/*.rs");
+    t.compile_fail("tests/ui/fail/*.rs");
+}
