@@ -774,3 +774,31 @@ fn a_failure_admitted_before_the_breaker_opened_does_not_count_after_it_closed_a
     assert!(breaker.call(down).is_err());
     assert_eq!(breaker.state().unwrap(), State::Open);
 }
+
+/// A handler that owns its storage: each storage instance has its own breakers, wherever the
+/// handler is moved.
+struct Owned(circuitpy::MemoryStorage);
+
+impl circuitpy::CircuitBreaker for Owned {
+    const FAILURE_THRESHOLD: u32 = 1;
+    const RECOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+    const FAILURE_KEY: &'static str = "owned";
+    type Storage = circuitpy::MemoryStorage;
+    fn storage(&self) -> &circuitpy::MemoryStorage {
+        &self.0
+    }
+}
+
+#[test]
+fn breakers_belong_to_their_storage_instance() {
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let breaker = circuitpy::Breaker::new(Owned(circuitpy::MemoryStorage::new()));
+        seen.push(breaker.state().unwrap());
+        breaker.force_open().unwrap();
+        // Moving the breaker (and the storage inside it) keeps its state.
+        let moved = Box::new(breaker);
+        assert_eq!(moved.state().unwrap(), circuitpy::State::ForcedOpen);
+    }
+    assert_eq!(seen, [circuitpy::State::Closed; 3]);
+}

@@ -1,9 +1,9 @@
 //! A handle on one breaker: read its state, force it, reset it, or guard a closure with it.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use crate::cell::{CellRef, Family, family};
+use crate::cell::{CellRef, Family, Registry, family};
 use crate::engine::{self, Cfg, adopt};
 use crate::error::{CircuitBreakerOpen, StorageError};
 use crate::handler::{CircuitBreaker, State};
@@ -38,7 +38,8 @@ use crate::storage::{AsyncStorage, Backend, Blocking, NonBlocking, Op, Request, 
 /// ```
 pub struct Breaker<H: CircuitBreaker> {
     handler: H,
-    family: Arc<Family>,
+    /// Looked up on first use, once the handler has found its final place.
+    family: OnceLock<Arc<Family>>,
     key: Option<Box<str>>,
 }
 
@@ -70,10 +71,9 @@ impl<H: CircuitBreaker> Breaker<H> {
     /// assert_eq!(breaker.key(), "api");
     /// ```
     pub fn new(handler: H) -> Self {
-        let family = family::<H>(handler.storage());
         Breaker {
             handler,
-            family,
+            family: OnceLock::new(),
             key: None,
         }
     }
@@ -96,10 +96,9 @@ impl<H: CircuitBreaker> Breaker<H> {
     /// assert_eq!(breaker.key(), "api:eu.example.com");
     /// ```
     pub fn keyed(handler: H, key: &str) -> Self {
-        let family = family::<H>(handler.storage());
         Breaker {
             handler,
-            family,
+            family: OnceLock::new(),
             key: Some(key.into()),
         }
     }
@@ -127,8 +126,24 @@ impl<H: CircuitBreaker> Breaker<H> {
         }
     }
 
-    fn cell(&self) -> Result<CellRef<'_>, StorageError> {
-        self.family.cell(self.key.as_deref())
+    fn cell(&self, own: Option<&Registry>) -> Result<CellRef<'_>, StorageError> {
+        self.family
+            .get_or_init(|| family::<H>(self.handler.storage(), own))
+            .cell(self.key.as_deref())
+    }
+
+    fn blocking_cell(&self) -> Result<CellRef<'_>, StorageError>
+    where
+        H::Storage: Storage,
+    {
+        self.cell(Storage::__registry(self.handler.storage()))
+    }
+
+    fn async_cell(&self) -> Result<CellRef<'_>, StorageError>
+    where
+        H::Storage: AsyncStorage,
+    {
+        self.cell(AsyncStorage::__registry(self.handler.storage()))
     }
 
     /// Runs `body` under the breaker, as a guarded function would.
@@ -199,7 +214,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     {
         let storage = self.handler.storage();
         let clock = Storage::clock(storage);
-        let cell = match self.cell() {
+        let cell = match self.blocking_cell() {
             Ok(cell) => cell,
             Err(error) => {
                 return engine::storage_failed_before_call(
@@ -230,7 +245,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     {
         let storage = self.handler.storage();
         let clock = AsyncStorage::clock(storage);
-        let cell = match self.cell() {
+        let cell = match self.async_cell() {
             Ok(cell) => cell,
             Err(error) => {
                 return engine::storage_failed_before_call(
@@ -271,10 +286,11 @@ impl<H: CircuitBreaker> Breaker<H> {
         H::Storage: Storage,
     {
         let storage = self.handler.storage();
+        let cell = self.blocking_cell()?;
         if <H::Storage as Storage>::__IN_PROCESS {
-            return self.local_state(Storage::clock(storage));
+            return Ok(Self::local_state(cell, Storage::clock(storage)));
         }
-        ready(self.apply_shared(&Blocking(storage), Op::Read))
+        ready(self.apply_shared(cell, &Blocking(storage), Op::Read))
     }
 
     /// [`Breaker::state`] for an async storage.
@@ -300,10 +316,12 @@ impl<H: CircuitBreaker> Breaker<H> {
         H::Storage: AsyncStorage,
     {
         let storage = self.handler.storage();
+        let cell = self.async_cell()?;
         if <H::Storage as AsyncStorage>::__IN_PROCESS {
-            return self.local_state(AsyncStorage::clock(storage));
+            return Ok(Self::local_state(cell, AsyncStorage::clock(storage)));
         }
-        self.apply_shared(&NonBlocking(storage), Op::Read).await
+        self.apply_shared(cell, &NonBlocking(storage), Op::Read)
+            .await
     }
 
     /// Rejects every call until [`Breaker::reset`] (on a shared storage, for at most
@@ -469,10 +487,11 @@ impl<H: CircuitBreaker> Breaker<H> {
         H::Storage: Storage,
     {
         let storage = self.handler.storage();
+        let cell = self.blocking_cell()?;
         if <H::Storage as Storage>::__IN_PROCESS {
-            return self.control_local(op);
+            return self.control_local(cell, op);
         }
-        ready(self.apply_shared(&Blocking(storage), op)).map(drop)
+        ready(self.apply_shared(cell, &Blocking(storage), op)).map(drop)
     }
 
     async fn control_async(&self, op: Op) -> Result<(), StorageError>
@@ -480,24 +499,26 @@ impl<H: CircuitBreaker> Breaker<H> {
         H::Storage: AsyncStorage,
     {
         let storage = self.handler.storage();
+        let cell = self.async_cell()?;
         if <H::Storage as AsyncStorage>::__IN_PROCESS {
-            return self.control_local(op);
+            return self.control_local(cell, op);
         }
-        self.apply_shared(&NonBlocking(storage), op).await.map(drop)
+        self.apply_shared(cell, &NonBlocking(storage), op)
+            .await
+            .map(drop)
     }
 
-    fn local_state(&self, clock: &crate::Clock) -> Result<State, StorageError> {
-        let word = self.cell()?.load();
-        Ok(match word.deadline() {
+    fn local_state(cell: CellRef<'_>, clock: &crate::Clock) -> State {
+        let word = cell.load();
+        match word.deadline() {
             Some(deadline) if word.phase() == State::Open && clock.now() >= deadline => {
                 State::HalfOpen
             }
             _ => word.phase(),
-        })
+        }
     }
 
-    fn control_local(&self, op: Op) -> Result<(), StorageError> {
-        let cell = self.cell()?;
+    fn control_local(&self, cell: CellRef<'_>, op: Op) -> Result<(), StorageError> {
         let state = match op {
             Op::ForceOpen => State::ForcedOpen,
             Op::ForceClosed => State::ForcedClosed,
@@ -513,8 +534,12 @@ impl<H: CircuitBreaker> Breaker<H> {
         Ok(())
     }
 
-    async fn apply_shared<B: Backend>(&self, backend: &B, op: Op) -> Result<State, StorageError> {
-        let cell = self.cell()?;
+    async fn apply_shared<B: Backend>(
+        &self,
+        cell: CellRef<'_>,
+        backend: &B,
+        op: Op,
+    ) -> Result<State, StorageError> {
         let snapshot = backend
             .execute(&Request::new(cell.key.as_str(), op, &Cfg::<H>::CONFIG))
             .await?;

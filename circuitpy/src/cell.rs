@@ -157,26 +157,43 @@ impl Family {
     }
 }
 
-type RegistryKey = (TypeId, usize);
+/// Families by handler type and storage instance.
+///
+/// The in-memory storage owns one, so its breakers live and die with it; breakers on other
+/// storages are this process's views of shared state, kept in one process-wide registry by
+/// storage address.
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Registry {
+    families: Mutex<HashMap<(TypeId, usize), Arc<Family>>>,
+}
 
-static REGISTRY: LazyLock<Mutex<HashMap<RegistryKey, Arc<Family>>>> = LazyLock::new(Mutex::default);
+static SHARED_VIEWS: LazyLock<Registry> = LazyLock::new(Registry::default);
 
-/// The family of handler `H` on the storage at `storage`.
-pub(crate) fn family<H: CircuitBreaker>(storage: &H::Storage) -> Arc<Family> {
-    let id = (
-        TypeId::of::<H>(),
-        storage as *const H::Storage as *const () as usize,
-    );
-    let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    registry
-        .entry(id)
-        .or_insert_with(|| {
-            Arc::new(Family {
-                cell: Cell::new(Key::Static(H::FAILURE_KEY)),
-                keyed: RwLock::default(),
+impl Registry {
+    fn family<H: CircuitBreaker>(&self, address: usize) -> Arc<Family> {
+        let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
+        families
+            .entry((TypeId::of::<H>(), address))
+            .or_insert_with(|| {
+                Arc::new(Family {
+                    cell: Cell::new(Key::Static(H::FAILURE_KEY)),
+                    keyed: RwLock::default(),
+                })
             })
-        })
-        .clone()
+            .clone()
+    }
+}
+
+/// The family of handler `H` on `storage`, which may own its registry.
+pub(crate) fn family<H: CircuitBreaker>(
+    storage: &H::Storage,
+    own: Option<&Registry>,
+) -> Arc<Family> {
+    match own {
+        Some(registry) => registry.family::<H>(0),
+        None => SHARED_VIEWS.family::<H>(storage as *const H::Storage as *const () as usize),
+    }
 }
 
 /// A call site's cache of its family; a `static` in the code `#[circuit_breaker]` generates.
@@ -194,8 +211,14 @@ impl Site {
         }
     }
 
+    /// The family, looked up on the first call only: a call site's handler is a unit struct
+    /// whose storage is a `static`, so it never changes.
     #[inline]
-    pub(crate) fn family<H: CircuitBreaker>(&self, storage: &H::Storage) -> &Family {
-        self.family.get_or_init(|| family::<H>(storage))
+    pub(crate) fn family<H: CircuitBreaker>(
+        &self,
+        storage: &H::Storage,
+        own: Option<&Registry>,
+    ) -> &Family {
+        self.family.get_or_init(|| family::<H>(storage, own))
     }
 }

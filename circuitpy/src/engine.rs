@@ -172,7 +172,10 @@ where
 {
     let storage = handler.storage();
     let clock = Storage::clock(storage);
-    let cell = match site.family::<H>(storage).cell(key) {
+    let cell = match site
+        .family::<H>(storage, Storage::__registry(storage))
+        .cell(key)
+    {
         Ok(cell) => cell,
         Err(error) => return storage_failed_before_call(handler, None, clock, method, error),
     };
@@ -203,7 +206,10 @@ where
 {
     let storage = handler.storage();
     let clock = AsyncStorage::clock(storage);
-    let cell = match site.family::<H>(storage).cell(key) {
+    let cell = match site
+        .family::<H>(storage, AsyncStorage::__registry(storage))
+        .cell(key)
+    {
         Ok(cell) => cell,
         Err(error) => return storage_failed_before_call(handler, None, clock, method, error),
     };

@@ -5,6 +5,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use super::{AsyncStorage, Storage};
+use crate::cell::Registry;
 use crate::clock::{Clock, Nanos};
 use crate::error::StorageError;
 
@@ -12,8 +13,9 @@ use crate::error::StorageError;
 ///
 /// A breaker on this storage is one atomic word: a call while closed does two atomic loads
 /// and writes nothing, reads no clock and allocates nothing; an open breaker rejects with
-/// one more load of a clock that a background thread keeps up to date. Breakers are
-/// identified by handler type, storage instance and key.
+/// one more load of a clock that a background thread keeps up to date. A breaker is
+/// identified by its handler type and key within one storage instance, and lives as long as
+/// the storage.
 ///
 /// It also implements the three storage primitives over a map, so it can stand in for a
 /// shared storage in tests of storage-level code.
@@ -30,6 +32,7 @@ use crate::error::StorageError;
 pub struct MemoryStorage {
     clock: Clock,
     counts: Mutex<HashMap<String, (u64, Nanos)>>,
+    breakers: Registry,
 }
 
 impl MemoryStorage {
@@ -52,6 +55,7 @@ impl MemoryStorage {
         MemoryStorage {
             clock,
             counts: Mutex::default(),
+            breakers: Registry::default(),
         }
     }
 
@@ -102,6 +106,10 @@ impl Storage for MemoryStorage {
     }
 
     const __IN_PROCESS: bool = true;
+
+    fn __registry(&self) -> Option<&Registry> {
+        Some(&self.breakers)
+    }
 }
 
 impl AsyncStorage for MemoryStorage {
@@ -122,4 +130,8 @@ impl AsyncStorage for MemoryStorage {
     }
 
     const __IN_PROCESS: bool = true;
+
+    fn __registry(&self) -> Option<&Registry> {
+        Some(&self.breakers)
+    }
 }

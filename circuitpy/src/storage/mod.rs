@@ -15,6 +15,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::cell::Registry;
 use crate::clock::Clock;
 use crate::error::StorageError;
 use crate::handler::State;
@@ -91,6 +92,11 @@ pub trait Storage: Send + Sync {
 
     #[doc(hidden)]
     const __IN_PROCESS: bool = false;
+
+    #[doc(hidden)]
+    fn __registry(&self) -> Option<&Registry> {
+        None
+    }
 }
 
 /// An async storage: the same contract as [`Storage`], with futures.
@@ -141,6 +147,11 @@ pub trait AsyncStorage: Send + Sync {
 
     #[doc(hidden)]
     const __IN_PROCESS: bool = false;
+
+    #[doc(hidden)]
+    fn __registry(&self) -> Option<&Registry> {
+        None
+    }
 }
 
 /// One breaker operation for a storage to carry out.
