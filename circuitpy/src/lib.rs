@@ -61,6 +61,8 @@ mod key;
 mod machine;
 mod policy;
 mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use breaker::Breaker;
 pub use clock::{Clock, ManualClock};
