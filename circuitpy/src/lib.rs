@@ -71,6 +71,8 @@ pub use handler::{CircuitBreaker, State};
 pub use policy::{Config, FailurePolicy, MAX_HALF_OPEN_TRIALS, OnStorageFailure};
 pub use storage::memory::MemoryStorage;
 pub use storage::primitive::{FORCED_TTL, retention};
+#[cfg(feature = "sqlite")]
+pub use storage::sqlite::SqliteStorage;
 pub use storage::{AsyncStorage, Op, Request, Snapshot, Storage};
 
 /// Guards a function returning `Result<T, E>` with a circuit breaker.

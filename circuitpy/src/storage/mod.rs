@@ -22,6 +22,8 @@ use crate::policy::Config;
 
 pub(crate) mod memory;
 pub(crate) mod primitive;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
 
 pub(crate) static SYSTEM_CLOCK: Clock = Clock::system();
 
