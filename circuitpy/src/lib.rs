@@ -70,6 +70,8 @@ pub use error::{CircuitBreakerOpen, Rejection, StorageError};
 pub use handler::{CircuitBreaker, State};
 pub use policy::{Config, FailurePolicy, MAX_HALF_OPEN_TRIALS, OnStorageFailure};
 pub use storage::memory::MemoryStorage;
+#[cfg(feature = "postgres")]
+pub use storage::postgres::{AsyncPostgresStorage, PostgresOptions, PostgresStorage};
 pub use storage::primitive::{FORCED_TTL, retention};
 #[cfg(feature = "sqlite")]
 pub use storage::sqlite::SqliteStorage;

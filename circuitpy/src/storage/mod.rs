@@ -21,6 +21,8 @@ use crate::handler::State;
 use crate::policy::Config;
 
 pub(crate) mod memory;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 pub(crate) mod primitive;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
