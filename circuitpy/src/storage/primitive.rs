@@ -16,8 +16,10 @@
 //!
 //! Why it is correct on these primitives alone:
 //! - increments are atomic, so no failure is lost, and exactly one caller sees `:tripped`
-//!   go to 1: only that caller trips, so there is no double trip and the open period is
-//!   never pushed forward by a late caller;
+//!   go to 1: only that caller clears the counts, so there is no double trip; `:open` is
+//!   created before `:tripped` by an increment that keeps an existing expiry, so the open
+//!   period is never pushed forward by a late caller and the breaker never looks
+//!   half-open while it trips;
 //! - permits are counted by one increment each on a key created with the round's expiry, so
 //!   at most `half_open_trials` callers get one per round, and a dead holder's permit lapses
 //!   with the key;
@@ -176,12 +178,16 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
             if !trips {
                 return Ok(Snapshot::closed(failures));
             }
+            // `open` first: were `tripped` set first, a reader between the two steps would
+            // see a half-open breaker and could be handed a trial permit at the very moment
+            // of the trip. A second tripping caller's increment keeps the open key's expiry,
+            // so the open period is not pushed forward.
+            store.increment(&keys.key("open"), recovery).await?;
             if store
                 .increment(&keys.key("tripped"), retention(config))
                 .await?
                 == 1
             {
-                store.increment(&keys.key("open"), recovery).await?;
                 store
                     .expire_after(&keys.key("failures"), Duration::ZERO)
                     .await?;
