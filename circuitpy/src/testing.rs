@@ -65,7 +65,6 @@ const LATCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// assert!(options.clock.is_none());
 /// ```
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct Options {
     /// The manual clock the storage reads, if it reads one: the kit advances it instead of
     /// sleeping.
