@@ -240,13 +240,16 @@ async fn read_state<B: Backend>(store: &B, keys: &Keys) -> Result<State, Storage
         MODE_FORCED_CLOSED => return Ok(State::ForcedClosed),
         _ => {}
     }
+    // `:tripped` before `:open`, the reverse of the order a trip writes them in: a reader
+    // that sees the trip marker then also sees the open key, so a breaker in the middle of
+    // tripping reads closed or open, never half-open.
+    if store.get_count(&keys.key("tripped")).await? == 0 {
+        return Ok(State::Closed);
+    }
     if store.get_count(&keys.key("open")).await? > 0 {
         return Ok(State::Open);
     }
-    if store.get_count(&keys.key("tripped")).await? > 0 {
-        return Ok(State::HalfOpen);
-    }
-    Ok(State::Closed)
+    Ok(State::HalfOpen)
 }
 
 async fn clear_rate_buckets<B: Backend>(
