@@ -46,6 +46,41 @@ fn fresh_table(name: &str) -> String {
     format!("cb_{name}_{}_{}", std::process::id(), nanos % 1_000_000_000)
 }
 
+/// Drops a test's table, counts table and function when the test ends, pass or fail.
+struct Cleanup {
+    url: String,
+    table: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let table = &self.table;
+        let sql = format!(
+            "DROP FUNCTION IF EXISTS {table}_op; DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_counts;"
+        );
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            runtime.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client.batch_execute(&sql).await;
+                }
+            });
+        }
+    }
+}
+
+fn cleanup(url: &str, table: &str) -> Cleanup {
+    Cleanup {
+        url: url.to_owned(),
+        table: table.to_owned(),
+    }
+}
+
 fn options(table: &str) -> PostgresOptions {
     PostgresOptions::default().table(table)
 }
@@ -53,8 +88,10 @@ fn options(table: &str) -> PostgresOptions {
 #[test]
 fn blocking_storage_passes_the_kit() {
     let Some(url) = server() else { return };
+    let table = fresh_table("kit");
+    let _cleanup = cleanup(&url, &table);
     let storage: &'static PostgresStorage = Box::leak(Box::new(
-        PostgresStorage::connect_with(&url, options(&fresh_table("kit"))).unwrap(),
+        PostgresStorage::connect_with(&url, options(&table)).unwrap(),
     ));
     let report = check_storage(storage, Options::default()).unwrap_or_else(|f| panic!("{f}"));
     assert!(report.rules.contains(&"concurrent-failures-trip-once"));
@@ -68,9 +105,11 @@ fn async_storage_passes_the_kit() {
         .enable_all()
         .build()
         .unwrap();
+    let table = fresh_table("akit");
+    let _cleanup = cleanup(&url, &table);
     runtime.block_on(async {
         let storage: &'static AsyncPostgresStorage = Box::leak(Box::new(
-            AsyncPostgresStorage::connect_with(&url, options(&fresh_table("akit")))
+            AsyncPostgresStorage::connect_with(&url, options(&table))
                 .await
                 .unwrap(),
         ));
@@ -85,6 +124,7 @@ fn async_storage_passes_the_kit() {
 fn processes_share_one_breaker_through_the_server() {
     let Some(url) = server() else { return };
     let table = fresh_table("fleet");
+    let _cleanup = cleanup(&url, &table);
     let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
     let report =
         processes::check_across_processes(&storage, "fleet_child", 4, &[(TABLE_VAR, &table)])
@@ -125,6 +165,7 @@ async fn raw_client(url: &str) -> tokio_postgres::Client {
 fn a_locked_row_times_out_and_the_storage_recovers() {
     let Some(url) = server() else { return };
     let table = fresh_table("timeout");
+    let _cleanup = cleanup(&url, &table);
     let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
     let config = Config::of::<Impatient>();
     let request = Request::new("locked", Op::Failure, &config);
@@ -158,6 +199,7 @@ fn a_locked_row_times_out_and_the_storage_recovers() {
 fn a_lost_connection_is_replaced_on_next_use() {
     let Some(url) = server() else { return };
     let table = fresh_table("reconnect");
+    let _cleanup = cleanup(&url, &table);
     let app = format!("{table}_app");
     let separator = if url.contains('?') { '&' } else { '?' };
     let storage = PostgresStorage::connect_with(

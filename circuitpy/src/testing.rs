@@ -1564,7 +1564,7 @@ pub mod processes {
     use crate::storage::{Op, Request, Storage};
 
     /// The recovery timeout of the breaker the processes share.
-    pub const FLEET_RECOVERY: Duration = Duration::from_secs(1);
+    pub const FLEET_RECOVERY: Duration = Duration::from_secs(2);
 
     struct Fleet;
     impl Profile for Fleet {

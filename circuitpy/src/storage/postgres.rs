@@ -410,6 +410,13 @@ async fn connect(
         if migrate {
             client.batch_execute(&sql.migrate).await.map_err(fail)?;
         }
+        // Breaker state is advisory: after a server crash, losing the last few milliseconds
+        // of counts is harmless, and not waiting for the WAL flush makes a write as cheap as
+        // a read. The session setting leaves the application's own transactions alone.
+        client
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .map_err(fail)?;
         Ok(Conn {
             op: client.prepare(&sql.op).await.map_err(fail)?,
             increment: client.prepare(&sql.increment).await.map_err(fail)?,
