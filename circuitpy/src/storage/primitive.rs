@@ -16,7 +16,9 @@
 //!
 //! Why it is correct on these primitives alone:
 //! - increments are atomic, so no failure is lost, and exactly one caller sees `:tripped`
-//!   go to 1: only that caller clears the counts, so there is no double trip; `:open` is
+//!   go to 1: only that caller clears the trial counts, so there is no double trip; the
+//!   failure counts stay until the breaker closes, so a late caller's failure answers open
+//!   and never starts a new count; `:open` is
 //!   created before `:tripped` by an increment that keeps an existing expiry, so the open
 //!   period is never pushed forward by a late caller and the breaker never looks
 //!   half-open while it trips;
@@ -188,16 +190,16 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
                 .await?
                 == 1
             {
-                store
-                    .expire_after(&keys.key("failures"), Duration::ZERO)
-                    .await?;
+                // The failure counts stay until the breaker closes: a concurrent caller that
+                // read "closed" before the trip and counts its failure after it then sees a
+                // count at or over the threshold and answers open, where a cleared count
+                // would have answered closed with a count of one.
                 store
                     .expire_after(&keys.key("trials"), Duration::ZERO)
                     .await?;
                 store
                     .expire_after(&keys.key("passed"), Duration::ZERO)
                     .await?;
-                clear_rate_buckets(store, &keys, config).await?;
             }
             Ok(Snapshot::open(recovery, None))
         }
@@ -212,7 +214,10 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
             if passed < u64::from(config.half_open_trials) {
                 return Ok(Snapshot::half_open(false));
             }
-            for suffix in ["tripped", "failures", "trials", "passed"] {
+            // Counts first, the trip marker last: until it goes the breaker reads half-open
+            // and no failure is counted, so the closed breaker starts from zero.
+            clear_rate_buckets(store, &keys, config).await?;
+            for suffix in ["failures", "trials", "passed", "tripped"] {
                 store
                     .expire_after(&keys.key(suffix), Duration::ZERO)
                     .await?;
