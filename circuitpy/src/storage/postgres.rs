@@ -64,7 +64,9 @@ impl PostgresOptions {
     }
 
     /// The bound on connecting, and on the primitives (which carry no handler
-    /// configuration). Breaker operations are bounded by the handler's
+    /// configuration). After a lost connection the next call reconnects, waiting at most
+    /// this long; while the server stays unreachable, one call a second tries again and the
+    /// others fail at once (and go through the handler's storage-failure policy). Breaker operations are bounded by the handler's
     /// [`STORAGE_TIMEOUT`](crate::CircuitBreaker::STORAGE_TIMEOUT), both on the server
     /// (`statement_timeout`) and in the client. Default 2 s.
     ///
@@ -534,6 +536,39 @@ impl From<tokio_postgres::Error> for Failed {
     }
 }
 
+/// How long calls fail at once after a failed connection attempt, before the next attempt.
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Spaces out connection attempts while the server is unreachable: at most one caller per
+/// [`RECONNECT_BACKOFF`] waits for a connection attempt (bounded by the options' timeout);
+/// the others fail at once with the last attempt's error.
+#[derive(Default)]
+struct Backoff(Mutex<Option<(std::time::Instant, StorageError)>>);
+
+impl Backoff {
+    fn check(&self) -> Result<(), StorageError> {
+        let last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*last {
+            Some((at, error)) if at.elapsed() < RECONNECT_BACKOFF => Err(error.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    fn record(&self, attempt: Result<Conn, StorageError>) -> Result<Conn, StorageError> {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match attempt {
+            Ok(conn) => {
+                *last = None;
+                Ok(conn)
+            }
+            Err(error) => {
+                *last = Some((std::time::Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
+    }
+}
+
 /// Runs one statement with a client-side bound; says whether the connection should be
 /// dropped (closed, or a statement whose reply may still come).
 async fn bounded<T>(
@@ -598,6 +633,7 @@ pub struct PostgresStorage {
     sql: Sql,
     runtime: tokio::runtime::Runtime,
     conn: Mutex<Option<Conn>>,
+    backoff: Backoff,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -637,6 +673,7 @@ impl PostgresStorage {
             runtime,
             conn: Mutex::new(None),
             options,
+            backoff: Backoff::default(),
         };
         // Connect now, so a wrong URL fails here rather than on the first call.
         let mut conn = storage.conn.lock().unwrap_or_else(PoisonError::into_inner);
@@ -670,15 +707,15 @@ impl PostgresStorage {
         self.runtime.block_on(async {
             if slot.as_ref().is_none_or(|conn| conn.client.is_closed()) {
                 *slot = None;
-                *slot = Some(
-                    connect(
-                        &self.config,
-                        &self.sql,
-                        self.options.migrate,
-                        timeout.max(self.options.timeout),
-                    )
-                    .await?,
-                );
+                self.backoff.check()?;
+                let conn = connect(
+                    &self.config,
+                    &self.sql,
+                    self.options.migrate,
+                    self.options.timeout,
+                )
+                .await;
+                *slot = Some(self.backoff.record(conn)?);
             }
             let Some(conn) = slot.as_ref() else {
                 return Err(StorageError::invalid_data(key, "no connection"));
@@ -734,6 +771,7 @@ pub struct AsyncPostgresStorage {
     options: PostgresOptions,
     sql: Sql,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    backoff: Backoff,
 }
 
 impl std::fmt::Debug for AsyncPostgresStorage {
@@ -761,6 +799,7 @@ impl AsyncPostgresStorage {
             options,
             sql,
             conn: tokio::sync::Mutex::new(Some(Arc::new(conn))),
+            backoff: Backoff::default(),
         })
     }
 
@@ -774,7 +813,7 @@ impl AsyncPostgresStorage {
         .await
     }
 
-    async fn conn(&self, timeout: Duration) -> Result<Arc<Conn>, StorageError> {
+    async fn conn(&self) -> Result<Arc<Conn>, StorageError> {
         let mut slot = self.conn.lock().await;
         if let Some(conn) = slot.as_ref()
             && !conn.client.is_closed()
@@ -782,15 +821,15 @@ impl AsyncPostgresStorage {
             return Ok(conn.clone());
         }
         *slot = None;
-        let conn = Arc::new(
-            connect(
-                &self.config,
-                &self.sql,
-                self.options.migrate,
-                timeout.max(self.options.timeout),
-            )
-            .await?,
-        );
+        self.backoff.check()?;
+        let conn = connect(
+            &self.config,
+            &self.sql,
+            self.options.migrate,
+            self.options.timeout,
+        )
+        .await;
+        let conn = Arc::new(self.backoff.record(conn)?);
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -801,7 +840,7 @@ impl AsyncPostgresStorage {
         timeout: Duration,
         work: impl AsyncFnOnce(&Conn) -> Result<T, Failed>,
     ) -> Result<T, StorageError> {
-        let conn = self.conn(timeout).await?;
+        let conn = self.conn().await?;
         let (result, drop_conn) = bounded(&conn, key, timeout, work(&conn)).await;
         if drop_conn {
             let mut slot = self.conn.lock().await;
