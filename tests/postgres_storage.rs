@@ -245,3 +245,66 @@ fn a_lost_connection_is_replaced_on_next_use() {
     );
     assert!(storage.execute(&request).is_ok());
 }
+
+#[test]
+fn writes_delete_rows_whose_deadlines_have_passed() {
+    let Some(url) = server() else { return };
+    let table = fresh_table("cleanup");
+    let _cleanup = cleanup(&url, &table);
+    let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin = runtime.block_on(raw_client(&url));
+    let count_rows = |filter: &str| -> i64 {
+        runtime
+            .block_on(admin.query_one(&format!("SELECT count(*) FROM {table} WHERE {filter}"), &[]))
+            .unwrap()
+            .get(0)
+    };
+    // Rows a crashed fleet left behind: every deadline long past.
+    runtime
+        .block_on(admin.batch_execute(&format!(
+            "INSERT INTO {table} (key, failures, failures_until, expires_at)
+             SELECT 'stale-' || n, 2, now() - interval '1 hour', now() - interval '1 hour'
+             FROM generate_series(1, 6) AS n"
+        )))
+        .unwrap();
+    let config = Config::of::<Impatient>();
+    // Each write that creates a row deletes up to four expired ones.
+    storage
+        .execute(&Request::new("fresh-1", Op::Failure, &config))
+        .unwrap();
+    assert_eq!(count_rows("key LIKE 'stale-%'"), 2);
+    storage
+        .execute(&Request::new("fresh-2", Op::Failure, &config))
+        .unwrap();
+    assert_eq!(count_rows("key LIKE 'stale-%'"), 0);
+    assert_eq!(count_rows("key LIKE '%fresh-%'"), 2);
+}
+
+#[test]
+fn an_expired_count_reads_as_zero() {
+    let Some(url) = server() else { return };
+    let table = fresh_table("expired");
+    let _cleanup = cleanup(&url, &table);
+    let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
+    let config = Config::of::<Impatient>();
+    let request = Request::new("expired", Op::Failure, &config);
+    assert_eq!(storage.execute(&request).unwrap().failures, 1);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin = runtime.block_on(raw_client(&url));
+    // The count's deadline passes (as it would after a day without failures).
+    runtime
+        .block_on(admin.batch_execute(&format!(
+            "UPDATE {table} SET failures_until = now() - interval '1 second'"
+        )))
+        .unwrap();
+    let read = Request::new("expired", Op::Read, &config);
+    assert_eq!(storage.execute(&read).unwrap().failures, 0);
+    assert_eq!(storage.execute(&request).unwrap().failures, 1);
+}
