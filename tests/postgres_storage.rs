@@ -145,7 +145,7 @@ fn fleet_child() {
 
 struct Impatient;
 impl CircuitBreaker for Impatient {
-    const FAILURE_THRESHOLD: u32 = 3;
+    const FAILURE_THRESHOLD: u32 = 10;
     const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
     const FAILURE_KEY: &'static str = "impatient";
     const STORAGE_TIMEOUT: Duration = Duration::from_millis(100);
@@ -307,4 +307,52 @@ fn an_expired_count_reads_as_zero() {
     let read = Request::new("expired", Op::Read, &config);
     assert_eq!(storage.execute(&read).unwrap().failures, 0);
     assert_eq!(storage.execute(&request).unwrap().failures, 1);
+}
+
+#[test]
+fn the_async_storage_replaces_a_lost_connection() {
+    let Some(url) = server() else { return };
+    let table = fresh_table("areconnect");
+    let _cleanup = cleanup(&url, &table);
+    let app = format!("{table}_app");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let storage = AsyncPostgresStorage::connect_with(
+            &format!("{url}{separator}application_name={app}"),
+            options(&table),
+        )
+        .await
+        .unwrap();
+        let config = Config::of::<Impatient>();
+        let request = Request::new("reconnect", Op::Failure, &config);
+        let execute = |request| circuitpy::AsyncStorage::execute(&storage, request);
+        assert_eq!(execute(&request).await.unwrap().failures, 1);
+
+        let admin = raw_client(&url).await;
+        let killed: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(killed, 1);
+
+        let mut counts = Vec::new();
+        for _ in 0..2 {
+            if let Ok(snapshot) = execute(&request).await {
+                counts.push(snapshot.failures);
+            }
+        }
+        assert!(
+            counts == [2, 3] || counts == [2],
+            "failures after reconnecting: {counts:?}"
+        );
+        assert!(execute(&request).await.is_ok());
+    });
 }

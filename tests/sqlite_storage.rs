@@ -60,3 +60,53 @@ fn fleet_child() {
     let storage = SqliteStorage::open_with_table(path, "fleet").unwrap();
     processes::run_child(&storage);
 }
+
+#[test]
+fn writes_delete_rows_whose_deadlines_have_passed() {
+    use circuitpy::{CircuitBreaker, Config, MemoryStorage, Op, Request, Storage};
+    struct Handler;
+    impl CircuitBreaker for Handler {
+        const FAILURE_THRESHOLD: u32 = 3;
+        const RECOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+        const FAILURE_KEY: &'static str = "cleanup";
+        type Storage = MemoryStorage;
+        fn storage(&self) -> &MemoryStorage {
+            unimplemented!("driven through Storage::execute")
+        }
+    }
+    let path = fresh_database("cleanup");
+    let storage = SqliteStorage::open(&path).unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    // Rows a crashed process left behind: every deadline long past.
+    for n in 1..=6 {
+        raw.execute(
+            "INSERT INTO circuitpy_breakers (key, failures, failures_until, expires_at)
+             VALUES (?1, 2, 1, 1)",
+            [format!("circuitpy:{{stale-{n}}}")],
+        )
+        .unwrap();
+    }
+    let stale = |raw: &rusqlite::Connection| -> i64 {
+        raw.query_row(
+            "SELECT count(*) FROM circuitpy_breakers WHERE key LIKE 'circuitpy:{stale-%'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    let config = Config::of::<Handler>();
+    // A stale row reads as nothing counted; each write that creates a row deletes up to
+    // four expired ones.
+    let read = storage
+        .execute(&Request::new("stale-1", Op::Read, &config))
+        .unwrap();
+    assert_eq!(read.failures, 0);
+    storage
+        .execute(&Request::new("fresh-1", Op::Failure, &config))
+        .unwrap();
+    assert_eq!(stale(&raw), 2);
+    storage
+        .execute(&Request::new("fresh-2", Op::Failure, &config))
+        .unwrap();
+    assert_eq!(stale(&raw), 0);
+}

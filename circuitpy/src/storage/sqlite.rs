@@ -32,8 +32,10 @@ use crate::policy::FailurePolicy;
 /// # }
 /// ```
 ///
-/// Cost: one transaction on a local file per breaker operation (about ten microseconds in
-/// WAL mode when uncontended); a call on a closed breaker records its outcome with one.
+/// Cost: one transaction on a local file per breaker operation, without an fsync per
+/// commit (WAL mode, `synchronous = NORMAL`): about 3 to 5 µs for a read or a success that
+/// changes nothing, about 20 µs for a write, uncontended. A call on a closed breaker
+/// records its outcome with one operation.
 /// Concurrent writers wait for SQLite's lock up to the handler's
 /// [`STORAGE_TIMEOUT`](crate::CircuitBreaker::STORAGE_TIMEOUT), then the call counts as a
 /// storage failure. Within one process the connection is shared behind a mutex.
