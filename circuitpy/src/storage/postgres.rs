@@ -286,12 +286,13 @@ BEGIN
             r.trials := 0;
             r.passed := 0;
             r.round_until := now_ + p_recovery_us * us;
+            dirty := true;
         END IF;
         IF r.trials < p_trials THEN
             r.trials := r.trials + 1;
             permit_ := true;
+            dirty := true;
         END IF;
-        dirty := true;
     ELSIF st = 2 AND p_op = 4 THEN
         r.passed := r.passed + 1;
         IF r.passed >= p_trials THEN

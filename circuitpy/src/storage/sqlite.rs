@@ -550,7 +550,8 @@ fn apply(mut row: Row, now: i64, request: &Request<'_>) -> (Change, Snapshot) {
             }
         }
         (Op::AcquireTrial, State::HalfOpen) => {
-            if row.round_until <= now {
+            let new_round = row.round_until <= now;
+            if new_round {
                 row.trials = 0;
                 row.passed = 0;
                 row.round_until = now + recovery;
@@ -559,7 +560,12 @@ fn apply(mut row: Row, now: i64, request: &Request<'_>) -> (Change, Snapshot) {
             if permit {
                 row.trials += 1;
             }
-            (Change::Write(row), Snapshot::half_open(permit))
+            let change = if permit || new_round {
+                Change::Write(row)
+            } else {
+                Change::Keep
+            };
+            (change, Snapshot::half_open(permit))
         }
         (Op::TrialSuccess, State::HalfOpen) => {
             row.passed += 1;
