@@ -61,6 +61,8 @@ mod key;
 mod machine;
 mod policy;
 mod storage;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use breaker::Breaker;
 pub use clock::{Clock, ManualClock};
@@ -68,7 +70,11 @@ pub use error::{CircuitBreakerOpen, Rejection, StorageError};
 pub use handler::{CircuitBreaker, State};
 pub use policy::{Config, FailurePolicy, MAX_HALF_OPEN_TRIALS, OnStorageFailure};
 pub use storage::memory::MemoryStorage;
+#[cfg(feature = "postgres")]
+pub use storage::postgres::{AsyncPostgresStorage, PostgresOptions, PostgresStorage};
 pub use storage::primitive::{FORCED_TTL, retention};
+#[cfg(feature = "sqlite")]
+pub use storage::sqlite::SqliteStorage;
 
 /// The breaker protocol over the three storage primitives: what [`Storage::execute`] and
 /// [`AsyncStorage::execute`] do unless a storage overrides them. An override can call these

@@ -22,9 +22,13 @@ use crate::handler::State;
 use crate::policy::Config;
 
 pub(crate) mod memory;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 pub(crate) mod primitive;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
 
 pub(crate) static SYSTEM_CLOCK: Clock = Clock::system();
 

@@ -16,8 +16,12 @@
 //!
 //! Why it is correct on these primitives alone:
 //! - increments are atomic, so no failure is lost, and exactly one caller sees `:tripped`
-//!   go to 1: only that caller trips, so there is no double trip and the open period is
-//!   never pushed forward by a late caller;
+//!   go to 1: only that caller clears the trial counts, so there is no double trip; the
+//!   failure counts stay until the breaker closes, so a late caller's failure answers open
+//!   and never starts a new count; `:open` is
+//!   created before `:tripped` by an increment that keeps an existing expiry, so the open
+//!   period is never pushed forward by a late caller and the breaker never looks
+//!   half-open while it trips;
 //! - permits are counted by one increment each on a key created with the round's expiry, so
 //!   at most `half_open_trials` callers get one per round, and a dead holder's permit lapses
 //!   with the key;
@@ -207,22 +211,26 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
             if !trips {
                 return Ok(Snapshot::closed(failures));
             }
+            // `open` first: were `tripped` set first, a reader between the two steps would
+            // see a half-open breaker and could be handed a trial permit at the very moment
+            // of the trip. A second tripping caller's increment keeps the open key's expiry,
+            // so the open period is not pushed forward.
+            store.increment(&keys.key("open"), recovery).await?;
             if store
                 .increment(&keys.key("tripped"), retention(config))
                 .await?
                 == 1
             {
-                store.increment(&keys.key("open"), recovery).await?;
-                store
-                    .expire_after(&keys.key("failures"), Duration::ZERO)
-                    .await?;
+                // The failure counts stay until the breaker closes: a concurrent caller that
+                // read "closed" before the trip and counts its failure after it then sees a
+                // count at or over the threshold and answers open, where a cleared count
+                // would have answered closed with a count of one.
                 store
                     .expire_after(&keys.key("trials"), Duration::ZERO)
                     .await?;
                 store
                     .expire_after(&keys.key("passed"), Duration::ZERO)
                     .await?;
-                clear_rate_buckets(store, &keys, config).await?;
             }
             Ok(Snapshot::open(recovery, None))
         }
@@ -237,7 +245,10 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
             if passed < u64::from(config.half_open_trials) {
                 return Ok(Snapshot::half_open(false));
             }
-            for suffix in ["tripped", "failures", "trials", "passed"] {
+            // Counts first, the trip marker last: until it goes the breaker reads half-open
+            // and no failure is counted, so the closed breaker starts from zero.
+            clear_rate_buckets(store, &keys, config).await?;
+            for suffix in ["failures", "trials", "passed", "tripped"] {
                 store
                     .expire_after(&keys.key(suffix), Duration::ZERO)
                     .await?;
@@ -265,13 +276,16 @@ async fn read_state<B: Backend>(store: &B, keys: &Keys) -> Result<State, Storage
         MODE_FORCED_CLOSED => return Ok(State::ForcedClosed),
         _ => {}
     }
+    // `:tripped` before `:open`, the reverse of the order a trip writes them in: a reader
+    // that sees the trip marker then also sees the open key, so a breaker in the middle of
+    // tripping reads closed or open, never half-open.
+    if store.get_count(&keys.key("tripped")).await? == 0 {
+        return Ok(State::Closed);
+    }
     if store.get_count(&keys.key("open")).await? > 0 {
         return Ok(State::Open);
     }
-    if store.get_count(&keys.key("tripped")).await? > 0 {
-        return Ok(State::HalfOpen);
-    }
-    Ok(State::Closed)
+    Ok(State::HalfOpen)
 }
 
 async fn clear_rate_buckets<B: Backend>(

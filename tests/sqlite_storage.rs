@@ -1,0 +1,112 @@
+//! The SQLite storage: the conformance kit, and one breaker shared by several processes
+//! through one file.
+#![cfg(feature = "sqlite")]
+
+use std::path::PathBuf;
+
+use circuitpy::SqliteStorage;
+use circuitpy::testing::{Options, check_storage, processes};
+
+const PATH_VAR: &str = "CIRCUITPY_TEST_SQLITE_PATH";
+
+/// A fresh database file for one test.
+fn fresh_database(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "circuitpy-sqlite-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{name}.db"))
+}
+
+#[test]
+fn sqlite_storage_passes_the_kit() {
+    let storage: &'static SqliteStorage = Box::leak(Box::new(
+        SqliteStorage::open(fresh_database("kit")).unwrap(),
+    ));
+    let report = check_storage(storage, Options::default()).unwrap_or_else(|f| panic!("{f}"));
+    assert!(report.rules.contains(&"half-open-admits-exactly-k-trials"));
+    println!(
+        "sqlite kit: {} rules in {:?}",
+        report.rules.len(),
+        report.elapsed
+    );
+}
+
+#[test]
+fn processes_share_one_breaker_through_the_file() {
+    let path = fresh_database("fleet");
+    let storage = SqliteStorage::open_with_table(&path, "fleet").unwrap();
+    let path = path.to_str().unwrap();
+    let report = processes::check_across_processes(&storage, "fleet_child", 4, &[(PATH_VAR, path)])
+        .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(
+        report.rules,
+        [
+            "processes-trip-at-exactly-the-threshold",
+            "processes-share-exactly-k-trials-per-round"
+        ]
+    );
+}
+
+#[test]
+#[ignore = "run by processes_share_one_breaker_through_the_file as a child process"]
+fn fleet_child() {
+    let path = std::env::var(PATH_VAR).expect("run as a child process");
+    let storage = SqliteStorage::open_with_table(path, "fleet").unwrap();
+    processes::run_child(&storage);
+}
+
+#[test]
+fn writes_delete_rows_whose_deadlines_have_passed() {
+    use circuitpy::{CircuitBreaker, Config, MemoryStorage, Op, Request, Storage};
+    struct Handler;
+    impl CircuitBreaker for Handler {
+        const FAILURE_THRESHOLD: u32 = 3;
+        const RECOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+        const FAILURE_KEY: &'static str = "cleanup";
+        type Storage = MemoryStorage;
+        fn storage(&self) -> &MemoryStorage {
+            unimplemented!("driven through Storage::execute")
+        }
+    }
+    let path = fresh_database("cleanup");
+    let storage = SqliteStorage::open(&path).unwrap();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    // Rows a crashed process left behind: every deadline long past.
+    for n in 1..=6 {
+        raw.execute(
+            "INSERT INTO circuitpy_breakers (key, failures, failures_until, expires_at)
+             VALUES (?1, 2, 1, 1)",
+            [format!("circuitpy:{{stale-{n}}}")],
+        )
+        .unwrap();
+    }
+    let stale = |raw: &rusqlite::Connection| -> i64 {
+        raw.query_row(
+            "SELECT count(*) FROM circuitpy_breakers WHERE key LIKE 'circuitpy:{stale-%'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    let config = Config::of::<Handler>();
+    // A stale row reads as nothing counted; each write that creates a row deletes up to
+    // four expired ones.
+    let read = storage
+        .execute(&Request::new("stale-1", Op::Read, &config))
+        .unwrap();
+    assert_eq!(read.failures, 0);
+    storage
+        .execute(&Request::new("fresh-1", Op::Failure, &config))
+        .unwrap();
+    assert_eq!(stale(&raw), 2);
+    storage
+        .execute(&Request::new("fresh-2", Op::Failure, &config))
+        .unwrap();
+    assert_eq!(stale(&raw), 0);
+}
