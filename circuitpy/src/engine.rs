@@ -15,7 +15,9 @@ use crate::cell::{CellRef, nanos};
 use crate::clock::{Clock, Nanos};
 use crate::error::{CircuitBreakerOpen, Rejection, StorageError};
 use crate::handler::{CircuitBreaker, State};
-use crate::machine::{Admit, Outcome, Refusal, Word, admit, settle};
+use crate::machine::{
+    Admit, Outcome, Refusal, Word, admit, closed_success_changes_nothing, settle,
+};
 use crate::policy::{Config, FailurePolicy, OnStorageFailure};
 use crate::storage::{
     AsyncStorage, Backend, Blocking, NonBlocking, Op, Request, Snapshot, Storage, ready,
@@ -406,10 +408,15 @@ pub(crate) fn adopt<H: CircuitBreaker>(
     to
 }
 
+#[inline]
 fn record_in_process<H: CircuitBreaker>(guard: &mut Guard<'_, H>, outcome: Option<Outcome>) {
     let role = std::mem::replace(&mut guard.role, Role::Unrecorded);
     match (role, outcome) {
         (Role::Unrecorded, _) => {}
+        // The common case: one load, no store, no clock.
+        (Role::Closed, Some(Outcome::Success))
+            if matches!(Cfg::<H>::CONFIG.policy, FailurePolicy::Consecutive)
+                && closed_success_changes_nothing(guard.cell.load(), guard.admitted) => {}
         (Role::Trial, None) => settle_in_process(guard, Outcome::Abandoned),
         (Role::Closed, None) => {}
         (_, Some(outcome)) => settle_in_process(guard, outcome),
