@@ -70,13 +70,28 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
             __circuitpy_return
         }}
     };
+    // An async function on an in-process storage (a constant) admits and records without
+    // awaiting anything, so its future carries no storage futures in its live states.
     let enter = if is_async {
-        quote_spanned!(handler.span()=> #private::enter_async::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method).await)
+        quote_spanned! {handler.span()=>
+            if #private::in_process::<#handler>() {
+                #private::enter_now::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method)
+            } else {
+                #private::enter_async::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method).await
+            }
+        }
     } else {
         quote_spanned!(handler.span()=> #private::enter::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method))
     };
     let run = if is_async {
-        quote!(__circuitpy_guard.complete_async(#private::catch_async(async move #body).await).await)
+        quote! {{
+            let __circuitpy_result = #private::catch_async(async move #body).await;
+            if #private::in_process::<#handler>() {
+                __circuitpy_guard.complete_now(__circuitpy_result)
+            } else {
+                __circuitpy_guard.complete_async(__circuitpy_result).await
+            }
+        }}
     } else {
         quote!(__circuitpy_guard.complete(#private::catch(move || #body)))
     };

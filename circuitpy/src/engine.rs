@@ -121,6 +121,27 @@ impl<'a, H: CircuitBreaker> Guard<'a, H> {
         result.unwrap_or_else(|panic| resume_unwind(panic))
     }
 
+    /// Records the outcome of an async call on an in-process storage (see [`in_process`])
+    /// without a future, and returns its result, or resumes its panic.
+    #[inline]
+    pub fn complete_now<T, E: 'static>(
+        mut self,
+        result: Result<Result<T, E>, Panic>,
+    ) -> Result<T, E>
+    where
+        H::Storage: AsyncStorage,
+    {
+        let outcome = self.outcome(&result);
+        if self.in_process {
+            record_in_process(&mut self, outcome);
+        } else {
+            // An in-process storage hands out a guard that is not in process only for a call
+            // it let through unrecorded (an unusable per-call key).
+            debug_assert_eq!(self.role, Role::Unrecorded);
+        }
+        result.unwrap_or_else(|panic| resume_unwind(panic))
+    }
+
     /// Records an async call's outcome and returns its result, or resumes its panic.
     pub async fn complete_async<T, E: 'static>(
         mut self,
@@ -187,6 +208,40 @@ where
             cell,
             method,
         ))
+    }
+}
+
+/// Whether handler `H`'s async storage decides in this process, so that an async call can
+/// be admitted with [`enter_now`] and recorded with [`Guard::complete_now`], awaiting
+/// nothing; a constant.
+#[inline(always)]
+pub const fn in_process<H>() -> bool
+where
+    H: CircuitBreaker,
+    H::Storage: AsyncStorage,
+{
+    <H::Storage as AsyncStorage>::__IN_PROCESS
+}
+
+/// Admission for an async call on an in-process storage (see [`in_process`]), without a
+/// future to poll.
+#[inline]
+pub fn enter_now<'a, H>(
+    handler: &'a H,
+    site: &'a crate::cell::Site,
+    key: Option<&str>,
+    method: &'static str,
+) -> Result<Guard<'a, H>, CircuitBreakerOpen>
+where
+    H: CircuitBreaker,
+    H::Storage: AsyncStorage,
+{
+    assert!(in_process::<H>(), "enter_now needs an in-process storage");
+    let storage = handler.storage();
+    let clock = AsyncStorage::clock(storage);
+    match site.family::<H>(storage).cell(key) {
+        Ok(cell) => enter_in_process(handler, cell, clock, method),
+        Err(error) => storage_failed_before_call(handler, None, clock, method, error),
     }
 }
 

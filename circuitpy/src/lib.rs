@@ -115,7 +115,9 @@ pub use circuitpy_macros::circuit_breaker;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::cell::Site;
-    pub use crate::engine::{Guard, Panic, catch, catch_async, enter, enter_async};
+    pub use crate::engine::{
+        Guard, Panic, catch, catch_async, enter, enter_async, enter_now, in_process,
+    };
 
     /// Borrows a per-call key as `&str`.
     #[inline]
