@@ -98,15 +98,18 @@ impl CircuitBreaker for Asynchronous {
     }
 }
 
+/// A small error type, so that `Result<u64, BenchError>` comes back in registers and the
+/// floor is a bare call rather than a copy of a large error through memory.
 #[derive(Debug)]
 enum BenchError {
     Down,
-    Open(CircuitBreakerOpen),
+    /// A rejection; `true` when the breaker itself was open.
+    Open(bool),
 }
 
 impl From<CircuitBreakerOpen> for BenchError {
     fn from(open: CircuitBreakerOpen) -> Self {
-        BenchError::Open(open)
+        BenchError::Open(open.reason().is_open())
     }
 }
 
@@ -176,10 +179,10 @@ fn poll_once<F: Future>(future: F) -> F::Output {
 
 fn trip_circuitpy() {
     let _ = guarded_tripped(true);
-    let Err(BenchError::Open(open)) = guarded_tripped(false) else {
-        panic!("the tripped breaker let a call through");
-    };
-    assert_eq!(open.key(), "bench_tripped");
+    assert!(matches!(
+        guarded_tripped(false),
+        Err(BenchError::Open(true))
+    ));
     assert_eq!(Breaker::new(Tripped).state().unwrap(), State::Open);
 }
 
