@@ -270,7 +270,9 @@ where
     }
 }
 
-#[inline]
+// Always inlined: a guard returned through memory and read back at once stalls on store
+// forwarding, which cost more than the rest of an async call's admission.
+#[inline(always)]
 pub(crate) fn enter_in_process<'a, H: CircuitBreaker>(
     handler: &'a H,
     cell: CellRef<'a>,
