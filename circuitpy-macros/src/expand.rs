@@ -95,11 +95,12 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
     } else {
         quote!(__circuitpy_guard.complete(#private::catch(move || #body)))
     };
+    let guard_mut = if is_async { quote!(mut) } else { quote!() };
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
             static __CIRCUITPY_SITE: #private::Site = #private::Site::new();
-            let __circuitpy_guard = match #enter {
+            let #guard_mut __circuitpy_guard = match #enter {
                 ::core::result::Result::Ok(guard) => guard,
                 ::core::result::Result::Err(__circuitpy_rejection) => {
                     let _ = &__circuitpy_rejection;

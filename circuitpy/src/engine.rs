@@ -122,10 +122,12 @@ impl<'a, H: CircuitBreaker> Guard<'a, H> {
     }
 
     /// Records the outcome of an async call on an in-process storage (see [`in_process`])
-    /// without a future, and returns its result, or resumes its panic.
+    /// without a future, and returns its result, or resumes its panic. Takes the guard by
+    /// reference so it is not copied out of the caller's future (dropping it afterwards does
+    /// nothing more).
     #[inline]
     pub fn complete_now<T, E: 'static>(
-        mut self,
+        &mut self,
         result: Result<Result<T, E>, Panic>,
     ) -> Result<T, E>
     where
@@ -133,7 +135,7 @@ impl<'a, H: CircuitBreaker> Guard<'a, H> {
     {
         let outcome = self.outcome(&result);
         if self.in_process {
-            record_in_process(&mut self, outcome);
+            record_in_process(self, outcome);
         } else {
             // An in-process storage hands out a guard that is not in process only for a call
             // it let through unrecorded (an unusable per-call key).
