@@ -16,7 +16,7 @@ use crate::clock::{Clock, Nanos};
 use crate::error::{CircuitBreakerOpen, Rejection, StorageError};
 use crate::handler::{CircuitBreaker, State};
 use crate::machine::{
-    Admit, Outcome, Refusal, Word, admit, closed_success_changes_nothing, settle,
+    Admit, BUCKETS, Outcome, Refusal, Word, admit, closed_success_changes_nothing, settle,
 };
 use crate::policy::{Config, FailurePolicy, OnStorageFailure};
 use crate::storage::{
@@ -31,6 +31,14 @@ pub(crate) struct Cfg<H>(PhantomData<H>);
 
 impl<H: CircuitBreaker> Cfg<H> {
     pub(crate) const CONFIG: Config = Config::of::<H>();
+
+    /// Whether the rate policy's buckets are wide enough (100 ms or more) for a success to
+    /// be placed in its bucket by the coarse clock, a few milliseconds behind at most,
+    /// instead of a system-clock read on every call.
+    const COARSE_SUCCESSES: bool = match Self::CONFIG.policy {
+        FailurePolicy::Rate { window, .. } => window.as_nanos() / BUCKETS as u128 >= 100_000_000,
+        _ => false,
+    };
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -492,8 +500,13 @@ fn settle_in_process<H: CircuitBreaker>(guard: &Guard<'_, H>, outcome: Outcome) 
             FailurePolicy::CountInWindow { .. } => failed,
             FailurePolicy::Rate { .. } => outcome != Outcome::Abandoned,
         };
-    // Consecutive-policy successes read no clock.
-    let now = if failed || in_window {
+    // Consecutive-policy successes read no clock; rate-policy successes the coarse one when
+    // its buckets are wide. A failure may open the breaker, so it reads the precise clock.
+    let now = if failed {
+        guard.clock.now()
+    } else if in_window && Cfg::<H>::COARSE_SUCCESSES {
+        guard.clock.coarse_now()
+    } else if in_window {
         guard.clock.now()
     } else {
         0
@@ -503,7 +516,8 @@ fn settle_in_process<H: CircuitBreaker>(guard: &Guard<'_, H>, outcome: Outcome) 
         if failed {
             Outcome::Failure { trips }
         } else {
-            Outcome::Success
+            // A success counted in a window changes nothing else.
+            return;
         }
     } else {
         outcome
