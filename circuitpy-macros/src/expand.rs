@@ -93,7 +93,16 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
             }
         }}
     } else {
-        quote!(__circuitpy_guard.complete(#private::catch(move || #body)))
+        // On an in-process storage (a constant) the body runs uncaught and a panic is
+        // recorded as it unwinds, which keeps the body's result out of `catch_unwind`.
+        quote! {{
+            let __circuitpy_body = move || #body;
+            if #private::in_process_blocking::<#handler>() {
+                __circuitpy_guard.run_in_process(__circuitpy_body)
+            } else {
+                __circuitpy_guard.complete(#private::catch(__circuitpy_body))
+            }
+        }}
     };
     let guard_mut = if is_async { quote!(mut) } else { quote!() };
     Ok(quote! {

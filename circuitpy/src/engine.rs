@@ -100,18 +100,58 @@ impl<'a, H: CircuitBreaker> Guard<'a, H> {
     }
 
     fn outcome<T, E: 'static>(&self, result: &Result<Result<T, E>, Panic>) -> Option<Outcome> {
+        match result {
+            Ok(returned) => self.returned(returned),
+            Err(_) => Some(Outcome::Failure { trips: false }),
+        }
+    }
+
+    #[inline]
+    fn returned<T, E: 'static>(&self, result: &Result<T, E>) -> Option<Outcome> {
         let failure = Outcome::Failure { trips: false };
         match result {
-            Ok(Ok(_)) => match Cfg::<H>::CONFIG.slow_call_threshold {
+            Ok(_) => match Cfg::<H>::CONFIG.slow_call_threshold {
                 Some(slow) if self.clock.now().saturating_sub(self.started) > nanos(slow) => {
                     Some(failure)
                 }
                 _ => Some(Outcome::Success),
             },
-            Ok(Err(error)) if self.handler.is_failure(error) => Some(failure),
-            Ok(Err(_)) => None,
-            Err(_) => Some(failure),
+            Err(error) if self.handler.is_failure(error) => Some(failure),
+            Err(_) => None,
         }
+    }
+
+    /// Runs a blocking body on an in-process storage (see [`in_process_blocking`]) and
+    /// records its outcome. A panic is not caught: it is recorded as a failure while it
+    /// unwinds through here. Catching it would pass the body's result through the memory of
+    /// `catch_unwind`, whose read-back stalls on store forwarding on every call.
+    #[inline]
+    pub fn run_in_process<T, E: 'static>(
+        mut self,
+        body: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        H::Storage: Storage,
+    {
+        if !self.in_process {
+            // An in-process storage hands out a guard that is not in process only for a call
+            // it let through unrecorded (an unusable per-call key).
+            debug_assert_eq!(self.role, Role::Unrecorded);
+            return body();
+        }
+        /// Records a failure if dropped, that is, if the body unwinds.
+        struct Unwinding<'g, 'a, H: CircuitBreaker>(&'g mut Guard<'a, H>);
+        impl<H: CircuitBreaker> Drop for Unwinding<'_, '_, H> {
+            fn drop(&mut self) {
+                record_in_process(self.0, Some(Outcome::Failure { trips: false }));
+            }
+        }
+        let unwinding = Unwinding(&mut self);
+        let result = body();
+        std::mem::forget(unwinding);
+        let outcome = self.returned(&result);
+        record_in_process(&mut self, outcome);
+        result
     }
 
     /// Records a blocking call's outcome and returns its result, or resumes its panic.
@@ -219,6 +259,17 @@ where
             method,
         ))
     }
+}
+
+/// Whether handler `H`'s blocking storage decides in this process, so that a blocking call
+/// can run through [`Guard::run_in_process`]; a constant.
+#[inline(always)]
+pub const fn in_process_blocking<H>() -> bool
+where
+    H: CircuitBreaker,
+    H::Storage: Storage,
+{
+    <H::Storage as Storage>::__IN_PROCESS
 }
 
 /// Whether handler `H`'s async storage decides in this process, so that an async call can
@@ -558,5 +609,69 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
         Err(error) => guard
             .handler
             .on_storage_error(guard.cell.key.as_str(), &error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::catch_unwind;
+    use std::sync::LazyLock;
+    use std::time::Duration;
+
+    use crate::{
+        Breaker, CircuitBreaker, CircuitBreakerOpen, ManualClock, MemoryStorage, State,
+        circuit_breaker,
+    };
+
+    static CLOCK: LazyLock<ManualClock> = LazyLock::new(ManualClock::new);
+    static STORAGE: LazyLock<MemoryStorage> =
+        LazyLock::new(|| MemoryStorage::with_clock(CLOCK.clock()));
+
+    struct Panicky;
+    impl CircuitBreaker for Panicky {
+        const FAILURE_THRESHOLD: u32 = 2;
+        const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+        const FAILURE_KEY: &'static str = "engine_panicky";
+        type Storage = MemoryStorage;
+        fn storage(&self) -> &MemoryStorage {
+            &STORAGE
+        }
+    }
+
+    #[derive(Debug)]
+    struct Rejected;
+    impl From<CircuitBreakerOpen> for Rejected {
+        fn from(_: CircuitBreakerOpen) -> Self {
+            Rejected
+        }
+    }
+
+    #[circuit_breaker(handler = Panicky, crate = "crate")]
+    fn guarded(panic: bool) -> Result<u32, Rejected> {
+        if panic {
+            panic!("the body panicked");
+        }
+        Ok(1)
+    }
+
+    #[test]
+    fn an_uncaught_panic_on_the_in_process_path_is_a_failure_and_keeps_unwinding() {
+        let breaker = Breaker::new(Panicky);
+        assert!(catch_unwind(|| guarded(true)).is_err());
+        assert_eq!(breaker.state().unwrap(), State::Closed);
+        // A success resets the count, so only consecutive panics trip.
+        assert_eq!(guarded(false).unwrap(), 1);
+        assert!(catch_unwind(|| guarded(true)).is_err());
+        assert!(catch_unwind(|| guarded(true)).is_err());
+        assert_eq!(breaker.state().unwrap(), State::Open);
+        assert!(guarded(false).is_err(), "open rejects");
+
+        // A trial that panics opens the breaker again.
+        CLOCK.advance(Duration::from_secs(2));
+        assert!(catch_unwind(|| guarded(true)).is_err());
+        assert_eq!(breaker.state().unwrap(), State::Open);
+        CLOCK.advance(Duration::from_secs(2));
+        assert_eq!(guarded(false).unwrap(), 1);
+        assert_eq!(breaker.state().unwrap(), State::Closed);
     }
 }

@@ -117,6 +117,7 @@ pub mod __private {
     pub use crate::cell::Site;
     pub use crate::engine::{
         Guard, Panic, catch, catch_async, enter, enter_async, enter_now, in_process,
+        in_process_blocking,
     };
 
     /// Borrows a per-call key as `&str`.
