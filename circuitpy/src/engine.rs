@@ -230,8 +230,9 @@ pub async fn catch_async<F: Future>(body: F) -> Result<F::Output, Panic> {
     .await
 }
 
-/// Admission for a blocking call.
-#[inline]
+/// Admission for a blocking call. Always inlined: where one handler guards several
+/// functions the compiler would otherwise share one out-of-line copy among them.
+#[inline(always)]
 pub fn enter<'a, H>(
     handler: &'a H,
     site: &'a crate::cell::Site,
