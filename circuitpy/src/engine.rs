@@ -486,19 +486,22 @@ fn reject<H: CircuitBreaker>(
     word: Word,
     refusal: Refusal,
 ) -> CircuitBreakerOpen {
-    let recovery = nanos(Cfg::<H>::CONFIG.recovery_timeout);
-    let deadline = word.deadline();
+    // One conversion to wall-clock time, the opening one recovery timeout before it.
+    let (opened_at, retry_at) = match (refusal, word.deadline()) {
+        (Refusal::Open, Some(deadline)) => {
+            let retry_at = clock.wall(deadline);
+            let opened_at = retry_at
+                .checked_sub(Cfg::<H>::CONFIG.recovery_timeout)
+                .unwrap_or(retry_at);
+            (Some(opened_at), Some(retry_at))
+        }
+        _ => (None, None),
+    };
     let rejection = CircuitBreakerOpen {
         key: cell.key.clone(),
         method,
-        opened_at: match refusal {
-            Refusal::Open => deadline.map(|deadline| clock.wall(deadline.saturating_sub(recovery))),
-            _ => None,
-        },
-        retry_at: match refusal {
-            Refusal::Open => deadline.map(|deadline| clock.wall(deadline)),
-            _ => None,
-        },
+        opened_at,
+        retry_at,
         reason: match refusal {
             Refusal::Open => Rejection::Open,
             Refusal::TrialsInProgress => Rejection::TrialsInProgress,
@@ -653,6 +656,44 @@ mod tests {
             panic!("the body panicked");
         }
         Ok(1)
+    }
+
+    struct Timed;
+    impl CircuitBreaker for Timed {
+        const FAILURE_THRESHOLD: u32 = 1;
+        const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+        const FAILURE_KEY: &'static str = "engine_timed";
+        type Storage = MemoryStorage;
+        fn storage(&self) -> &MemoryStorage {
+            &STORAGE
+        }
+    }
+
+    #[derive(Debug)]
+    enum Failed {
+        Down,
+        Open(CircuitBreakerOpen),
+    }
+    impl From<CircuitBreakerOpen> for Failed {
+        fn from(open: CircuitBreakerOpen) -> Self {
+            Failed::Open(open)
+        }
+    }
+
+    #[test]
+    fn a_rejection_says_when_the_breaker_opened_and_when_to_retry() {
+        let breaker = Breaker::new(Timed);
+        let failed: Result<(), Failed> = breaker.call(|| Err(Failed::Down));
+        assert!(matches!(failed, Err(Failed::Down)));
+        let Err(Failed::Open(open)) = breaker.call(|| Ok::<(), Failed>(())) else {
+            panic!("the open breaker ran the call");
+        };
+        assert!(open.reason().is_open());
+        let (opened_at, retry_at) = (open.opened_at().unwrap(), open.retry_at().unwrap());
+        assert_eq!(
+            retry_at.duration_since(opened_at).unwrap(),
+            Timed::RECOVERY_TIMEOUT
+        );
     }
 
     #[test]
