@@ -356,3 +356,23 @@ fn every_instance_of_a_generic_fn_uses_the_handlers_breaker() {
     assert!(shown("a", true).is_err());
     assert_eq!(rejected(&shown(2.5, false)), Some("open"));
 }
+
+handler!(RejectionIsTheError {
+    const FAILURE_THRESHOLD: u32 = 1;
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+});
+
+/// The error type may be the rejection itself (clippy, run on the tests with `-D warnings`,
+/// must not see a useless conversion in the generated code).
+#[circuit_breaker(handler = RejectionIsTheError)]
+fn answers(value: u32) -> Result<u32, circuitpy::CircuitBreakerOpen> {
+    Ok(value)
+}
+
+#[test]
+fn a_function_may_return_the_rejection_as_its_error() {
+    assert_eq!(answers(7).unwrap(), 7);
+    Breaker::new(RejectionIsTheError).force_open().unwrap();
+    let open = answers(7).unwrap_err();
+    assert_eq!(open.method(), "answers");
+}

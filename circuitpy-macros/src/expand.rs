@@ -86,8 +86,16 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
             __circuitpy_return
         }}
     };
+    // An async function on an in-process storage (a constant) admits and records without
+    // awaiting anything, so its future carries no storage futures in its live states.
     let enter = if is_async {
-        quote_spanned!(handler.span()=> #private::enter_async::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method).await)
+        quote_spanned! {handler.span()=>
+            if #private::in_process::<#handler>() {
+                #private::enter_now::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method)
+            } else {
+                #private::enter_async::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method).await
+            }
+        }
     } else {
         quote_spanned!(handler.span()=> #private::enter::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method))
     };
@@ -95,10 +103,28 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
     // is reported there.
     let run = if is_async {
         let complete = syn::Ident::new("complete_async", handler.span());
-        quote!(__circuitpy_guard.#complete(#private::catch_async(async move #body).await).await)
+        let complete_now = syn::Ident::new("complete_now", handler.span());
+        quote! {{
+            let __circuitpy_result = #private::catch_async(async move #body).await;
+            if #private::in_process::<#handler>() {
+                __circuitpy_guard.#complete_now(__circuitpy_result)
+            } else {
+                __circuitpy_guard.#complete(__circuitpy_result).await
+            }
+        }}
     } else {
+        // On an in-process storage (a constant) the body runs uncaught and a panic is
+        // recorded as it unwinds, which keeps the body's result out of `catch_unwind`.
         let complete = syn::Ident::new("complete", handler.span());
-        quote!(__circuitpy_guard.#complete(#private::catch(move || #body)))
+        let run_in_process = syn::Ident::new("run_in_process", handler.span());
+        quote! {{
+            let __circuitpy_body = move || #body;
+            if #private::in_process_blocking::<#handler>() {
+                __circuitpy_guard.#run_in_process(__circuitpy_body)
+            } else {
+                __circuitpy_guard.#complete(#private::catch(__circuitpy_body))
+            }
+        }}
     };
     // Checked first, so that a handler that is not one, or whose consts are invalid, is
     // reported at the handler's name, even by `cargo check`. The call is spelled with the handler's span only (a path keeping the macro's span
@@ -112,16 +138,20 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
             #call
         };
     };
+    let guard_mut = if is_async { quote!(mut) } else { quote!() };
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
             #check
             static __CIRCUITPY_SITE: #private::Site = #private::Site::new();
-            let __circuitpy_guard = match #enter {
+            let #guard_mut __circuitpy_guard = match #enter {
                 ::core::result::Result::Ok(guard) => guard,
                 ::core::result::Result::Err(__circuitpy_rejection) => {
                     let _ = &__circuitpy_rejection;
-                    return #rejected;
+                    // `From::from` is the identity when the error type is the rejection.
+                    #[allow(clippy::useless_conversion)]
+                    let __circuitpy_rejected = #rejected;
+                    return __circuitpy_rejected;
                 }
             };
             #run

@@ -128,10 +128,17 @@ pub(crate) struct Family {
 }
 
 impl Family {
+    /// Small enough to inline, so the handler's own key costs no call even where the same
+    /// handler also guards calls with per-call keys.
+    #[inline]
     pub(crate) fn cell<'a>(&'a self, per_call: Option<&str>) -> Result<CellRef<'a>, StorageError> {
-        let Some(per_call) = per_call else {
-            return Ok(CellRef::Borrowed(&self.cell));
-        };
+        match per_call {
+            None => Ok(CellRef::Borrowed(&self.cell)),
+            Some(per_call) => self.keyed_cell(per_call),
+        }
+    }
+
+    fn keyed_cell(&self, per_call: &str) -> Result<CellRef<'_>, StorageError> {
         if let Some(cell) = self
             .keyed
             .read()

@@ -16,7 +16,9 @@ use crate::cell::{CellRef, nanos};
 use crate::clock::{Clock, Nanos};
 use crate::error::{CircuitBreakerOpen, Rejection, StorageError};
 use crate::handler::{CircuitBreaker, State};
-use crate::machine::{Admit, Outcome, Refusal, Word, admit, settle};
+use crate::machine::{
+    Admit, BUCKETS, Outcome, Refusal, Word, admit, closed_success_changes_nothing, settle,
+};
 use crate::policy::{Config, FailurePolicy, OnStorageFailure};
 use crate::storage::{
     AsyncStorage, Backend, Blocking, NonBlocking, Op, Request, Snapshot, Storage, ready,
@@ -30,6 +32,14 @@ pub(crate) struct Cfg<H>(PhantomData<H>);
 
 impl<H: CircuitBreaker> Cfg<H> {
     pub(crate) const CONFIG: Config = Config::of::<H>();
+
+    /// Whether the rate policy's buckets are wide enough (100 ms or more) for a success to
+    /// be placed in its bucket by the coarse clock, a few milliseconds behind at most,
+    /// instead of a system-clock read on every call.
+    const COARSE_SUCCESSES: bool = match Self::CONFIG.policy {
+        FailurePolicy::Rate { window, .. } => window.as_nanos() / BUCKETS as u128 >= 100_000_000,
+        _ => false,
+    };
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,18 +101,58 @@ impl<'a, H: CircuitBreaker> Guard<'a, H> {
     }
 
     fn outcome<T, E: 'static>(&self, result: &Result<Result<T, E>, Panic>) -> Option<Outcome> {
+        match result {
+            Ok(returned) => self.returned(returned),
+            Err(_) => Some(Outcome::Failure { trips: false }),
+        }
+    }
+
+    #[inline]
+    fn returned<T, E: 'static>(&self, result: &Result<T, E>) -> Option<Outcome> {
         let failure = Outcome::Failure { trips: false };
         match result {
-            Ok(Ok(_)) => match Cfg::<H>::CONFIG.slow_call_threshold {
+            Ok(_) => match Cfg::<H>::CONFIG.slow_call_threshold {
                 Some(slow) if self.clock.now().saturating_sub(self.started) > nanos(slow) => {
                     Some(failure)
                 }
                 _ => Some(Outcome::Success),
             },
-            Ok(Err(error)) if self.handler.is_failure(error) => Some(failure),
-            Ok(Err(_)) => None,
-            Err(_) => Some(failure),
+            Err(error) if self.handler.is_failure(error) => Some(failure),
+            Err(_) => None,
         }
+    }
+
+    /// Runs a blocking body on an in-process storage (see [`in_process_blocking`]) and
+    /// records its outcome. A panic is not caught: it is recorded as a failure while it
+    /// unwinds through here. Catching it would pass the body's result through the memory of
+    /// `catch_unwind`, whose read-back stalls on store forwarding on every call.
+    #[inline]
+    pub fn run_in_process<T, E: 'static>(
+        mut self,
+        body: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        H::Storage: Storage,
+    {
+        if !self.in_process {
+            // An in-process storage hands out a guard that is not in process only for a call
+            // it let through unrecorded (an unusable per-call key).
+            debug_assert_eq!(self.role, Role::Unrecorded);
+            return body();
+        }
+        /// Records a failure if dropped, that is, if the body unwinds.
+        struct Unwinding<'g, 'a, H: CircuitBreaker>(&'g mut Guard<'a, H>);
+        impl<H: CircuitBreaker> Drop for Unwinding<'_, '_, H> {
+            fn drop(&mut self) {
+                record_in_process(self.0, Some(Outcome::Failure { trips: false }));
+            }
+        }
+        let unwinding = Unwinding(&mut self);
+        let result = body();
+        std::mem::forget(unwinding);
+        let outcome = self.returned(&result);
+        record_in_process(&mut self, outcome);
+        result
     }
 
     /// Records a blocking call's outcome and returns its result, or resumes its panic.
@@ -116,6 +166,29 @@ impl<'a, H: CircuitBreaker> Guard<'a, H> {
         } else {
             let storage = self.handler.storage();
             ready(record_shared(&mut self, &Blocking(storage), outcome));
+        }
+        result.unwrap_or_else(|panic| resume_unwind(panic))
+    }
+
+    /// Records the outcome of an async call on an in-process storage (see [`in_process`])
+    /// without a future, and returns its result, or resumes its panic. Takes the guard by
+    /// reference so it is not copied out of the caller's future (dropping it afterwards does
+    /// nothing more).
+    #[inline]
+    pub fn complete_now<T, E: 'static>(
+        &mut self,
+        result: Result<Result<T, E>, Panic>,
+    ) -> Result<T, E>
+    where
+        H::Storage: AsyncStorage,
+    {
+        let outcome = self.outcome(&result);
+        if self.in_process {
+            record_in_process(self, outcome);
+        } else {
+            // An in-process storage hands out a guard that is not in process only for a call
+            // it let through unrecorded (an unusable per-call key).
+            debug_assert_eq!(self.role, Role::Unrecorded);
         }
         result.unwrap_or_else(|panic| resume_unwind(panic))
     }
@@ -158,8 +231,9 @@ pub async fn catch_async<F: Future>(body: F) -> Result<F::Output, Panic> {
     .await
 }
 
-/// Admission for a blocking call.
-#[inline]
+/// Admission for a blocking call. Always inlined: where one handler guards several
+/// functions the compiler would otherwise share one out-of-line copy among them.
+#[inline(always)]
 pub fn enter<'a, H>(
     handler: &'a H,
     site: &'a crate::cell::Site,
@@ -192,6 +266,54 @@ where
     }
 }
 
+/// Whether handler `H`'s blocking storage decides in this process, so that a blocking call
+/// can run through [`Guard::run_in_process`]; a constant.
+#[inline(always)]
+pub const fn in_process_blocking<H>() -> bool
+where
+    H: CircuitBreaker,
+    H::Storage: Storage,
+{
+    <H::Storage as Storage>::__IN_PROCESS
+}
+
+/// Whether handler `H`'s async storage decides in this process, so that an async call can
+/// be admitted with [`enter_now`] and recorded with [`Guard::complete_now`], awaiting
+/// nothing; a constant.
+#[inline(always)]
+pub const fn in_process<H>() -> bool
+where
+    H: CircuitBreaker,
+    H::Storage: AsyncStorage,
+{
+    <H::Storage as AsyncStorage>::__IN_PROCESS
+}
+
+/// Admission for an async call on an in-process storage (see [`in_process`]), without a
+/// future to poll.
+#[inline]
+pub fn enter_now<'a, H>(
+    handler: &'a H,
+    site: &'a crate::cell::Site,
+    key: Option<&str>,
+    method: &'static str,
+) -> Result<Guard<'a, H>, CircuitBreakerOpen>
+where
+    H: CircuitBreaker,
+    H::Storage: AsyncStorage,
+{
+    debug_assert!(in_process::<H>(), "enter_now needs an in-process storage");
+    let storage = handler.storage();
+    let clock = AsyncStorage::clock(storage);
+    match site
+        .family::<H>(storage, AsyncStorage::__registry(storage))
+        .cell(key)
+    {
+        Ok(cell) => enter_in_process(handler, cell, clock, method),
+        Err(error) => storage_failed_before_call(handler, None, clock, method, error),
+    }
+}
+
 /// Admission for an async call.
 #[inline]
 pub async fn enter_async<'a, H>(
@@ -220,7 +342,9 @@ where
     }
 }
 
-#[inline]
+// Always inlined: a guard returned through memory and read back at once stalls on store
+// forwarding, which cost more than the rest of an async call's admission.
+#[inline(always)]
 pub(crate) fn enter_in_process<'a, H: CircuitBreaker>(
     handler: &'a H,
     cell: CellRef<'a>,
@@ -416,10 +540,15 @@ pub(crate) fn adopt<H: CircuitBreaker>(
     to
 }
 
+#[inline]
 fn record_in_process<H: CircuitBreaker>(guard: &mut Guard<'_, H>, outcome: Option<Outcome>) {
     let role = std::mem::replace(&mut guard.role, Role::Unrecorded);
     match (role, outcome) {
         (Role::Unrecorded, _) => {}
+        // The common case: one load, no store, no clock.
+        (Role::Closed, Some(Outcome::Success))
+            if matches!(Cfg::<H>::CONFIG.policy, FailurePolicy::Consecutive)
+                && closed_success_changes_nothing(guard.cell.load(), guard.admitted) => {}
         (Role::Trial, None) => settle_in_process(guard, Outcome::Abandoned),
         (Role::Closed, None) => {}
         (_, Some(outcome)) => settle_in_process(guard, outcome),
@@ -436,8 +565,13 @@ fn settle_in_process<H: CircuitBreaker>(guard: &Guard<'_, H>, outcome: Outcome) 
             FailurePolicy::CountInWindow { .. } => failed,
             FailurePolicy::Rate { .. } => outcome != Outcome::Abandoned,
         };
-    // Consecutive-policy successes read no clock.
-    let now = if failed || in_window {
+    // Consecutive-policy successes read no clock; rate-policy successes the coarse one when
+    // its buckets are wide. A failure may open the breaker, so it reads the precise clock.
+    let now = if failed {
+        guard.clock.now()
+    } else if in_window && Cfg::<H>::COARSE_SUCCESSES {
+        guard.clock.coarse_now()
+    } else if in_window {
         guard.clock.now()
     } else {
         0
@@ -460,7 +594,8 @@ fn settle_in_process<H: CircuitBreaker>(guard: &Guard<'_, H>, outcome: Outcome) 
         if failed {
             Outcome::Failure { trips }
         } else {
-            Outcome::Success
+            // A success counted in a window changes nothing else.
+            return;
         }
     } else {
         outcome
@@ -538,4 +673,106 @@ fn hold_back_success<H: CircuitBreaker>(
         cell.unreported_successes.fetch_add(1, Ordering::Relaxed);
     }
     fresh
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::catch_unwind;
+    use std::sync::LazyLock;
+    use std::time::Duration;
+
+    use crate::{
+        Breaker, CircuitBreaker, CircuitBreakerOpen, ManualClock, MemoryStorage, State,
+        circuit_breaker,
+    };
+
+    static CLOCK: LazyLock<ManualClock> = LazyLock::new(ManualClock::new);
+    static STORAGE: LazyLock<MemoryStorage> =
+        LazyLock::new(|| MemoryStorage::with_clock(CLOCK.clock()));
+
+    struct Panicky;
+    impl CircuitBreaker for Panicky {
+        const FAILURE_THRESHOLD: u32 = 2;
+        const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+        const FAILURE_KEY: &'static str = "engine_panicky";
+        type Storage = MemoryStorage;
+        fn storage(&self) -> &MemoryStorage {
+            &STORAGE
+        }
+    }
+
+    #[derive(Debug)]
+    struct Rejected;
+    impl From<CircuitBreakerOpen> for Rejected {
+        fn from(_: CircuitBreakerOpen) -> Self {
+            Rejected
+        }
+    }
+
+    #[circuit_breaker(handler = Panicky, crate = "crate")]
+    fn guarded(panic: bool) -> Result<u32, Rejected> {
+        if panic {
+            panic!("the body panicked");
+        }
+        Ok(1)
+    }
+
+    struct Timed;
+    impl CircuitBreaker for Timed {
+        const FAILURE_THRESHOLD: u32 = 1;
+        const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+        const FAILURE_KEY: &'static str = "engine_timed";
+        type Storage = MemoryStorage;
+        fn storage(&self) -> &MemoryStorage {
+            &STORAGE
+        }
+    }
+
+    #[derive(Debug)]
+    enum Failed {
+        Down,
+        Open(CircuitBreakerOpen),
+    }
+    impl From<CircuitBreakerOpen> for Failed {
+        fn from(open: CircuitBreakerOpen) -> Self {
+            Failed::Open(open)
+        }
+    }
+
+    #[test]
+    fn a_rejection_says_when_the_breaker_opened_and_when_to_retry() {
+        let breaker = Breaker::new(Timed);
+        let failed: Result<(), Failed> = breaker.call(|| Err(Failed::Down));
+        assert!(matches!(failed, Err(Failed::Down)));
+        let Err(Failed::Open(open)) = breaker.call(|| Ok::<(), Failed>(())) else {
+            panic!("the open breaker ran the call");
+        };
+        assert!(open.reason().is_open());
+        let (opened_at, retry_at) = (open.opened_at().unwrap(), open.retry_at().unwrap());
+        assert_eq!(
+            retry_at.duration_since(opened_at).unwrap(),
+            Timed::RECOVERY_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn an_uncaught_panic_on_the_in_process_path_is_a_failure_and_keeps_unwinding() {
+        let breaker = Breaker::new(Panicky);
+        assert!(catch_unwind(|| guarded(true)).is_err());
+        assert_eq!(breaker.state().unwrap(), State::Closed);
+        // A success resets the count, so only consecutive panics trip.
+        assert_eq!(guarded(false).unwrap(), 1);
+        assert!(catch_unwind(|| guarded(true)).is_err());
+        assert!(catch_unwind(|| guarded(true)).is_err());
+        assert_eq!(breaker.state().unwrap(), State::Open);
+        assert!(guarded(false).is_err(), "open rejects");
+
+        // A trial that panics opens the breaker again.
+        CLOCK.advance(Duration::from_secs(2));
+        assert!(catch_unwind(|| guarded(true)).is_err());
+        assert_eq!(breaker.state().unwrap(), State::Open);
+        CLOCK.advance(Duration::from_secs(2));
+        assert_eq!(guarded(false).unwrap(), 1);
+        assert_eq!(breaker.state().unwrap(), State::Closed);
+    }
 }

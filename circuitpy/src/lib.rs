@@ -146,7 +146,10 @@ pub use circuitpy_macros::circuit_breaker;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::cell::Site;
-    pub use crate::engine::{Guard, Panic, catch, catch_async, enter, enter_async};
+    pub use crate::engine::{
+        Guard, Panic, catch, catch_async, enter, enter_async, enter_now, in_process,
+        in_process_blocking,
+    };
 
     /// Checks that `H` is a handler with valid consts. The attribute evaluates it in a
     /// `const` block spanned at its `handler = ...`, so an invalid const fails the build

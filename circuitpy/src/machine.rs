@@ -156,6 +156,16 @@ pub(crate) enum Outcome {
     Abandoned,
 }
 
+/// True when, under the consecutive policy, a success of a call admitted closed under
+/// `admitted` leaves `word` as it is: there are no failures to reset, or the breaker has
+/// moved to another phase or generation since. The same answer as `settle` returning `None`
+/// for that case, in a couple of instructions, so the common success needs no more.
+#[inline]
+pub(crate) fn closed_success_changes_nothing(word: Word, admitted: Word) -> bool {
+    const HEADER_MASK: u64 = (1 << PAYLOAD_SHIFT) - 1;
+    word.payload() == 0 || (word.0 ^ admitted.0) & HEADER_MASK != 0
+}
+
 /// The new word after an admitted call ended, or `None` when nothing changes.
 ///
 /// `admitted` is the word the call was admitted under (the trial word for trials), so an
@@ -362,6 +372,29 @@ mod tests {
         .unwrap();
         assert_eq!(reopened.phase(), State::Open);
         assert!(reopened.deadline().unwrap() >= 4 * SECOND);
+    }
+
+    #[test]
+    fn the_quick_closed_success_check_agrees_with_settle() {
+        let config = config(3, 1);
+        let closed = Word::CLOSED;
+        let one_failure = fail(closed, &config, 0);
+        let open = fail(fail(one_failure, &config, 0), &config, 0);
+        let reclosed = settle(open, open, Outcome::Success, &config, 0).unwrap_or(open);
+        let Admit::Trial(trial) = admit(open, 9 * SECOND, 1) else {
+            panic!("no trial")
+        };
+        let closed_again = settle(trial, trial, Outcome::Success, &config, 0).unwrap();
+        let words = [closed, one_failure, open, reclosed, trial, closed_again];
+        for word in words {
+            for admitted in words.iter().filter(|w| w.phase() == State::Closed) {
+                assert_eq!(
+                    closed_success_changes_nothing(word, *admitted),
+                    settle(word, *admitted, Outcome::Success, &config, 0).is_none(),
+                    "word {word:?} admitted {admitted:?}"
+                );
+            }
+        }
     }
 
     #[test]
