@@ -9,7 +9,7 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -24,6 +24,12 @@ use crate::storage::Snapshot;
 /// The longest per-call key a breaker accepts, so a key computed from user input cannot
 /// grow storage keys without bound.
 pub(crate) const MAX_KEY_LEN: usize = 512;
+
+/// How many per-call breakers a handler keeps before it drops the idle ones (closed, nothing
+/// counted, not in use): an idle breaker is the same as a new one, so dropping it loses
+/// nothing, and keys computed from open-ended input (hosts, tenants) cannot grow memory
+/// without bound.
+pub(crate) const KEYED_SWEEP_AT: usize = 65_536;
 
 #[derive(Debug)]
 pub(crate) struct Cell {
@@ -51,6 +57,15 @@ impl Cell {
             synced_at: AtomicU64::new(0),
             unreported_successes: AtomicU64::new(0),
         }
+    }
+
+    /// Closed with nothing counted and nothing held back: the same as a new cell.
+    fn is_idle(&self) -> bool {
+        let word = self.load();
+        word.phase() == State::Closed
+            && word.failures() == 0
+            && self.unreported_successes.load(Ordering::Relaxed) == 0
+            && self.window.try_lock().is_ok_and(|window| window.is_empty())
     }
 
     #[inline]
@@ -125,6 +140,9 @@ impl Deref for CellRef<'_> {
 pub(crate) struct Family {
     cell: Cell,
     keyed: RwLock<HashMap<Box<str>, Arc<Cell>>>,
+    /// The map size at which the next sweep of idle per-call breakers runs; doubled when a
+    /// sweep frees too little, so sweeps stay rare when most breakers are busy.
+    sweep_at: AtomicUsize,
 }
 
 impl Family {
@@ -154,6 +172,11 @@ impl Family {
             });
         }
         let mut keyed = self.keyed.write().unwrap_or_else(PoisonError::into_inner);
+        if keyed.len() >= self.sweep_at.load(Ordering::Relaxed) && !keyed.contains_key(per_call) {
+            keyed.retain(|_, cell| Arc::strong_count(cell) > 1 || !cell.is_idle());
+            self.sweep_at
+                .store(KEYED_SWEEP_AT.max(keyed.len() * 2), Ordering::Relaxed);
+        }
         let cell = keyed.entry(per_call.into()).or_insert_with(|| {
             Arc::new(Cell::new(Key::Shared(key::join(
                 self.cell.key.as_str(),
@@ -186,6 +209,7 @@ impl Registry {
                 Arc::new(Family {
                     cell: Cell::new(Key::Static(H::FAILURE_KEY)),
                     keyed: RwLock::default(),
+                    sweep_at: AtomicUsize::new(KEYED_SWEEP_AT),
                 })
             })
             .clone()
@@ -227,5 +251,58 @@ impl Site {
         own: Option<&Registry>,
     ) -> &Family {
         self.family.get_or_init(|| family::<H>(storage, own))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Word;
+
+    fn family() -> Family {
+        Family {
+            cell: Cell::new(Key::Static("family")),
+            keyed: RwLock::default(),
+            sweep_at: AtomicUsize::new(KEYED_SWEEP_AT),
+        }
+    }
+
+    #[test]
+    fn idle_per_call_breakers_are_dropped_and_busy_ones_kept() {
+        let family = family();
+        // Kept for its state alone: no reference to it is held.
+        family
+            .cell(Some("open"))
+            .unwrap()
+            .swap(Word::CLOSED.opened(u64::MAX / 2));
+        let in_use = family.cell(Some("in use")).unwrap();
+        for n in 0..KEYED_SWEEP_AT + 10 {
+            drop(family.cell(Some(&format!("host-{n}"))).unwrap());
+        }
+        let keyed = family.keyed.read().unwrap();
+        assert!(
+            keyed.len() < KEYED_SWEEP_AT,
+            "{} breakers kept",
+            keyed.len()
+        );
+        assert_eq!(keyed.get("open").unwrap().load().phase(), State::Open);
+        assert!(Arc::ptr_eq(
+            keyed.get("in use").unwrap(),
+            match &in_use {
+                CellRef::Shared(cell) => cell,
+                CellRef::Borrowed(_) => unreachable!(),
+            }
+        ));
+    }
+
+    #[test]
+    fn a_sweep_that_frees_little_waits_for_twice_the_size() {
+        let family = family();
+        let mut held = Vec::new();
+        for n in 0..KEYED_SWEEP_AT + 1 {
+            held.push(family.cell(Some(&format!("busy-{n}"))).unwrap());
+        }
+        assert_eq!(family.sweep_at.load(Ordering::Relaxed), KEYED_SWEEP_AT * 2);
+        assert_eq!(family.keyed.read().unwrap().len(), KEYED_SWEEP_AT + 1);
     }
 }

@@ -226,6 +226,11 @@ pub(crate) struct Window {
 pub(crate) const BUCKETS: usize = 10;
 
 impl Window {
+    /// Nothing counted.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.count == 0 && self.buckets.iter().all(|bucket| bucket.1 == 0)
+    }
+
     /// Records one outcome of a closed breaker; true when it trips the breaker.
     pub(crate) fn record(&mut self, config: &Config, now: Nanos, failed: bool) -> bool {
         match config.policy {
