@@ -132,8 +132,9 @@ pub use storage::{AsyncStorage, Op, Request, Snapshot, Storage};
 ///
 /// Options:
 /// - `handler = Path` (required): a unit struct implementing [`CircuitBreaker`];
-/// - `key = expr`: a per-call key (anything `AsRef<str>`), so one handler guards many
-///   dependencies, each with its own breaker `"{FAILURE_KEY}:{key}"`;
+/// - `key = expr`: a per-call key (anything `AsRef<str>`, 1 to 512 bytes), so one handler
+///   guards many dependencies, each with its own breaker `"{FAILURE_KEY}:{key}"`; once a
+///   handler holds 65 536 of them, the idle ones (closed, nothing counted) are dropped;
 /// - `fallback = path`: called with the same arguments instead of the body when the
 ///   breaker rejects (awaited if the function is async);
 /// - `crate = "path"`: where to find circuitpy if the dependency is renamed.
