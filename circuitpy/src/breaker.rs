@@ -526,7 +526,7 @@ impl<H: CircuitBreaker> Breaker<H> {
         };
         let current = cell.load();
         let previous = cell.swap(current.next(state, 0));
-        cell.window().clear();
+        cell.clear_window();
         if previous.phase() != state {
             self.handler
                 .on_state_change(cell.key.as_str(), previous.phase(), state);

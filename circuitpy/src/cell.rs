@@ -34,8 +34,9 @@ pub(crate) const KEYED_SWEEP_AT: usize = 65_536;
 #[derive(Debug)]
 pub(crate) struct Cell {
     word: AtomicU64,
-    /// Counts for the windowed policies; locked only by calls that record into a window.
-    pub(crate) window: Mutex<Window>,
+    /// Counts for the windowed policies, made on first use (most breakers count
+    /// consecutive failures and never need one); locked only by calls that record into it.
+    window: OnceLock<Box<Mutex<Window>>>,
     pub(crate) key: Key,
     /// Shared storages in local mode: when the storage last replied (clock nanos), and
     /// successes not yet reported.
@@ -52,7 +53,7 @@ impl Cell {
     fn new(key: Key) -> Self {
         Cell {
             word: AtomicU64::new(Word::CLOSED.0),
-            window: Mutex::default(),
+            window: OnceLock::new(),
             key,
             synced_at: AtomicU64::new(0),
             unreported_successes: AtomicU64::new(0),
@@ -65,7 +66,10 @@ impl Cell {
         word.phase() == State::Closed
             && word.failures() == 0
             && self.unreported_successes.load(Ordering::Relaxed) == 0
-            && self.window.try_lock().is_ok_and(|window| window.is_empty())
+            && self
+                .window
+                .get()
+                .is_none_or(|window| window.try_lock().is_ok_and(|window| window.is_empty()))
     }
 
     #[inline]
@@ -86,7 +90,20 @@ impl Cell {
     }
 
     pub(crate) fn window(&self) -> std::sync::MutexGuard<'_, Window> {
-        self.window.lock().unwrap_or_else(PoisonError::into_inner)
+        self.window
+            .get_or_init(Box::default)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets the window's counts, if there is a window.
+    pub(crate) fn clear_window(&self) {
+        if let Some(window) = self.window.get() {
+            window
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+        }
     }
 
     /// Adopts the state a shared storage reported; returns the previous word.
@@ -265,6 +282,16 @@ mod tests {
             keyed: RwLock::default(),
             sweep_at: AtomicUsize::new(KEYED_SWEEP_AT),
         }
+    }
+
+    #[test]
+    fn a_breaker_fits_in_a_cache_line() {
+        // The window of the windowed policies is allocated on first use, not carried inline.
+        assert!(
+            std::mem::size_of::<Cell>() <= 64,
+            "{} bytes",
+            std::mem::size_of::<Cell>()
+        );
     }
 
     #[test]

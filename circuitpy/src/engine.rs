@@ -605,7 +605,7 @@ fn settle_in_process<H: CircuitBreaker>(guard: &Guard<'_, H>, outcome: Outcome) 
         match cell.compare_exchange(word, next) {
             Ok(_) => {
                 if next.phase() != word.phase() {
-                    cell.window().clear();
+                    cell.clear_window();
                 }
                 notify(guard.handler, cell, word, next);
                 return;
