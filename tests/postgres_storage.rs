@@ -1,8 +1,9 @@
 //! The PostgreSQL storages against a real server: the conformance kit (blocking and async),
 //! one breaker shared by several processes, statement timeouts and reconnection.
 //!
-//! The server comes from `CIRCUITPY_POSTGRES_URL`; without it (or when it is unreachable)
-//! the tests print a notice and skip, unless `CIRCUITPY_REQUIRE_SERVICES=1`.
+//! The server comes from `CIRCUITPY_POSTGRES_URL`, by default the local one
+//! (`postgres://postgres@127.0.0.1:5432/test`); when it is unreachable the tests print a
+//! notice and skip, unless `CIRCUITPY_REQUIRE_SERVICES=1`.
 #![cfg(feature = "postgres")]
 
 use std::time::Duration;
@@ -14,6 +15,11 @@ use circuitpy::{
 };
 
 const URL_VAR: &str = "CIRCUITPY_POSTGRES_URL";
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+fn url() -> String {
+    std::env::var(URL_VAR).unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
 const TABLE_VAR: &str = "CIRCUITPY_TEST_POSTGRES_TABLE";
 
 /// The server's URL, or `None` (after a loud notice) when the tests should skip.
@@ -28,14 +34,10 @@ fn server() -> Option<String> {
         let _ = std::io::Write::write_all(&mut std::io::stderr(), notice.as_bytes());
         None
     };
-    let Ok(url) = std::env::var(URL_VAR) else {
-        return skip(format!(
-            "{URL_VAR} is not set (e.g. postgres://postgres@127.0.0.1:5432/test)"
-        ));
-    };
+    let url = url();
     match PostgresStorage::connect_with(&url, PostgresOptions::default().table("circuitpy_probe")) {
         Ok(_) => Some(url),
-        Err(error) => skip(format!("{url} is unreachable: {error}")),
+        Err(error) => skip(format!("{url} is unreachable ({error}); set {URL_VAR}")),
     }
 }
 
@@ -128,16 +130,20 @@ fn processes_share_one_breaker_through_the_server() {
     let table = fresh_table("fleet");
     let _cleanup = cleanup(&url, &table);
     let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
-    let report =
-        processes::check_across_processes(&storage, "fleet_child", 4, &[(TABLE_VAR, &table)])
-            .unwrap_or_else(|f| panic!("{f}"));
+    let report = processes::check_across_processes(
+        &storage,
+        "fleet_child",
+        4,
+        &[(TABLE_VAR, &table), (URL_VAR, &url)],
+    )
+    .unwrap_or_else(|f| panic!("{f}"));
     assert_eq!(report.rules.len(), 2);
 }
 
 #[test]
 #[ignore = "run by processes_share_one_breaker_through_the_server as a child process"]
 fn fleet_child() {
-    let url = std::env::var(URL_VAR).expect("run as a child process");
+    let url = url();
     let table = std::env::var(TABLE_VAR).expect("run as a child process");
     let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
     processes::run_child(&storage);
