@@ -41,6 +41,24 @@ pub enum FailurePolicy {
     },
 }
 
+impl FailurePolicy {
+    /// The policy as plain values for a server-side implementation: a code (0 consecutive,
+    /// 1 count in window, 2 rate), the window, the rate and the minimum calls (zero where the
+    /// policy has none).
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    pub(crate) fn flatten(self) -> (i32, Duration, f64, u32) {
+        match self {
+            FailurePolicy::Consecutive => (0, Duration::ZERO, 0.0, 0),
+            FailurePolicy::CountInWindow { window } => (1, window, 0.0, 0),
+            FailurePolicy::Rate {
+                rate,
+                window,
+                minimum_calls,
+            } => (2, window, rate, minimum_calls),
+        }
+    }
+}
+
 /// What a call does when the breaker's storage fails or times out.
 ///
 /// ```

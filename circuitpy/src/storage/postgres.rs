@@ -24,7 +24,6 @@ use super::primitive::{FORCED_TTL, retention};
 use super::{AsyncStorage, Op, Request, Snapshot, Storage};
 use crate::error::StorageError;
 use crate::handler::State;
-use crate::policy::FailurePolicy;
 
 /// How a PostgreSQL storage connects and where it keeps its rows.
 ///
@@ -449,15 +448,7 @@ impl Conn {
                 .await?;
             self.statement_timeout.store(timeout_ms, Ordering::Relaxed);
         }
-        let (policy, window, rate, minimum_calls) = match config.policy {
-            FailurePolicy::Consecutive => (0, Duration::ZERO, 0.0, 0),
-            FailurePolicy::CountInWindow { window } => (1, window, 0.0, 0),
-            FailurePolicy::Rate {
-                rate,
-                window,
-                minimum_calls,
-            } => (2, window, rate, minimum_calls),
-        };
+        let (policy, window, rate, minimum_calls) = config.policy.flatten();
         let row = self
             .client
             .query_one(

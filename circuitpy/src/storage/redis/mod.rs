@@ -22,7 +22,6 @@ use redis::{Cmd, ErrorKind, RedisError, Script, ScriptInvocation};
 use crate::error::StorageError;
 use crate::handler::State;
 use crate::machine::bucket_width;
-use crate::policy::FailurePolicy;
 use crate::storage::primitive::{FORCED_TTL, retention};
 use crate::storage::{Op, Request, Snapshot};
 
@@ -71,15 +70,7 @@ fn op_name(op: Op) -> &'static str {
 /// The script call for `request`, and the key it touches.
 fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'static>) {
     let config = request.config;
-    let (policy, window, rate, minimum_calls) = match config.policy {
-        FailurePolicy::Consecutive => (0, Duration::ZERO, 0.0, 0),
-        FailurePolicy::CountInWindow { window } => (1, window, 0.0, 0),
-        FailurePolicy::Rate {
-            rate,
-            window,
-            minimum_calls,
-        } => (2, window, rate, minimum_calls),
-    };
+    let (policy, window, rate, minimum_calls) = config.policy.flatten();
     let bucket_ms = (bucket_width(window) / 1_000_000).max(1);
     let key = state_key(request);
     let mut invocation = EXECUTE.prepare_invoke();
