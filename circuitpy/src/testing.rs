@@ -47,7 +47,7 @@ use crate::clock::ManualClock;
 use crate::error::{CircuitBreakerOpen, Rejection, StorageError};
 use crate::handler::{CircuitBreaker, State};
 use crate::policy::{Config, FailurePolicy};
-use crate::storage::{AsyncStorage, Op, Request, Snapshot, Storage, ready};
+use crate::storage::{AsyncStorage, Backend, Op, Request, Snapshot, Storage, ready};
 
 /// The recovery timeout of the kit's breakers, and the ttl of its short-lived keys.
 pub const RECOVERY: Duration = Duration::from_millis(250);
@@ -364,10 +364,20 @@ type BreakerOf<F, P> = Breaker<Kit<<F as Flavor>::S, P>>;
 trait Flavor: Sync {
     type S: Send + Sync + 'static;
     fn storage(&self) -> &'static Self::S;
-    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError>;
-    async fn get_count(&self, key: &str) -> Result<u64, StorageError>;
-    async fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError>;
-    async fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError>;
+    /// The storage as the engine sees it, for the primitives and `execute`.
+    fn backend(&self) -> impl Backend;
+    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
+        self.backend().increment(key, ttl).await
+    }
+    async fn get_count(&self, key: &str) -> Result<u64, StorageError> {
+        self.backend().get_count(key).await
+    }
+    async fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
+        self.backend().expire_after(key, ttl).await
+    }
+    async fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
+        self.backend().execute(request).await
+    }
     async fn call<P: Profile>(&self, breaker: &BreakerOf<Self, P>, body: Body<'_>) -> Called;
     async fn state<P: Profile>(&self, breaker: &BreakerOf<Self, P>) -> Result<State, StorageError>;
     async fn control<P: Profile>(
@@ -407,17 +417,8 @@ impl<S: Storage + 'static> Flavor for Blocking<S> {
     fn storage(&self) -> &'static S {
         self.0
     }
-    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
-        Storage::increment(self.0, key, ttl)
-    }
-    async fn get_count(&self, key: &str) -> Result<u64, StorageError> {
-        Storage::get_count(self.0, key)
-    }
-    async fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
-        Storage::expire_after(self.0, key, ttl)
-    }
-    async fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
-        Storage::execute(self.0, request)
+    fn backend(&self) -> impl Backend {
+        crate::storage::Blocking(self.0)
     }
     async fn call<P: Profile>(&self, breaker: &BreakerOf<Self, P>, body: Body<'_>) -> Called {
         let mut ran = false;
@@ -528,17 +529,8 @@ impl<S: AsyncStorage + 'static> Flavor for NonBlocking<S> {
     fn storage(&self) -> &'static S {
         self.0
     }
-    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
-        AsyncStorage::increment(self.0, key, ttl).await
-    }
-    async fn get_count(&self, key: &str) -> Result<u64, StorageError> {
-        AsyncStorage::get_count(self.0, key).await
-    }
-    async fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
-        AsyncStorage::expire_after(self.0, key, ttl).await
-    }
-    async fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
-        AsyncStorage::execute(self.0, request).await
+    fn backend(&self) -> impl Backend {
+        crate::storage::NonBlocking(self.0)
     }
     async fn call<P: Profile>(&self, breaker: &BreakerOf<Self, P>, body: Body<'_>) -> Called {
         let ran = AtomicBool::new(false);
