@@ -4,9 +4,6 @@
 //!
 //! `cargo bench --features redis --bench redis`
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::hint::black_box;
 use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
@@ -150,7 +147,7 @@ fn nonblocking(c: &mut Criterion) {
 }
 
 fn main() {
-    let Some(server) = support::RedisServer::start() else {
+    let Some(server) = circuitpy_tests::redis::RedisServer::start() else {
         eprintln!("redis benchmarks skipped: no redis-server on PATH");
         return;
     };

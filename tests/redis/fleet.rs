@@ -1,9 +1,6 @@
 //! Several OS processes share one breaker through Redis. The parent test starts a server and
 //! re-runs this test binary as children (`fleet_child`, ignored unless run that way), which
 //! act at agreed wall-clock instants and report what they saw on stdout.
-#![cfg(feature = "redis")]
-
-mod support;
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,8 +8,9 @@ use std::sync::{LazyLock, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use circuitpy::{Breaker, CircuitBreaker, CircuitBreakerOpen, State, circuit_breaker};
+use circuitpy_tests::redis::RedisServer;
+use circuitpy_tests::test_name;
 use redis::Commands;
-use support::RedisServer;
 
 const CHILDREN: usize = 4;
 const THREADS: usize = 5;
@@ -136,10 +134,11 @@ fn fleet_child() {
 /// Runs `CHILDREN` children in `phase`, all starting at the same instant; their reports.
 fn run_children(server: &RedisServer, phase: &str) -> Vec<String> {
     let start = now_ms() + 1500;
+    let child_test = test_name!(fleet_child);
     let children: Vec<_> = (0..CHILDREN)
         .map(|_| {
             Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "fleet_child", "--nocapture", "--ignored"])
+                .args(["--exact", &child_test, "--nocapture", "--ignored"])
                 .env("CIRCUITPY_FLEET_URL", server.url())
                 .env("CIRCUITPY_FLEET_PHASE", phase)
                 .env("CIRCUITPY_FLEET_START", start.to_string())

@@ -1,10 +1,10 @@
-//! Helpers shared by the integration tests: a handler macro that gives every handler its own
-//! manual clock, in-memory storage and event log, and an error type for guarded calls.
-#![allow(dead_code, unused_macros, unused_imports)]
+//! The in-memory tests' handlers: [`handler!`](crate::handler) gives every handler its own
+//! manual clock, in-memory storage and event log, and [`Error`] is the error of their
+//! guarded calls.
 
 use std::sync::{Mutex, PoisonError};
 
-pub use circuitpy::{CircuitBreakerOpen, Rejection, State};
+use circuitpy::{CircuitBreakerOpen, Rejection, State};
 
 /// What a handler's hooks saw.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +94,20 @@ pub fn rejected<T>(result: &Result<T, Error>) -> Option<&'static str> {
 /// `is_failure`); `FAILURE_KEY` defaults to the struct's name.
 ///
 /// `Name::clock()` is the manual clock, `Name::log()` the event log.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// circuitpy_tests::handler!(Payments {
+///     const FAILURE_THRESHOLD: u32 = 2;
+///     const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+/// });
+///
+/// let breaker = circuitpy::Breaker::new(Payments);
+/// assert_eq!(breaker.state().unwrap(), circuitpy::State::Closed);
+/// assert!(Payments::log().take().is_empty());
+/// ```
+#[macro_export]
 macro_rules! handler {
     ($name:ident { $($body:tt)* }) => {
         struct $name;
@@ -107,14 +121,14 @@ macro_rules! handler {
             }
 
             #[allow(dead_code)]
-            fn log() -> &'static $crate::common::Log {
-                static LOG: $crate::common::Log = $crate::common::Log::new();
+            fn log() -> &'static $crate::handlers::Log {
+                static LOG: $crate::handlers::Log = $crate::handlers::Log::new();
                 &LOG
             }
         }
 
         impl ::circuitpy::CircuitBreaker for $name {
-            const FAILURE_KEY: &'static str = stringify!($name);
+            const FAILURE_KEY: &'static str = ::core::stringify!($name);
             type Storage = ::circuitpy::MemoryStorage;
 
             fn storage(&self) -> &::circuitpy::MemoryStorage {
@@ -126,13 +140,13 @@ macro_rules! handler {
             }
 
             fn on_state_change(&self, key: &str, from: ::circuitpy::State, to: ::circuitpy::State) {
-                $name::log().push($crate::common::Event::Change { key: key.to_owned(), from, to });
+                $name::log().push($crate::handlers::Event::Change { key: key.to_owned(), from, to });
             }
 
             fn on_rejected(&self, rejection: &::circuitpy::CircuitBreakerOpen) {
-                $name::log().push($crate::common::Event::Rejected {
+                $name::log().push($crate::handlers::Event::Rejected {
                     key: rejection.key().to_owned(),
-                    reason: $crate::common::reason(rejection.reason()),
+                    reason: $crate::handlers::reason(rejection.reason()),
                 });
             }
 

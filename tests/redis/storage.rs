@@ -1,8 +1,5 @@
 //! The Redis storage against a real server: the keys it writes, bad data, prefixes, the
 //! commands each call costs, credentials in errors, TLS, and the async flavours.
-#![cfg(feature = "redis")]
-
-mod support;
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -13,7 +10,7 @@ use circuitpy::{
     Breaker, CircuitBreaker, CircuitBreakerOpen, FORCED_TTL, FailurePolicy, OnStorageFailure,
     Rejection, State, StorageError,
 };
-use support::RedisServer;
+use circuitpy_tests::redis::RedisServer;
 
 const RECOVERY: Duration = Duration::from_millis(300);
 

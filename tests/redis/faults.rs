@@ -1,8 +1,5 @@
 //! Redis killed, paused and restarted under load: no call hangs past the storage timeout,
 //! each storage-failure policy does what it says, and sharing resumes after a restart.
-#![cfg(feature = "redis")]
-
-mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -10,7 +7,7 @@ use std::time::{Duration, Instant};
 use circuitpy::{
     Breaker, CircuitBreaker, CircuitBreakerOpen, OnStorageFailure, Rejection, State, StorageError,
 };
-use support::RedisServer;
+use circuitpy_tests::redis::RedisServer;
 
 const TIMEOUT: Duration = Duration::from_millis(100);
 const RECOVERY: Duration = Duration::from_millis(200);

@@ -1,93 +1,14 @@
 //! The PostgreSQL storages against a real server: the conformance kit (blocking and async),
-//! one breaker shared by several processes, statement timeouts and reconnection.
-//!
-//! The server comes from `CIRCUITPY_POSTGRES_URL`, by default the local one
-//! (`postgres://postgres@127.0.0.1:5432/test`); when it is unreachable the tests print a
-//! notice and skip, unless `CIRCUITPY_REQUIRE_SERVICES=1`.
-#![cfg(feature = "postgres")]
+//! statement timeouts, reconnection and the deletion of expired rows.
 
 use std::time::Duration;
 
-use circuitpy::testing::{Options, check_async_storage, check_storage, processes};
+use circuitpy::testing::{Options, check_async_storage, check_storage};
 use circuitpy::{
-    AsyncPostgresStorage, CircuitBreaker, Config, Op, PostgresOptions, PostgresStorage, Request,
-    Storage, StorageError,
+    AsyncPostgresStorage, CircuitBreaker, Config, Op, PostgresStorage, Request, Storage,
+    StorageError,
 };
-
-const URL_VAR: &str = "CIRCUITPY_POSTGRES_URL";
-const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
-
-fn url() -> String {
-    std::env::var(URL_VAR).unwrap_or_else(|_| DEFAULT_URL.to_owned())
-}
-const TABLE_VAR: &str = "CIRCUITPY_TEST_POSTGRES_TABLE";
-
-/// The server's URL, or `None` (after a loud notice) when the tests should skip.
-fn server() -> Option<String> {
-    let required = std::env::var("CIRCUITPY_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
-    let skip = |why: String| {
-        if required {
-            panic!("PostgreSQL is required (CIRCUITPY_REQUIRE_SERVICES=1): {why}");
-        }
-        // Written past the test harness's capture, so the notice shows in a passing run.
-        let notice = format!("\n**********\n* SKIPPED: PostgreSQL test: {why}\n**********\n");
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), notice.as_bytes());
-        None
-    };
-    let url = url();
-    match PostgresStorage::connect_with(&url, PostgresOptions::default().table("circuitpy_probe")) {
-        Ok(_) => Some(url),
-        Err(error) => skip(format!("{url} is unreachable ({error}); set {URL_VAR}")),
-    }
-}
-
-/// A table of its own for each test.
-fn fresh_table(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("cb_{name}_{}_{}", std::process::id(), nanos % 1_000_000_000)
-}
-
-/// Drops a test's table, counts table and function when the test ends, pass or fail.
-struct Cleanup {
-    url: String,
-    table: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let table = &self.table;
-        let sql = format!(
-            "DROP FUNCTION IF EXISTS {table}_op; DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_counts;"
-        );
-        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            runtime.block_on(async {
-                if let Ok((client, connection)) =
-                    tokio_postgres::connect(&self.url, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client.batch_execute(&sql).await;
-                }
-            });
-        }
-    }
-}
-
-fn cleanup(url: &str, table: &str) -> Cleanup {
-    Cleanup {
-        url: url.to_owned(),
-        table: table.to_owned(),
-    }
-}
-
-fn options(table: &str) -> PostgresOptions {
-    PostgresOptions::default().table(table)
-}
+use circuitpy_tests::postgres::{cleanup, fresh_table, options, raw_client, server};
 
 #[test]
 fn blocking_storage_passes_the_kit() {
@@ -124,31 +45,6 @@ fn async_storage_passes_the_kit() {
     });
 }
 
-#[test]
-fn processes_share_one_breaker_through_the_server() {
-    let Some(url) = server() else { return };
-    let table = fresh_table("fleet");
-    let _cleanup = cleanup(&url, &table);
-    let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
-    let report = processes::check_across_processes(
-        &storage,
-        "fleet_child",
-        4,
-        &[(TABLE_VAR, &table), (URL_VAR, &url)],
-    )
-    .unwrap_or_else(|f| panic!("{f}"));
-    assert_eq!(report.rules.len(), 2);
-}
-
-#[test]
-#[ignore = "run by processes_share_one_breaker_through_the_server as a child process"]
-fn fleet_child() {
-    let url = url();
-    let table = std::env::var(TABLE_VAR).expect("run as a child process");
-    let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
-    processes::run_child(&storage);
-}
-
 struct Impatient;
 impl CircuitBreaker for Impatient {
     const FAILURE_THRESHOLD: u32 = 10;
@@ -159,14 +55,6 @@ impl CircuitBreaker for Impatient {
     fn storage(&self) -> &PostgresStorage {
         unimplemented!("driven through Storage::execute")
     }
-}
-
-async fn raw_client(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(connection);
-    client
 }
 
 #[test]

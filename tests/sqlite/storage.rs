@@ -1,27 +1,8 @@
-//! The SQLite storage: the conformance kit, and one breaker shared by several processes
-//! through one file.
-#![cfg(feature = "sqlite")]
-
-use std::path::PathBuf;
+//! The SQLite storage: the conformance kit, and the deletion of expired rows.
 
 use circuitpy::SqliteStorage;
-use circuitpy::testing::{Options, check_storage, processes};
-
-const PATH_VAR: &str = "CIRCUITPY_TEST_SQLITE_PATH";
-
-/// A fresh database file for one test.
-fn fresh_database(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "circuitpy-sqlite-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(format!("{name}.db"))
-}
+use circuitpy::testing::{Options, check_storage};
+use circuitpy_tests::sqlite::fresh_database;
 
 #[test]
 fn sqlite_storage_passes_the_kit() {
@@ -35,30 +16,6 @@ fn sqlite_storage_passes_the_kit() {
         report.rules.len(),
         report.elapsed
     );
-}
-
-#[test]
-fn processes_share_one_breaker_through_the_file() {
-    let path = fresh_database("fleet");
-    let storage = SqliteStorage::open_with_table(&path, "fleet").unwrap();
-    let path = path.to_str().unwrap();
-    let report = processes::check_across_processes(&storage, "fleet_child", 4, &[(PATH_VAR, path)])
-        .unwrap_or_else(|f| panic!("{f}"));
-    assert_eq!(
-        report.rules,
-        [
-            "processes-trip-at-exactly-the-threshold",
-            "processes-share-exactly-k-trials-per-round"
-        ]
-    );
-}
-
-#[test]
-#[ignore = "run by processes_share_one_breaker_through_the_file as a child process"]
-fn fleet_child() {
-    let path = std::env::var(PATH_VAR).expect("run as a child process");
-    let storage = SqliteStorage::open_with_table(path, "fleet").unwrap();
-    processes::run_child(&storage);
 }
 
 #[test]

@@ -3,9 +3,12 @@
 //!
 //! The compiler's messages change between releases, so the expected output is kept for one
 //! toolchain only; on any other the test says so and does nothing. Regenerate with
-//! `TRYBUILD=overwrite cargo test --test ui` and read every changed `.stderr`.
+//! `TRYBUILD=overwrite cargo test --all-features --test attribute ui::` and read every
+//! changed `.stderr`.
 
 use std::process::Command;
+
+use circuitpy_tests::services::notice;
 
 /// The toolchain the `.stderr` files were written with.
 const TOOLCHAIN: &str = "rustc 1.95.";
@@ -30,22 +33,17 @@ fn ui() {
     match rustc_version() {
         Some(version) if version.starts_with(TOOLCHAIN) => {}
         other => {
-            eprintln!(
-                "\n\n**********************************************************************\n\
-                 * SKIPPED: the UI tests expect {TOOLCHAIN}x, found {:?}.\n\
-                 * Their expected compiler output is only valid on that toolchain.\n\
-                 **********************************************************************\n",
+            // A toolchain, not a service: this skips even under CIRCUITPY_REQUIRE_SERVICES=1.
+            notice(&format!(
+                "SKIPPED: the UI tests expect {TOOLCHAIN}x, found {:?}; their expected \
+                 compiler output is only valid on that toolchain",
                 other.as_deref().map(str::trim)
-            );
+            ));
             return;
         }
     }
     if !ALL_FEATURES {
-        eprintln!(
-            "\n\n**********************************************************************\n\
-             * SKIPPED: the UI tests' expected output is for `--all-features`.\n\
-             **********************************************************************\n"
-        );
+        notice("SKIPPED: the UI tests' expected output is for `--all-features`");
         return;
     }
     let t = trybuild::TestCases::new();

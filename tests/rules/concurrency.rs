@@ -2,16 +2,14 @@
 //! trial gives its permit back, a panicking trial counts as a failure, and a crowd of
 //! failures opens the breaker once.
 
-#[macro_use]
-mod common;
-
 use std::future::pending;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use circuitpy::{Breaker, Rejection, State};
-use common::{Error, rejected};
+use circuitpy_tests::handler;
+use circuitpy_tests::handlers::{Error, rejected};
 
 const THREADS: usize = 16;
 const TRIALS: usize = 3;

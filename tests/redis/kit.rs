@@ -1,10 +1,7 @@
 //! The Redis storages pass the conformance kit, blocking and async, against a real server.
-#![cfg(feature = "redis")]
-
-mod support;
 
 use circuitpy::testing::{Options, check_async_storage, check_storage};
-use support::RedisServer;
+use circuitpy_tests::redis::RedisServer;
 
 #[test]
 fn redis_client_passes_the_kit_blocking() {

@@ -1,8 +1,5 @@
 //! One scenario suite, run against the in-memory storage and against a real Redis server:
 //! a shared breaker must behave as the in-process one does.
-#![cfg(feature = "redis")]
-
-mod support;
 
 use std::any::Any;
 use std::cell::Cell;
@@ -12,7 +9,7 @@ use circuitpy::{
     Breaker, CircuitBreaker, CircuitBreakerOpen, FailurePolicy, ManualClock, MemoryStorage,
     Rejection, State,
 };
-use support::RedisServer;
+use circuitpy_tests::redis::RedisServer;
 
 const RECOVERY: Duration = Duration::from_millis(200);
 

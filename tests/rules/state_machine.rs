@@ -1,16 +1,14 @@
 //! The breaker's rules, one test each, through the public API with a manual clock and the
 //! in-memory storage. Every test has its own handler, so no two tests share a breaker.
 
-#[macro_use]
-mod common;
-
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use circuitpy::{Breaker, CircuitBreaker, FailurePolicy, State, circuit_breaker};
-use common::{Error, Event, rejected};
+use circuitpy_tests::handler;
+use circuitpy_tests::handlers::{Error, Event, rejected};
 
 /// Deadlines are rounded up to about a millisecond; this is comfortably past that.
 const SLACK: Duration = Duration::from_millis(5);

@@ -2,9 +2,6 @@
 //! abandoned calls and manual control, checked step by step against a small reference model
 //! of the breaker: whether the body ran, how a call was rejected, and `Breaker::state`.
 
-#[macro_use]
-mod common;
-
 use std::any::Any;
 use std::cell::Cell;
 use std::future::{Future, poll_fn};
@@ -16,7 +13,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use circuitpy::{Breaker, CircuitBreaker, ManualClock, State};
-use common::{Error, rejected};
+use circuitpy_tests::handler;
+use circuitpy_tests::handlers::{Error, rejected};
 use proptest::prelude::*;
 
 const THRESHOLD: u32 = 3;

@@ -1,15 +1,13 @@
 //! What `#[circuit_breaker]` does at run time: sync and async functions, methods, per-call
 //! keys, fallbacks, early returns and `?`, panics, and the method name in rejections.
 
-#[macro_use]
-mod common;
-
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
 
 use circuitpy::{Breaker, State, circuit_breaker};
-use common::{Error, rejected};
+use circuitpy_tests::handler;
+use circuitpy_tests::handlers::{Error, rejected};
 
 /// Deadlines are rounded up to about a millisecond; this is comfortably past that.
 const SLACK: Duration = Duration::from_millis(5);

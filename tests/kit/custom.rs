@@ -2,7 +2,7 @@
 //! primitives over a simulated remote service.
 
 #[allow(dead_code)]
-#[path = "../examples/custom_storage.rs"]
+#[path = "../../examples/custom_storage.rs"]
 mod example;
 
 use std::time::Duration;

@@ -1,33 +1,23 @@
-//! A throwaway `redis-server` for the Redis tests: started from PATH on a free loopback port,
-//! killed on drop. Without `redis-server` the tests print a notice and skip, unless
-//! `CIRCUITPY_REQUIRE_SERVICES=1`, which makes them fail instead.
-#![allow(dead_code)]
+//! A throwaway `redis-server` for the Redis tests and benchmarks: started from PATH on a
+//! free loopback port, killed on drop. Without `redis-server` it [skips](crate::services::skip).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Whether `redis-server` is on PATH; a loud notice (or a panic when services are
-/// required) when it is not.
+use crate::services;
+
+/// Whether `redis-server` is on PATH; [`services::skip`] when it is not.
 fn installed() -> bool {
-    if Command::new("redis-server")
+    let found = Command::new("redis-server")
         .arg("--version")
         .stdout(Stdio::null())
         .status()
-        .is_ok()
-    {
-        return true;
-    }
-    if std::env::var("CIRCUITPY_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("redis-server is not on PATH and CIRCUITPY_REQUIRE_SERVICES=1");
-    }
-    eprintln!(
-        "\n*** SKIPPED: redis-server is not on PATH; set CIRCUITPY_REQUIRE_SERVICES=1 \
-         to make this a failure ***\n"
-    );
-    false
+        .is_ok();
+    found || services::skip::<()>("redis-server is not on PATH").is_some()
 }
 
+/// A `redis-server` child process on a port of its own.
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
@@ -127,11 +117,7 @@ impl RedisServer {
             "san.ext",
         ]);
         if !made {
-            if std::env::var("CIRCUITPY_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("openssl could not make test certificates");
-            }
-            eprintln!("\n*** SKIPPED: openssl could not make test certificates ***\n");
-            return None;
+            return services::skip("openssl could not make test certificates");
         }
         let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
         let port = TcpListener::bind("127.0.0.1:0")
@@ -218,12 +204,12 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("a valid URL")
+    pub fn client(&self) -> ::redis::Client {
+        ::redis::Client::open(self.url()).expect("a valid URL")
     }
 
     /// A plain connection, for looking at and planting keys.
-    pub fn connection(&self) -> redis::Connection {
+    pub fn connection(&self) -> ::redis::Connection {
         self.client()
             .get_connection_with_timeout(Duration::from_secs(5))
             .expect("connects")

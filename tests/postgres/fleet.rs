@@ -1,0 +1,32 @@
+//! One breaker shared by several processes through the server: the test binary re-runs
+//! `fleet_child` as child processes, which find the server and table in their environment.
+
+use circuitpy::PostgresStorage;
+use circuitpy::testing::processes;
+use circuitpy_tests::postgres::{TABLE_VAR, URL_VAR, cleanup, fresh_table, options, server, url};
+use circuitpy_tests::test_name;
+
+#[test]
+fn processes_share_one_breaker_through_the_server() {
+    let Some(url) = server() else { return };
+    let table = fresh_table("fleet");
+    let _cleanup = cleanup(&url, &table);
+    let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
+    let report = processes::check_across_processes(
+        &storage,
+        &test_name!(fleet_child),
+        4,
+        &[(TABLE_VAR, &table), (URL_VAR, &url)],
+    )
+    .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(report.rules.len(), 2);
+}
+
+#[test]
+#[ignore = "run by processes_share_one_breaker_through_the_server as a child process"]
+fn fleet_child() {
+    let url = url();
+    let table = std::env::var(TABLE_VAR).expect("run as a child process");
+    let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
+    processes::run_child(&storage);
+}

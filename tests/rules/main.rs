@@ -1,0 +1,7 @@
+//! The breaker's rules, in process memory: one test per rule, a reference model driven by
+//! random sequences, many threads and tasks on one breaker, and local mode.
+
+mod concurrency;
+mod local_mode;
+mod model;
+mod state_machine;

@@ -1,0 +1,36 @@
+//! One breaker shared by several processes through one file: the test binary re-runs
+//! `fleet_child` as child processes, which find the file in their environment.
+
+use circuitpy::SqliteStorage;
+use circuitpy::testing::processes;
+use circuitpy_tests::sqlite::{PATH_VAR, fresh_database};
+use circuitpy_tests::test_name;
+
+#[test]
+fn processes_share_one_breaker_through_the_file() {
+    let path = fresh_database("fleet");
+    let storage = SqliteStorage::open_with_table(&path, "fleet").unwrap();
+    let path = path.to_str().unwrap();
+    let report = processes::check_across_processes(
+        &storage,
+        &test_name!(fleet_child),
+        4,
+        &[(PATH_VAR, path)],
+    )
+    .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(
+        report.rules,
+        [
+            "processes-trip-at-exactly-the-threshold",
+            "processes-share-exactly-k-trials-per-round"
+        ]
+    );
+}
+
+#[test]
+#[ignore = "run by processes_share_one_breaker_through_the_file as a child process"]
+fn fleet_child() {
+    let path = std::env::var(PATH_VAR).expect("run as a child process");
+    let storage = SqliteStorage::open_with_table(path, "fleet").unwrap();
+    processes::run_child(&storage);
+}
