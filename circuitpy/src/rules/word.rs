@@ -1,7 +1,6 @@
-//! The breaker's decision logic as pure functions: a state word and the time go in, a
-//! decision comes out. No I/O and no atomics here; `cell.rs` applies these decisions to an
-//! `AtomicU64` with compare-and-swap, and the shared storages implement the same rules on
-//! their servers.
+//! The rules (see `rules/mod.rs`) as pure functions on one packed word: a state word and
+//! the time go in, a decision comes out. No I/O and no atomics here; `engine/view.rs`
+//! applies these decisions to an `AtomicU64` with compare-and-swap.
 //!
 //! The whole state of an in-process breaker fits in one `u64`, so every transition is a
 //! single compare-and-swap and a reader never sees a torn state:
@@ -12,21 +11,22 @@
 //! | 3–18  | generation | bumped on every phase change; outcomes apply only to their own    |
 //! | 19–63 | payload    | closed: consecutive failures; open: deadline; half-open: permits (16 bits) and successes (16 bits) |
 //!
-//! Deadlines are kept in ticks of 2^20 ns (about 1 ms), rounded up so a breaker never
-//! half-opens early; 45 bits of ticks last over a thousand years.
-
-use std::time::Duration;
+//! Deadlines are kept in ticks of one millisecond, rounded up so a breaker never half-opens
+//! early; 45 bits of ticks last over a thousand years. Whole milliseconds are also what the
+//! shared storages keep, so a deadline falls on the same instant everywhere.
 
 use crate::clock::Nanos;
+use crate::error::Rejection;
 use crate::handler::State;
 use crate::policy::{Config, FailurePolicy};
+use crate::rules::nanos;
 
 const PHASE_BITS: u32 = 3;
 const GENERATION_BITS: u32 = 16;
 const PAYLOAD_SHIFT: u32 = PHASE_BITS + GENERATION_BITS;
 const PHASE_MASK: u64 = (1 << PHASE_BITS) - 1;
 const GENERATION_MASK: u64 = (1 << GENERATION_BITS) - 1;
-const TICK_SHIFT: u32 = 20;
+const TICK: u64 = 1_000_000;
 
 /// A breaker's packed state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,10 +60,6 @@ impl Word {
         }
     }
 
-    fn permits(self) -> u32 {
-        (self.payload() & 0xffff) as u32
-    }
-
     fn successes(self) -> u32 {
         ((self.payload() >> 16) & 0xffff) as u32
     }
@@ -72,9 +68,7 @@ impl Word {
     /// "never by itself".
     pub(crate) fn deadline(self) -> Option<Nanos> {
         match self.phase() {
-            State::Open | State::ForcedOpen if self.payload() != 0 => {
-                Some(self.payload() << TICK_SHIFT)
-            }
+            State::Open | State::ForcedOpen if self.payload() != 0 => Some(self.payload() * TICK),
             _ => None,
         }
     }
@@ -84,8 +78,21 @@ impl Word {
         Word::new(phase, self.generation().wrapping_add(1), payload)
     }
 
+    /// The same phase and generation with another payload.
+    pub(crate) fn with_payload(self, payload: u64) -> Word {
+        Word::new(self.phase(), self.generation(), payload)
+    }
+
     pub(crate) fn opened(self, deadline: Nanos) -> Word {
         self.next(State::Open, deadline_ticks(deadline))
+    }
+
+    pub(crate) fn permits(self) -> u32 {
+        if self.phase() == State::HalfOpen {
+            (self.payload() & 0xffff) as u32
+        } else {
+            0
+        }
     }
 
     pub(crate) fn with_failures(self, failures: u32) -> Word {
@@ -103,56 +110,61 @@ impl Word {
 
 /// Deadline ticks, rounded up, never zero (zero means "no deadline").
 pub(crate) fn deadline_ticks(deadline: Nanos) -> u64 {
-    deadline.div_ceil(1 << TICK_SHIFT).max(1)
+    deadline.div_ceil(TICK).max(1)
 }
 
 /// What a breaker does with a call about to start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) enum Admit {
     /// Run it; count its outcome against this generation.
     Pass,
-    /// Run it as a trial; the breaker moves to the returned word.
+    /// Run it as a trial; the breaker moves to the returned word. A word of a new
+    /// generation starts a new round, whose lease the caller must set.
     Trial(Word),
     /// Do not run it.
-    Reject(Refusal),
+    Reject(Rejection),
 }
 
-/// Why a call is refused, before any storage is asked.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    Open,
-    TrialsInProgress,
-    ForcedOpen,
-}
-
-/// The admission rule of the authoritative (in-process) breaker.
+/// The admission rule of the authoritative (in-process) breaker. `lease` is when the
+/// current half-open round lapses, if known: the caller then starts a new one.
 #[inline]
-pub(crate) fn admit(word: Word, now: Nanos, trials: u32) -> Admit {
+pub(crate) fn admit(word: Word, now: Nanos, trials: u32, lease: Option<Nanos>) -> Admit {
     match word.phase() {
         State::Closed | State::ForcedClosed => Admit::Pass,
-        State::ForcedOpen => Admit::Reject(Refusal::ForcedOpen),
+        State::ForcedOpen => Admit::Reject(Rejection::ForcedOpen),
         State::Open => match word.deadline() {
-            Some(deadline) if now >= deadline => {
-                Admit::Trial(word.next(State::HalfOpen, 0).with_trials(1, 0))
-            }
-            _ => Admit::Reject(Refusal::Open),
+            Some(deadline) if now >= deadline => Admit::Trial(word.new_round()),
+            _ => Admit::Reject(Rejection::Open),
         },
+        // A round in which nothing happened for a recovery timeout lapses, and the caller
+        // starts a new one.
+        State::HalfOpen if lease.is_some_and(|lease| now >= lease) => {
+            Admit::Trial(word.new_round())
+        }
         State::HalfOpen if word.permits() < trials => {
             Admit::Trial(word.with_trials(word.permits() + 1, word.successes()))
         }
-        State::HalfOpen => Admit::Reject(Refusal::TrialsInProgress),
+        State::HalfOpen => Admit::Reject(Rejection::TrialsInProgress),
     }
 }
 
-/// How a call that was admitted ended.
+impl Word {
+    /// A new half-open round (a new generation) with its first permit handed out.
+    fn new_round(self) -> Word {
+        self.next(State::HalfOpen, 0).with_trials(1, 0)
+    }
+}
+
+/// How a call that was admitted ended, as the rules see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum Report {
     Success,
     /// A failure; `trips` says whether the window policy (if any) says it trips.
     Failure {
         trips: bool,
     },
-    /// The call's outcome was never reported (dropped future, dead thread).
+    /// The call's outcome was never reported (dropped future, dead thread), or it ended
+    /// with an error that does not count: a trial gives its permit back.
     Abandoned,
 }
 
@@ -173,20 +185,20 @@ pub(crate) fn closed_success_changes_nothing(word: Word, admitted: Word) -> bool
 pub(crate) fn settle(
     word: Word,
     admitted: Word,
-    outcome: Outcome,
+    report: Report,
     config: &Config,
     now: Nanos,
 ) -> Option<Word> {
     if word.generation() != admitted.generation() || word.phase() != admitted.phase() {
         return None;
     }
-    let open = || word.opened(now.saturating_add(config.recovery_timeout.as_nanos() as u64));
-    match (word.phase(), outcome) {
-        (State::Closed, Outcome::Success) => match config.policy {
+    let open = || word.opened(now.saturating_add(nanos(config.recovery_timeout)));
+    match (word.phase(), report) {
+        (State::Closed, Report::Success) => match config.policy {
             FailurePolicy::Consecutive if word.failures() != 0 => Some(word.with_failures(0)),
             _ => None,
         },
-        (State::Closed, Outcome::Failure { trips }) => match config.policy {
+        (State::Closed, Report::Failure { trips }) => match config.policy {
             FailurePolicy::Consecutive => {
                 let failures = word.failures().saturating_add(1);
                 Some(if failures >= config.failure_threshold {
@@ -197,7 +209,7 @@ pub(crate) fn settle(
             }
             _ => trips.then(open),
         },
-        (State::HalfOpen, Outcome::Success) => {
+        (State::HalfOpen, Report::Success) => {
             let successes = word.successes() + 1;
             Some(if successes >= config.half_open_trials {
                 word.next(State::Closed, 0)
@@ -205,92 +217,18 @@ pub(crate) fn settle(
                 word.with_trials(word.permits(), successes)
             })
         }
-        (State::HalfOpen, Outcome::Failure { .. }) => Some(open()),
-        (State::HalfOpen, Outcome::Abandoned) => {
+        (State::HalfOpen, Report::Failure { .. }) => Some(open()),
+        (State::HalfOpen, Report::Abandoned) => {
             Some(word.with_trials(word.permits().saturating_sub(1), word.successes()))
         }
         _ => None,
     }
 }
 
-/// Failure counts for the windowed policies, which need more than one word of state.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct Window {
-    /// [`FailurePolicy::CountInWindow`]: failures so far and when the last one came.
-    count: u32,
-    last_failure: Nanos,
-    /// [`FailurePolicy::Rate`]: ten buckets of (bucket number, calls, failures).
-    buckets: [(u64, u32, u32); BUCKETS],
-}
-
-pub(crate) const BUCKETS: usize = 10;
-
-impl Window {
-    /// Nothing counted.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.count == 0 && self.buckets.iter().all(|bucket| bucket.1 == 0)
-    }
-
-    /// Records one outcome of a closed breaker; true when it trips the breaker.
-    pub(crate) fn record(&mut self, config: &Config, now: Nanos, failed: bool) -> bool {
-        match config.policy {
-            FailurePolicy::Consecutive => false,
-            FailurePolicy::CountInWindow { window } => {
-                if !failed {
-                    return false;
-                }
-                if self.count == 0
-                    || now.saturating_sub(self.last_failure) > window.as_nanos() as u64
-                {
-                    self.count = 0;
-                }
-                self.count += 1;
-                self.last_failure = now;
-                self.count >= config.failure_threshold
-            }
-            FailurePolicy::Rate {
-                rate,
-                window,
-                minimum_calls,
-            } => {
-                let width = bucket_width(window);
-                let current = now / width;
-                let slot = &mut self.buckets[(current % BUCKETS as u64) as usize];
-                if slot.0 != current {
-                    *slot = (current, 0, 0);
-                }
-                slot.1 += 1;
-                slot.2 += u32::from(failed);
-                let oldest = current.saturating_sub(BUCKETS as u64 - 1);
-                let (calls, failures) = self
-                    .buckets
-                    .iter()
-                    .filter(|bucket| bucket.0 >= oldest && bucket.0 <= current && bucket.1 > 0)
-                    .fold((0u64, 0u64), |(c, f), bucket| {
-                        (c + u64::from(bucket.1), f + u64::from(bucket.2))
-                    });
-                failed && trips_on_rate(calls, failures, rate, minimum_calls)
-            }
-        }
-    }
-
-    pub(crate) fn clear(&mut self) {
-        *self = Window::default();
-    }
-}
-
-/// The width of one of the rate policy's ten buckets, at least one nanosecond.
-pub(crate) fn bucket_width(window: Duration) -> u64 {
-    (window.as_nanos() as u64 / BUCKETS as u64).max(1)
-}
-
-/// The rate rule, shared by every storage's implementation.
-pub(crate) fn trips_on_rate(calls: u64, failures: u64, rate: f64, minimum_calls: u32) -> bool {
-    calls >= u64::from(minimum_calls) && failures as f64 >= rate * calls as f64
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::policy::OnStorageFailure;
 
@@ -312,7 +250,7 @@ mod tests {
     const SECOND: Nanos = 1_000_000_000;
 
     fn fail(word: Word, config: &Config, now: Nanos) -> Word {
-        settle(word, word, Outcome::Failure { trips: false }, config, now).unwrap_or(word)
+        settle(word, word, Report::Failure { trips: false }, config, now).unwrap_or(word)
     }
 
     #[test]
@@ -322,7 +260,7 @@ mod tests {
         word = fail(word, &config, 0);
         word = fail(word, &config, 0);
         assert_eq!(word.failures(), 2);
-        word = settle(word, word, Outcome::Success, &config, 0).unwrap();
+        word = settle(word, word, Report::Success, &config, 0).unwrap();
         assert_eq!(word, Word::CLOSED.with_failures(0));
         for _ in 0..3 {
             word = fail(word, &config, 5 * SECOND);
@@ -336,41 +274,49 @@ mod tests {
     fn open_rejects_until_the_deadline_then_admits_exactly_the_trials() {
         let config = config(1, 2);
         let open = fail(Word::CLOSED, &config, 0);
-        assert_eq!(admit(open, SECOND - 1, 2), Admit::Reject(Refusal::Open));
-        let Admit::Trial(first) = admit(open, SECOND + 1_100_000, 2) else {
+        assert!(matches!(
+            admit(open, SECOND - 1, 2, None),
+            Admit::Reject(Rejection::Open)
+        ));
+        let Admit::Trial(first) = admit(open, SECOND + 1_100_000, 2, None) else {
             panic!("no trial")
         };
-        let Admit::Trial(second) = admit(first, SECOND + 1_100_000, 2) else {
+        let Admit::Trial(second) = admit(first, SECOND + 1_100_000, 2, None) else {
             panic!("no second trial")
         };
-        assert_eq!(
-            admit(second, SECOND * 9, 2),
-            Admit::Reject(Refusal::TrialsInProgress)
-        );
+        assert!(matches!(
+            admit(second, SECOND * 9, 2, None),
+            Admit::Reject(Rejection::TrialsInProgress)
+        ));
+        // All permits are out; once the round's lease lapses a new round begins.
+        let Admit::Trial(new_round) = admit(second, SECOND * 9, 2, Some(SECOND * 8)) else {
+            panic!("the lapsed round was not replaced")
+        };
+        assert_ne!(new_round.generation(), second.generation());
         // One trial abandons: its permit comes back.
-        let released = settle(second, first, Outcome::Abandoned, &config, 0).unwrap();
-        assert!(matches!(admit(released, 0, 2), Admit::Trial(_)));
+        let released = settle(second, first, Report::Abandoned, &config, 0).unwrap();
+        assert!(matches!(admit(released, 0, 2, None), Admit::Trial(_)));
     }
 
     #[test]
     fn all_trials_succeeding_close_and_any_failure_reopens() {
         let config = config(1, 2);
         let open = fail(Word::CLOSED, &config, 0);
-        let Admit::Trial(one) = admit(open, 2 * SECOND, 2) else {
+        let Admit::Trial(one) = admit(open, 2 * SECOND, 2, None) else {
             panic!()
         };
-        let Admit::Trial(two) = admit(one, 2 * SECOND, 2) else {
+        let Admit::Trial(two) = admit(one, 2 * SECOND, 2, None) else {
             panic!()
         };
-        let after_one = settle(two, one, Outcome::Success, &config, 0).unwrap();
+        let after_one = settle(two, one, Report::Success, &config, 0).unwrap();
         assert_eq!(after_one.phase(), State::HalfOpen);
-        let closed = settle(after_one, two, Outcome::Success, &config, 0).unwrap();
+        let closed = settle(after_one, two, Report::Success, &config, 0).unwrap();
         assert_eq!((closed.phase(), closed.failures()), (State::Closed, 0));
 
         let reopened = settle(
             two,
             two,
-            Outcome::Failure { trips: false },
+            Report::Failure { trips: false },
             &config,
             3 * SECOND,
         )
@@ -385,17 +331,17 @@ mod tests {
         let closed = Word::CLOSED;
         let one_failure = fail(closed, &config, 0);
         let open = fail(fail(one_failure, &config, 0), &config, 0);
-        let reclosed = settle(open, open, Outcome::Success, &config, 0).unwrap_or(open);
-        let Admit::Trial(trial) = admit(open, 9 * SECOND, 1) else {
+        let reclosed = settle(open, open, Report::Success, &config, 0).unwrap_or(open);
+        let Admit::Trial(trial) = admit(open, 9 * SECOND, 1, None) else {
             panic!("no trial")
         };
-        let closed_again = settle(trial, trial, Outcome::Success, &config, 0).unwrap();
+        let closed_again = settle(trial, trial, Report::Success, &config, 0).unwrap();
         let words = [closed, one_failure, open, reclosed, trial, closed_again];
         for word in words {
             for admitted in words.iter().filter(|w| w.phase() == State::Closed) {
                 assert_eq!(
                     closed_success_changes_nothing(word, *admitted),
-                    settle(word, *admitted, Outcome::Success, &config, 0).is_none(),
+                    settle(word, *admitted, Report::Success, &config, 0).is_none(),
                     "word {word:?} admitted {admitted:?}"
                 );
             }
@@ -408,53 +354,9 @@ mod tests {
         let admitted = Word::CLOSED;
         let open = fail(admitted, &config, 0);
         assert_eq!(
-            settle(
-                open,
-                admitted,
-                Outcome::Failure { trips: false },
-                &config,
-                0
-            ),
+            settle(open, admitted, Report::Failure { trips: false }, &config, 0),
             None
         );
-        assert_eq!(settle(open, admitted, Outcome::Success, &config, 0), None);
-    }
-
-    #[test]
-    fn count_in_window_restarts_after_a_quiet_window() {
-        let mut config = config(3, 1);
-        config.policy = FailurePolicy::CountInWindow {
-            window: Duration::from_secs(10),
-        };
-        let mut window = Window::default();
-        assert!(!window.record(&config, 0, true));
-        assert!(!window.record(&config, 9 * SECOND, true));
-        // Each failure renewed the window, so the third still counts.
-        assert!(window.record(&config, 18 * SECOND, true));
-        window.clear();
-        assert!(!window.record(&config, 20 * SECOND, true));
-        assert!(!window.record(&config, 31 * SECOND, true));
-        assert!(!window.record(&config, 31 * SECOND, true));
-    }
-
-    #[test]
-    fn rate_needs_the_minimum_calls_and_forgets_old_buckets() {
-        let mut config = config(1, 1);
-        config.policy = FailurePolicy::Rate {
-            rate: 0.5,
-            window: Duration::from_secs(10),
-            minimum_calls: 4,
-        };
-        let mut window = Window::default();
-        assert!(!window.record(&config, 0, true));
-        assert!(!window.record(&config, 0, false));
-        assert!(!window.record(&config, 0, false));
-        assert!(window.record(&config, 0, true), "2 of 4 failed");
-        let mut window = Window::default();
-        for _ in 0..3 {
-            window.record(&config, 0, true);
-        }
-        // Eleven seconds later the old failures are out of the window.
-        assert!(!window.record(&config, 11 * SECOND, true));
+        assert_eq!(settle(open, admitted, Report::Success, &config, 0), None);
     }
 }

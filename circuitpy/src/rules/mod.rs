@@ -1,0 +1,122 @@
+//! The breaker's rules, stated once. Every storage follows them; the implementations differ
+//! only in where the state lives:
+//!
+//! | implementation | file | runs |
+//! |---|---|---|
+//! | the packed word | `rules/word.rs` (+ `rules/window.rs`) | in this process: [`MemoryStorage`](crate::MemoryStorage), one atomic word per breaker |
+//! | the row machine | `rules/row.rs` | SQLite, in the transaction of each operation; it is also the reference the server-side code follows: |
+//! | the Lua script | `storage/redis/script.lua` | Redis, one `EVALSHA` per operation |
+//! | the PL/pgSQL function | `storage/postgres/schema.sql` | PostgreSQL, one statement per operation |
+//! | the primitive protocol | `rules/primitive.rs` | any storage that implements only the three primitives |
+//!
+//! `tests/rules/differential.rs` feeds the same random operations and clock steps to every
+//! one of them and requires the same states, permits and rejections.
+//!
+//! # The rules
+//!
+//! **Closed.** Calls run and their outcomes are counted; an error the handler's
+//! `is_failure` does not count is not recorded at all.
+//! - `Consecutive`: a failure adds one, a success sets the count to zero; the breaker trips
+//!   when the count reaches `FAILURE_THRESHOLD`.
+//! - `CountInWindow { window }`: a failure adds one, unless the previous failure is `window`
+//!   or more ago, in which case the count starts again at one; a success changes nothing;
+//!   the breaker trips when the count reaches `FAILURE_THRESHOLD`.
+//! - `Rate { rate, window, minimum_calls }`: calls and failures are counted in ten buckets
+//!   of `window / 10`, numbered by `time / (window / 10)`; the window is the current bucket
+//!   and the nine before it. A success reports how many successful calls it stands for
+//!   (more than one when local mode held some back); a failure counts one call and one
+//!   failure and then trips the breaker when the window holds at least `minimum_calls`
+//!   calls and `failures >= rate * calls` (the rate is inclusive). A success never trips.
+//!
+//! **Trip.** The breaker opens until `now + RECOVERY_TIMEOUT`; every count is cleared.
+//!
+//! **Open.** Calls are rejected ([`Rejection::Open`](crate::Rejection::Open)) and nothing
+//! is written. Outcomes of calls admitted before the trip change nothing.
+//!
+//! **Half-open.** From the open deadline on, the first caller to ask starts a *round*: it
+//! gets the round's first permit, and at most `HALF_OPEN_TRIALS` callers get one per round;
+//! the others are rejected ([`Rejection::TrialsInProgress`](crate::Rejection::TrialsInProgress)).
+//! Each permit belongs to its round; an outcome of another round changes nothing.
+//! - a trial success counts; when every permit of the round has succeeded, the breaker
+//!   closes with every count cleared;
+//! - a trial failure opens the breaker again until `now + RECOVERY_TIMEOUT`;
+//! - a trial whose error does not count gives its permit back, as does (in memory) a trial
+//!   whose caller never reports (a dropped future);
+//! - a round whose permits are all out and in which nothing happened (no permit granted, no
+//!   outcome) for one `RECOVERY_TIMEOUT` lapses: its permits are leases, and the next caller
+//!   starts a new round. A caller that dies holding a permit therefore never keeps the
+//!   breaker half-open for longer than that.
+//!
+//! **Forced.** `ForceOpen` rejects every call
+//! ([`Rejection::ForcedOpen`](crate::Rejection::ForcedOpen)), `ForceClosed` runs every call
+//! and records nothing; both clear every count and last until `Reset` (on a shared storage,
+//! at most [`FORCED_TTL`] after the last forcing, then the breaker is closed). `Reset`
+//! closes the breaker with every count cleared.
+//!
+//! **Expiry** (shared storages): everything a breaker writes expires. A consecutive count
+//! is forgotten [`retention`] after the last failure, a windowed count `window` after it,
+//! a rate bucket once it leaves the window; a tripped breaker reads closed [`retention`]
+//! after its last trip or failed trial; a round's leases lapse as above. A crash, an
+//! eviction or a lost row therefore leaves at worst a closed breaker, never a stuck one. In
+//! memory a breaker lives as long as its storage.
+//!
+//! **Time.** Every deadline is measured on one clock: the process's for the in-memory
+//! storage, the server's for Redis and PostgreSQL, the host's wall clock for SQLite and
+//! the primitive protocol's rate buckets, or [`Request::at`](crate::Request::at) when a
+//! test gives one.
+
+use std::time::Duration;
+
+use crate::policy::Config;
+
+pub(crate) mod primitive;
+#[cfg(any(feature = "sqlite", feature = "testing", test))]
+pub(crate) mod row;
+pub(crate) mod window;
+pub(crate) mod word;
+
+/// How long a forced state lasts on a shared storage without a reset.
+///
+/// ```
+/// assert_eq!(circuitpy::FORCED_TTL.as_secs(), 7 * 24 * 3600);
+/// ```
+pub const FORCED_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long a consecutive-failure count and the trip marker survive without activity on a
+/// shared storage: a day, or four recovery timeouts if that is longer.
+///
+/// ```
+/// # fn f(config: &circuitpy::Config) {
+/// assert!(circuitpy::retention(config) >= std::time::Duration::from_secs(86_400));
+/// # }
+/// ```
+pub fn retention(config: &Config) -> Duration {
+    // `Config::check` bounds the recovery timeout, so this cannot overflow.
+    config
+        .recovery_timeout
+        .saturating_mul(4)
+        .max(Duration::from_secs(24 * 3600))
+}
+
+/// The rate policy's buckets per window.
+pub(crate) const BUCKETS: usize = 10;
+
+/// The width of one of the rate policy's buckets, in nanoseconds, at least one.
+pub(crate) fn bucket_width(window: Duration) -> u64 {
+    (window.as_nanos() as u64 / BUCKETS as u64).max(1)
+}
+
+/// The rate rule: inclusive, once the window holds `minimum_calls` calls.
+pub(crate) fn trips_on_rate(calls: u64, failures: u64, rate: f64, minimum_calls: u32) -> bool {
+    calls >= u64::from(minimum_calls) && failures as f64 >= rate * calls as f64
+}
+
+/// A duration in whole microseconds, saturating: the unit of the SQL storages.
+pub(crate) fn micros(duration: Duration) -> i64 {
+    duration.as_micros().min(i64::MAX as u128) as i64
+}
+
+/// A duration in whole nanoseconds, saturating.
+pub(crate) fn nanos(duration: Duration) -> u64 {
+    duration.as_nanos().min(u128::from(u64::MAX)) as u64
+}
