@@ -1,16 +1,18 @@
-//! The attribute's options: `handler = Path, key = expr, fallback = path, crate = "path"`.
+//! The attribute's options: `handler = Path, key = expr, fallback = path, is_failure = path,
+//! crate = "path"`.
 
 use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::parse::{Parse, ParseStream};
 use syn::{Expr, Ident, LitStr, Path, Token};
 
-const OPTIONS: &str = "expected one of `handler`, `key`, `fallback`, `crate`";
+const OPTIONS: &str = "expected one of `handler`, `key`, `fallback`, `is_failure`, `crate`";
 
 pub(crate) struct Args {
     pub(crate) handler: Path,
     pub(crate) key: Option<Expr>,
     pub(crate) fallback: Option<Path>,
+    pub(crate) is_failure: Option<Path>,
     pub(crate) krate: Option<Path>,
 }
 
@@ -19,6 +21,7 @@ impl Parse for Args {
         let mut handler = None;
         let mut key = None;
         let mut fallback = None;
+        let mut is_failure = None;
         let mut krate = None;
         while !input.is_empty() {
             let name = Ident::parse_any(input)?;
@@ -27,6 +30,7 @@ impl Parse for Args {
                 "handler" => set_once(&mut handler, &name, input.parse()?)?,
                 "key" => set_once(&mut key, &name, input.parse()?)?,
                 "fallback" => set_once(&mut fallback, &name, input.parse()?)?,
+                "is_failure" => set_once(&mut is_failure, &name, input.parse()?)?,
                 "crate" => {
                     let path: LitStr = input.parse()?;
                     set_once(&mut krate, &name, path.parse_with(Path::parse_mod_style)?)?;
@@ -53,6 +57,7 @@ impl Parse for Args {
             handler,
             key,
             fallback,
+            is_failure,
             krate,
         })
     }

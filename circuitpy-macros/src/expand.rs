@@ -86,77 +86,108 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
             __circuitpy_return
         }}
     };
-    // An async function on an in-process storage (a constant) admits and records without
-    // awaiting anything, so its future carries no storage futures in its live states.
+    // One call per phase: admission, then the body run under the permit, which records
+    // its outcome. The method names carry the handler's span, so an unmet bound on the
+    // handler's storage (a blocking function on an async-only storage) is reported there.
     let enter = if is_async {
+        let enter = syn::Ident::new("enter_async", handler.span());
         quote_spanned! {handler.span()=>
-            if #private::in_process::<#handler>() {
-                #private::enter_now::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method)
-            } else {
-                #private::enter_async::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method).await
-            }
+            #private::#enter::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method).await
         }
     } else {
-        quote_spanned!(handler.span()=> #private::enter::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method))
+        let enter = syn::Ident::new("enter", handler.span());
+        quote_spanned!(handler.span()=> #private::#enter::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method))
     };
-    // The method name carries the handler's span: an unmet bound on the handler's storage
-    // is reported there.
+    // A closure, so that the error type is inferred from the body and a predicate of the
+    // wrong type is reported at its own name.
+    let counts = match &args.is_failure {
+        Some(is_failure) => {
+            quote_spanned!(is_failure.span()=> |__circuitpy_error| #is_failure(__circuitpy_error))
+        }
+        None => quote_spanned!(handler.span()=> #private::handler_counts(&#handler)),
+    };
     let run = if is_async {
-        let complete = syn::Ident::new("complete_async", handler.span());
-        let complete_now = syn::Ident::new("complete_now", handler.span());
-        quote! {{
-            let __circuitpy_result = #private::catch_async(async move #body).await;
-            if #private::in_process::<#handler>() {
-                __circuitpy_guard.#complete_now(__circuitpy_result)
-            } else {
-                __circuitpy_guard.#complete(__circuitpy_result).await
-            }
-        }}
+        let run = syn::Ident::new("run_async", handler.span());
+        quote_spanned! {handler.span()=>
+            __circuitpy_permit.#run(async move #body, #counts).await
+        }
     } else {
-        // On an in-process storage (a constant) the body runs uncaught and a panic is
-        // recorded as it unwinds, which keeps the body's result out of `catch_unwind`.
-        let complete = syn::Ident::new("complete", handler.span());
-        let run_in_process = syn::Ident::new("run_in_process", handler.span());
-        quote! {{
-            let __circuitpy_body = move || #body;
-            if #private::in_process_blocking::<#handler>() {
-                __circuitpy_guard.#run_in_process(__circuitpy_body)
-            } else {
-                __circuitpy_guard.#complete(#private::catch(__circuitpy_body))
-            }
-        }}
+        let run = syn::Ident::new("run", handler.span());
+        quote_spanned! {handler.span()=>
+            __circuitpy_permit.#run(move || #body, #counts)
+        }
     };
-    // Checked first, so that a handler that is not one, or whose consts are invalid, is
-    // reported at the handler's name, even by `cargo check`. The call is spelled with the handler's span only (a path keeping the macro's span
-    // would get the error reported at the whole attribute); the `use` keeps the crate
-    // path's own span, so an unknown `crate = ...` is reported there.
-    let alias = syn::Ident::new("__circuitpy_check_handler", handler.span());
-    let call = quote_spanned!(handler.span()=> #alias::<#handler>());
-    let check = quote! {
-        const {
-            use #private::check_handler as #alias;
-            #call
+    // Spanned at the handler: a handler that is not one is reported there.
+    let permit = quote_spanned! {handler.span()=>
+        let __circuitpy_permit = match #enter {
+            ::core::result::Result::Ok(permit) => permit,
+            ::core::result::Result::Err(__circuitpy_rejection) => {
+                let _ = &__circuitpy_rejection;
+                // `From::from` is the identity when the error type is the rejection.
+                #[allow(clippy::useless_conversion)]
+                let __circuitpy_rejected = #rejected;
+                return __circuitpy_rejected;
+            }
         };
     };
-    let guard_mut = if is_async { quote!(mut) } else { quote!() };
+    // Checked first, so that a handler that is not one, or whose consts are invalid, is
+    // reported at the handler's name. A `const` item is evaluated by `cargo check` too (an
+    // inline `const` block only when the function is compiled); it cannot name the
+    // function's generics or `Self`, where the block is used instead. The call is spelled
+    // with the handler's span only (a path keeping the macro's span would get the error
+    // reported at the whole attribute); the `use` keeps the crate path's own span, so an
+    // unknown `crate = ...` is reported there.
+    let alias = syn::Ident::new("__circuitpy_check_handler", handler.span());
+    let call = quote_spanned!(handler.span()=> #alias::<#handler>());
+    let check = if mentions_generics(handler, sig) {
+        quote! {
+            const {
+                use #private::check_handler as #alias;
+                #call
+            };
+        }
+    } else {
+        quote! {
+            const _: () = {
+                use #private::check_handler as #alias;
+                #call
+            };
+        }
+    };
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
             #check
             static __CIRCUITPY_SITE: #private::Site = #private::Site::new();
-            let #guard_mut __circuitpy_guard = match #enter {
-                ::core::result::Result::Ok(guard) => guard,
-                ::core::result::Result::Err(__circuitpy_rejection) => {
-                    let _ = &__circuitpy_rejection;
-                    // `From::from` is the identity when the error type is the rejection.
-                    #[allow(clippy::useless_conversion)]
-                    let __circuitpy_rejected = #rejected;
-                    return __circuitpy_rejected;
-                }
-            };
+            #permit
             #run
         }
     })
+}
+
+/// Whether the handler's path names `Self` or one of the function's generic parameters,
+/// which an item inside the function cannot.
+fn mentions_generics(handler: &syn::Path, sig: &syn::Signature) -> bool {
+    let generics: Vec<String> = sig
+        .generics
+        .params
+        .iter()
+        .filter_map(|param| match param {
+            syn::GenericParam::Type(ty) => Some(ty.ident.to_string()),
+            syn::GenericParam::Const(constant) => Some(constant.ident.to_string()),
+            syn::GenericParam::Lifetime(_) => None,
+        })
+        .collect();
+    fn scan(tokens: TokenStream, generics: &[String]) -> bool {
+        tokens.into_iter().any(|token| match token {
+            TokenTree::Ident(ident) => {
+                ident == "Self" || generics.iter().any(|generic| ident == generic)
+            }
+            TokenTree::Group(group) => scan(group.stream(), generics),
+            _ => false,
+        })
+    }
+    scan(handler.to_token_stream(), &generics)
 }
 
 /// The return type, which must be spelled `Result<..>` (any path ending in `Result`, so

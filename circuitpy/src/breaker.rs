@@ -3,11 +3,12 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
-use crate::cell::{CellRef, Family, Registry, family};
-use crate::engine::{self, Cfg, adopt};
+use crate::engine::view::{CellRef, Family, decided_here, family};
+use crate::engine::{self, Permit};
 use crate::error::{CircuitBreakerOpen, StorageError};
 use crate::handler::{CircuitBreaker, State};
-use crate::storage::{AsyncStorage, Backend, Blocking, NonBlocking, Op, Request, Storage, ready};
+use crate::storage::backend::{Async, Blocking, ready};
+use crate::storage::{AsyncStorage, Op, Storage};
 
 /// One breaker of handler `H`: its own key, or a per-call key under it.
 ///
@@ -126,24 +127,13 @@ impl<H: CircuitBreaker> Breaker<H> {
         }
     }
 
-    fn cell(&self, own: Option<&Registry>) -> Result<CellRef<'_>, StorageError> {
+    fn family(&self) -> &Family {
         self.family
-            .get_or_init(|| family::<H>(self.handler.storage(), own))
-            .cell(self.key.as_deref())
+            .get_or_init(|| family::<H>(self.handler.storage()))
     }
 
-    fn blocking_cell(&self) -> Result<CellRef<'_>, StorageError>
-    where
-        H::Storage: Storage,
-    {
-        self.cell(Storage::__registry(self.handler.storage()))
-    }
-
-    fn async_cell(&self) -> Result<CellRef<'_>, StorageError>
-    where
-        H::Storage: AsyncStorage,
-    {
-        self.cell(AsyncStorage::__registry(self.handler.storage()))
+    fn cell(&self) -> Result<CellRef<'_>, StorageError> {
+        self.family().cell(self.key.as_deref())
     }
 
     /// Runs `body` under the breaker, as a guarded function would.
@@ -169,11 +159,112 @@ impl<H: CircuitBreaker> Breaker<H> {
         E: From<CircuitBreakerOpen> + 'static,
         F: FnOnce() -> Result<T, E>,
     {
-        let guard = match self.enter() {
-            Ok(guard) => guard,
-            Err(rejection) => return Err(E::from(rejection)),
-        };
-        guard.complete(engine::catch(body))
+        self.call_counting(|error| self.handler.is_failure(error), body)
+    }
+
+    /// [`Breaker::call`], with `is_failure` deciding which errors count instead of the
+    /// handler's [`is_failure`](CircuitBreaker::is_failure); the error type need not be
+    /// `'static`.
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, CircuitBreakerOpen, MemoryStorage, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 1;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// #[derive(Debug)]
+    /// enum ApiError { NotFound, Down, Open(CircuitBreakerOpen) }
+    /// impl From<CircuitBreakerOpen> for ApiError {
+    ///     fn from(open: CircuitBreakerOpen) -> Self { ApiError::Open(open) }
+    /// }
+    /// let breaker = Breaker::keyed(Api, "typed");
+    /// let not_found = |error: &ApiError| !matches!(error, ApiError::NotFound);
+    /// let _ = breaker.call_counting(not_found, || Err::<(), _>(ApiError::NotFound));
+    /// assert_eq!(breaker.state().unwrap(), State::Closed);
+    /// let _ = breaker.call_counting(not_found, || Err::<(), _>(ApiError::Down));
+    /// assert_eq!(breaker.state().unwrap(), State::Open);
+    /// ```
+    pub fn call_counting<T, E, F>(
+        &self,
+        is_failure: impl FnOnce(&E) -> bool,
+        body: F,
+    ) -> Result<T, E>
+    where
+        H::Storage: Storage,
+        E: From<CircuitBreakerOpen>,
+        F: FnOnce() -> Result<T, E>,
+    {
+        match self.acquire_for("call") {
+            Ok(permit) => permit.run(body, is_failure),
+            Err(rejection) => Err(E::from(rejection)),
+        }
+    }
+
+    /// Asks the breaker to let one call through, for code that runs the call itself: the
+    /// [`Permit`] records its outcome. Rejected with the same [`CircuitBreakerOpen`] a
+    /// guarded call would get.
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, Outcome};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// let breaker = Breaker::new(Api);
+    /// let permit = breaker.acquire().unwrap();
+    /// permit.record(Outcome::Success);
+    /// ```
+    pub fn acquire(&self) -> Result<Permit<'_, H>, CircuitBreakerOpen>
+    where
+        H::Storage: Storage,
+    {
+        self.acquire_for("call")
+    }
+
+    /// [`Breaker::acquire`] for an async storage.
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, Outcome};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// # async fn run() {
+    /// let breaker = Breaker::new(Api);
+    /// let permit = breaker.acquire_async().await.unwrap();
+    /// permit.record_async(Outcome::Success).await;
+    /// # }
+    /// ```
+    pub async fn acquire_async(&self) -> Result<Permit<'_, H>, CircuitBreakerOpen>
+    where
+        H::Storage: AsyncStorage,
+    {
+        engine::enter_async(&self.handler, self.family(), self.key.as_deref(), "call").await
+    }
+
+    fn acquire_for(&self, method: &'static str) -> Result<Permit<'_, H>, CircuitBreakerOpen>
+    where
+        H::Storage: Storage,
+    {
+        engine::enter(&self.handler, self.family(), self.key.as_deref(), method)
     }
 
     /// Runs `body` under the breaker, as a guarded `async fn` would.
@@ -201,66 +292,44 @@ impl<H: CircuitBreaker> Breaker<H> {
         E: From<CircuitBreakerOpen> + 'static,
         F: Future<Output = Result<T, E>>,
     {
-        let guard = match self.enter_async().await {
-            Ok(guard) => guard,
-            Err(rejection) => return Err(E::from(rejection)),
-        };
-        guard.complete_async(engine::catch_async(body).await).await
+        self.call_counting_async(|error| self.handler.is_failure(error), body)
+            .await
     }
 
-    fn enter(&self) -> Result<engine::Guard<'_, H>, CircuitBreakerOpen>
-    where
-        H::Storage: Storage,
-    {
-        let storage = self.handler.storage();
-        let clock = Storage::clock(storage);
-        let cell = match self.blocking_cell() {
-            Ok(cell) => cell,
-            Err(error) => {
-                return engine::storage_failed_before_call(
-                    &self.handler,
-                    None,
-                    clock,
-                    "call",
-                    error,
-                );
-            }
-        };
-        if <H::Storage as Storage>::__IN_PROCESS {
-            engine::enter_in_process(&self.handler, cell, clock, "call")
-        } else {
-            ready(engine::enter_shared(
-                &self.handler,
-                &Blocking(storage),
-                clock,
-                cell,
-                "call",
-            ))
-        }
-    }
-
-    async fn enter_async(&self) -> Result<engine::Guard<'_, H>, CircuitBreakerOpen>
+    /// [`Breaker::call_counting`] for an async storage.
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, CircuitBreakerOpen, MemoryStorage};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 1;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// # async fn run() {
+    /// let answer: Result<u32, CircuitBreakerOpen> = Breaker::new(Api)
+    ///     .call_counting_async(|_: &CircuitBreakerOpen| true, async { Ok(42) })
+    ///     .await;
+    /// assert_eq!(answer.unwrap(), 42);
+    /// # }
+    /// ```
+    pub async fn call_counting_async<T, E, F>(
+        &self,
+        is_failure: impl FnOnce(&E) -> bool,
+        body: F,
+    ) -> Result<T, E>
     where
         H::Storage: AsyncStorage,
+        E: From<CircuitBreakerOpen>,
+        F: Future<Output = Result<T, E>>,
     {
-        let storage = self.handler.storage();
-        let clock = AsyncStorage::clock(storage);
-        let cell = match self.async_cell() {
-            Ok(cell) => cell,
-            Err(error) => {
-                return engine::storage_failed_before_call(
-                    &self.handler,
-                    None,
-                    clock,
-                    "call",
-                    error,
-                );
-            }
-        };
-        if <H::Storage as AsyncStorage>::__IN_PROCESS {
-            engine::enter_in_process(&self.handler, cell, clock, "call")
-        } else {
-            engine::enter_shared(&self.handler, &NonBlocking(storage), clock, cell, "call").await
+        match self.acquire_async().await {
+            Ok(permit) => permit.run_async(body, is_failure).await,
+            Err(rejection) => Err(E::from(rejection)),
         }
     }
 
@@ -285,12 +354,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: Storage,
     {
-        let storage = self.handler.storage();
-        let cell = self.blocking_cell()?;
-        if <H::Storage as Storage>::__IN_PROCESS {
-            return Ok(Self::local_state(cell, Storage::clock(storage)));
-        }
-        ready(self.apply_shared(cell, &Blocking(storage), Op::Read))
+        self.control(Op::Read)
     }
 
     /// [`Breaker::state`] for an async storage.
@@ -315,13 +379,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: AsyncStorage,
     {
-        let storage = self.handler.storage();
-        let cell = self.async_cell()?;
-        if <H::Storage as AsyncStorage>::__IN_PROCESS {
-            return Ok(Self::local_state(cell, AsyncStorage::clock(storage)));
-        }
-        self.apply_shared(cell, &NonBlocking(storage), Op::Read)
-            .await
+        self.control_async(Op::Read).await
     }
 
     /// Rejects every call until [`Breaker::reset`] (on a shared storage, for at most
@@ -347,7 +405,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: Storage,
     {
-        self.control(Op::ForceOpen)
+        self.control(Op::ForceOpen).map(drop)
     }
 
     /// Admits every call and records nothing until [`Breaker::reset`].
@@ -372,7 +430,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: Storage,
     {
-        self.control(Op::ForceClosed)
+        self.control(Op::ForceClosed).map(drop)
     }
 
     /// Back to closed with every count cleared.
@@ -398,7 +456,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: Storage,
     {
-        self.control(Op::Reset)
+        self.control(Op::Reset).map(drop)
     }
 
     /// [`Breaker::force_open`] for an async storage.
@@ -425,7 +483,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: AsyncStorage,
     {
-        self.control_async(Op::ForceOpen).await
+        self.control_async(Op::ForceOpen).await.map(drop)
     }
 
     /// [`Breaker::force_closed`] for an async storage.
@@ -452,7 +510,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: AsyncStorage,
     {
-        self.control_async(Op::ForceClosed).await
+        self.control_async(Op::ForceClosed).await.map(drop)
     }
 
     /// [`Breaker::reset`] for an async storage.
@@ -479,71 +537,41 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: AsyncStorage,
     {
-        self.control_async(Op::Reset).await
+        self.control_async(Op::Reset).await.map(drop)
     }
 
-    fn control(&self, op: Op) -> Result<(), StorageError>
+    /// Reads (`Op::Read`), forces or resets the breaker: in this process for the in-memory
+    /// storage, on the storage otherwise.
+    fn control(&self, op: Op) -> Result<State, StorageError>
     where
         H::Storage: Storage,
     {
         let storage = self.handler.storage();
-        let cell = self.blocking_cell()?;
-        if <H::Storage as Storage>::__IN_PROCESS {
-            return self.control_local(cell, op);
-        }
-        ready(self.apply_shared(cell, &Blocking(storage), op)).map(drop)
+        ready(self.control_on(&Blocking(storage), Storage::clock(storage), op))
     }
 
-    async fn control_async(&self, op: Op) -> Result<(), StorageError>
+    async fn control_async(&self, op: Op) -> Result<State, StorageError>
     where
         H::Storage: AsyncStorage,
     {
         let storage = self.handler.storage();
-        let cell = self.async_cell()?;
-        if <H::Storage as AsyncStorage>::__IN_PROCESS {
-            return self.control_local(cell, op);
-        }
-        self.apply_shared(cell, &NonBlocking(storage), op)
+        self.control_on(&Async(storage), AsyncStorage::clock(storage), op)
             .await
-            .map(drop)
     }
 
-    fn local_state(cell: CellRef<'_>, clock: &crate::Clock) -> State {
-        let word = cell.load();
-        match word.deadline() {
-            Some(deadline) if word.phase() == State::Open && clock.now() >= deadline => {
-                State::HalfOpen
-            }
-            _ => word.phase(),
-        }
-    }
-
-    fn control_local(&self, cell: CellRef<'_>, op: Op) -> Result<(), StorageError> {
-        let state = match op {
-            Op::ForceOpen => State::ForcedOpen,
-            Op::ForceClosed => State::ForcedClosed,
-            _ => State::Closed,
-        };
-        let current = cell.load();
-        let previous = cell.swap(current.next(state, 0));
-        cell.clear_window();
-        if previous.phase() != state {
-            self.handler
-                .on_state_change(cell.key.as_str(), previous.phase(), state);
-        }
-        Ok(())
-    }
-
-    async fn apply_shared<B: Backend>(
+    async fn control_on<B: crate::storage::backend::Backend>(
         &self,
-        cell: CellRef<'_>,
         backend: &B,
+        clock: &crate::Clock,
         op: Op,
     ) -> Result<State, StorageError> {
-        let snapshot = backend
-            .execute(&Request::new(cell.key.as_str(), op, &Cfg::<H>::CONFIG))
-            .await?;
-        adopt(&self.handler, &cell, backend.clock(), &snapshot);
-        Ok(snapshot.state)
+        let cell = self.cell()?;
+        if !decided_here::<H::Storage>() {
+            return engine::control_shared(&self.handler, backend, &cell, op).await;
+        }
+        if op != Op::Read {
+            engine::control_here(&self.handler, &cell, op);
+        }
+        Ok(engine::state_here(&cell, clock))
     }
 }

@@ -261,22 +261,32 @@ impl StorageError {
     }
 }
 
-/// Formats a `SystemTime` as RFC 3339 in UTC with millisecond precision.
+/// Formats a `SystemTime` as RFC 3339 in UTC with millisecond precision. RFC 3339 has
+/// four-digit years, so times outside years 0000 to 9999 show as the nearest end of that
+/// range.
 pub(crate) struct Rfc3339(pub(crate) SystemTime);
+
+/// 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z, in milliseconds since the epoch.
+const EARLIEST_MS: i128 = -62_167_219_200_000;
+const LATEST_MS: i128 = 253_402_300_799_999;
 
 impl fmt::Display for Rfc3339 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let since = self.0.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since.as_secs();
-        let (days, rem) = (secs / 86_400, secs % 86_400);
-        let (year, month, day) = civil_from_days(days as i64);
+        let nanos: i128 = match self.0.duration_since(UNIX_EPOCH) {
+            Ok(since) => since.as_nanos() as i128,
+            Err(before) => -(before.duration().as_nanos() as i128),
+        };
+        let millis = nanos.div_euclid(1_000_000).clamp(EARLIEST_MS, LATEST_MS);
+        let secs = millis.div_euclid(1000) as i64;
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (year, month, day) = civil_from_days(days);
         write!(
             f,
             "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
             rem / 3600,
             rem / 60 % 60,
             rem % 60,
-            since.subsec_millis()
+            millis.rem_euclid(1000)
         )
     }
 }
@@ -308,5 +318,19 @@ mod tests {
         assert_eq!(at(0, 0), "1970-01-01T00:00:00.000Z");
         assert_eq!(at(951_782_400, 5), "2000-02-29T00:00:00.005Z");
         assert_eq!(at(1_795_651_199, 999), "2026-11-25T23:59:59.999Z");
+    }
+
+    #[test]
+    fn rfc3339_keeps_four_digit_years_and_times_before_1970() {
+        let before = |secs: u64, millis: u64| {
+            Rfc3339(UNIX_EPOCH - Duration::from_secs(secs) - Duration::from_millis(millis))
+                .to_string()
+        };
+        assert_eq!(before(1, 0), "1969-12-31T23:59:59.000Z");
+        assert_eq!(before(0, 1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(before(86_400 * 365, 0), "1969-01-01T00:00:00.000Z");
+        let far = Rfc3339(UNIX_EPOCH + Duration::from_secs(400_000_000_000)).to_string();
+        assert_eq!(far, "9999-12-31T23:59:59.999Z");
+        assert_eq!(far.len(), "2026-11-25T23:59:59.999Z".len());
     }
 }

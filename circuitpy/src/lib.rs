@@ -52,27 +52,31 @@
 #![warn(missing_docs)]
 
 mod breaker;
-mod cell;
 mod clock;
 mod engine;
 mod error;
 mod handler;
+pub mod health;
 mod key;
-mod machine;
 mod policy;
+mod rules;
 mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use breaker::Breaker;
 pub use clock::{Clock, ManualClock};
+pub use engine::view::MAX_PER_CALL_BREAKERS;
+pub use engine::{Outcome, Permit};
 pub use error::{CircuitBreakerOpen, Rejection, StorageError};
 pub use handler::{CircuitBreaker, State};
-pub use policy::{Config, FailurePolicy, MAX_HALF_OPEN_TRIALS, OnStorageFailure};
+pub use policy::{Config, FailurePolicy, MAX_DURATION, MAX_HALF_OPEN_TRIALS, OnStorageFailure};
+pub use rules::{FORCED_TTL, retention};
 pub use storage::memory::MemoryStorage;
 #[cfg(feature = "postgres")]
 pub use storage::postgres::{AsyncPostgresStorage, PostgresOptions, PostgresStorage};
-pub use storage::primitive::{FORCED_TTL, retention};
+#[cfg(feature = "redis")]
+pub use storage::redis;
 #[cfg(feature = "sqlite")]
 pub use storage::sqlite::SqliteStorage;
 
@@ -96,9 +100,8 @@ pub use storage::sqlite::SqliteStorage;
 /// }
 /// ```
 pub mod primitive {
-    pub use crate::storage::primitive::{
-        FORCED_TTL, execute_async, execute_blocking as execute, retention,
-    };
+    pub use crate::rules::primitive::{execute_async, execute_blocking as execute};
+    pub use crate::rules::{FORCED_TTL, retention};
 }
 pub use storage::{AsyncStorage, Op, Request, Snapshot, Storage};
 
@@ -146,16 +149,16 @@ pub use circuitpy_macros::circuit_breaker;
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::cell::Site;
-    pub use crate::engine::{
-        Guard, Panic, catch, catch_async, enter, enter_async, enter_now, in_process,
-        in_process_blocking,
-    };
+    use crate::engine::{self, Permit};
+    use crate::{AsyncStorage, CircuitBreaker, CircuitBreakerOpen, Storage};
+
+    pub use crate::engine::view::Site;
 
     /// Checks that `H` is a handler with valid consts. The attribute evaluates it in a
-    /// `const` block spanned at its `handler = ...`, so an invalid const fails the build
-    /// there, with the const's message, instead of deep inside the engine.
-    pub const fn check_handler<H: crate::CircuitBreaker>() {
+    /// `const` item spanned at its `handler = ...`, so an invalid const fails the build
+    /// there, with the const's message, instead of deep inside the engine, and `cargo
+    /// check` reports it too.
+    pub const fn check_handler<H: CircuitBreaker>() {
         let _ = crate::Config::of::<H>();
     }
 
@@ -163,5 +166,43 @@ pub mod __private {
     #[inline]
     pub fn key_str<K: AsRef<str> + ?Sized>(key: &K) -> &str {
         key.as_ref()
+    }
+
+    /// Admission for a guarded blocking function.
+    #[inline(always)]
+    pub fn enter<'a, H>(
+        handler: &'a H,
+        site: &'a Site,
+        key: Option<&str>,
+        method: &'static str,
+    ) -> Result<Permit<'a, H>, CircuitBreakerOpen>
+    where
+        H: CircuitBreaker,
+        H::Storage: Storage,
+    {
+        engine::enter(handler, site.family::<H>(handler.storage()), key, method)
+    }
+
+    /// Admission for a guarded async function.
+    #[inline(always)]
+    pub fn enter_async<'a, 'k, H>(
+        handler: &'a H,
+        site: &'a Site,
+        key: Option<&'k str>,
+        method: &'static str,
+    ) -> impl std::future::Future<Output = Result<Permit<'a, H>, CircuitBreakerOpen>> + use<'a, 'k, H>
+    where
+        H: CircuitBreaker,
+        H::Storage: AsyncStorage,
+    {
+        engine::enter_async(handler, site.family::<H>(handler.storage()), key, method)
+    }
+
+    /// The handler's own failure predicate, for a guarded function without `is_failure`.
+    #[inline(always)]
+    pub fn handler_counts<H: CircuitBreaker, E: 'static>(
+        handler: &H,
+    ) -> impl FnOnce(&E) -> bool + '_ {
+        move |error: &E| handler.is_failure(error)
     }
 }

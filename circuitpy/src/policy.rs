@@ -124,6 +124,40 @@ pub struct Config {
 /// ```
 pub const MAX_HALF_OPEN_TRIALS: u32 = u16::MAX as u32;
 
+/// The longest recovery timeout, failure window, storage timeout, sync interval or slow-call
+/// threshold a handler may set: a year. Longer ones would overflow the clocks the storages
+/// keep deadlines on.
+///
+/// ```
+/// assert_eq!(circuitpy::MAX_DURATION.as_secs(), 365 * 24 * 3600);
+/// ```
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The longest handler key, prefix or per-call key, in bytes.
+pub(crate) const MAX_KEY_BYTES: usize = 512;
+
+/// Whether `key` holds one of `forbidden`, byte by byte (a `const fn` cannot use `contains`).
+const fn holds_any(key: &str, forbidden: &[u8]) -> bool {
+    let bytes = key.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let mut j = 0;
+        while j < forbidden.len() {
+            if bytes[i] == forbidden[j] {
+                return true;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether `duration` is longer than zero and at most [`MAX_DURATION`].
+const fn in_range(duration: Duration) -> bool {
+    !duration.is_zero() && duration.as_secs() <= MAX_DURATION.as_secs()
+}
+
 impl Config {
     /// The configuration of handler `H`. Evaluated at compile time wherever the handler is
     /// used, so an invalid const fails the build with the message below.
@@ -160,6 +194,18 @@ impl Config {
         }
     }
 
+    /// Whether the rate policy's buckets are wide enough (100 ms or more) for a success to
+    /// be placed in its bucket by the coarse clock, a few milliseconds behind at most,
+    /// instead of a system-clock read on every call.
+    pub(crate) const fn coarse_successes(&self) -> bool {
+        match self.policy {
+            FailurePolicy::Rate { window, .. } => {
+                window.as_nanos() / crate::rules::BUCKETS as u128 >= 100_000_000
+            }
+            _ => false,
+        }
+    }
+
     /// Checks every value; the message names the const at fault.
     ///
     /// ```
@@ -179,34 +225,48 @@ impl Config {
         if self.failure_threshold == 0 {
             return Err("circuitpy: FAILURE_THRESHOLD must be at least 1");
         }
-        if self.recovery_timeout.is_zero() {
-            return Err("circuitpy: RECOVERY_TIMEOUT must be longer than zero");
+        if !in_range(self.recovery_timeout) {
+            return Err("circuitpy: RECOVERY_TIMEOUT must be longer than zero and at most a year");
         }
-        if self.key.is_empty() {
-            return Err("circuitpy: FAILURE_KEY must not be empty");
+        if self.key.is_empty() || self.key.len() > MAX_KEY_BYTES {
+            return Err("circuitpy: FAILURE_KEY must be 1 to 512 bytes long");
+        }
+        // `:` separates the handler's key from a per-call key, so `api` with the per-call
+        // key `eu` and a handler keyed `api:eu` would share one breaker; the braces make
+        // the Redis Cluster hash tag.
+        if holds_any(self.key, b":{}") {
+            return Err("circuitpy: FAILURE_KEY must not contain `:`, `{` or `}`");
+        }
+        if self.key_prefix.is_empty() || self.key_prefix.len() > MAX_KEY_BYTES {
+            return Err("circuitpy: KEY_PREFIX must be 1 to 512 bytes long");
+        }
+        if holds_any(self.key_prefix, b"{}") {
+            return Err("circuitpy: KEY_PREFIX must not contain `{` or `}`");
         }
         if self.half_open_trials == 0 || self.half_open_trials > MAX_HALF_OPEN_TRIALS {
             return Err("circuitpy: HALF_OPEN_TRIALS must be between 1 and 65535");
         }
-        if self.storage_timeout.is_zero() {
-            return Err("circuitpy: STORAGE_TIMEOUT must be longer than zero");
+        if !in_range(self.storage_timeout) {
+            return Err("circuitpy: STORAGE_TIMEOUT must be longer than zero and at most a year");
         }
         if let Some(slow) = self.slow_call_threshold
-            && slow.is_zero()
+            && !in_range(slow)
         {
-            return Err("circuitpy: SLOW_CALL_THRESHOLD must be longer than zero");
+            return Err(
+                "circuitpy: SLOW_CALL_THRESHOLD must be longer than zero and at most a year",
+            );
         }
         if let Some(interval) = self.sync_interval
-            && interval.is_zero()
+            && !in_range(interval)
         {
-            return Err("circuitpy: SYNC_INTERVAL must be longer than zero");
+            return Err("circuitpy: SYNC_INTERVAL must be longer than zero and at most a year");
         }
         match self.policy {
             FailurePolicy::Consecutive => {}
             FailurePolicy::CountInWindow { window } => {
-                if window.is_zero() {
+                if !in_range(window) {
                     return Err(
-                        "circuitpy: FailurePolicy::CountInWindow needs a window longer than zero",
+                        "circuitpy: FailurePolicy::CountInWindow needs a window longer than zero and at most a year",
                     );
                 }
             }
@@ -219,8 +279,10 @@ impl Config {
                 if !(rate > 0.0 && rate <= 1.0) {
                     return Err("circuitpy: FailurePolicy::Rate needs a rate in (0, 1]");
                 }
-                if window.is_zero() {
-                    return Err("circuitpy: FailurePolicy::Rate needs a window longer than zero");
+                if !in_range(window) {
+                    return Err(
+                        "circuitpy: FailurePolicy::Rate needs a window longer than zero and at most a year",
+                    );
                 }
                 if minimum_calls == 0 {
                     return Err("circuitpy: FailurePolicy::Rate needs minimum_calls of at least 1");

@@ -1,13 +1,14 @@
 //! The default storage: breaker state in this process's memory.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::{AsyncStorage, Storage};
-use crate::cell::Registry;
+use super::{AsyncStorage, Request, Snapshot, Storage};
 use crate::clock::{Clock, Nanos};
+use crate::engine::view::Registry;
 use crate::error::StorageError;
+use crate::rules::{nanos, primitive};
 
 /// Keeps breakers in this process, shared by all its threads and tasks.
 ///
@@ -28,11 +29,17 @@ use crate::error::StorageError;
 /// let in_tests = MemoryStorage::with_clock(ManualClock::new().clock());
 /// # let _ = (&*STORAGE, in_tests);
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStorage {
     clock: Clock,
     counts: Mutex<HashMap<String, (u64, Nanos)>>,
-    breakers: Registry,
+    breakers: Arc<Registry>,
+}
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MemoryStorage {
@@ -53,9 +60,9 @@ impl MemoryStorage {
     /// ```
     pub fn with_clock(clock: Clock) -> Self {
         MemoryStorage {
-            clock,
+            clock: clock.clone(),
             counts: Mutex::default(),
-            breakers: Registry::default(),
+            breakers: Registry::new(clock.clone(), true),
         }
     }
 
@@ -63,21 +70,26 @@ impl MemoryStorage {
         // A panic while holding the lock cannot leave a half-written entry.
         self.counts.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-fn ttl_nanos(ttl: Duration) -> Nanos {
-    ttl.as_nanos().min(u128::from(u64::MAX)) as Nanos
+    /// The families of the breakers decided on this storage.
+    pub(crate) fn breakers(&self) -> &Registry {
+        &self.breakers
+    }
 }
 
 impl Storage for MemoryStorage {
     fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
+        Storage::increment_by(self, key, 1, ttl)
+    }
+
+    fn increment_by(&self, key: &str, count: u64, ttl: Duration) -> Result<u64, StorageError> {
         let now = self.clock.now();
         let mut counts = self.counts();
         let entry = counts.entry(key.to_owned()).or_insert((0, 0));
         if entry.1 <= now {
-            *entry = (0, now.saturating_add(ttl_nanos(ttl)));
+            *entry = (0, now.saturating_add(nanos(ttl)));
         }
-        entry.0 += 1;
+        entry.0 = entry.0.saturating_add(count);
         Ok(entry.0)
     }
 
@@ -96,7 +108,7 @@ impl Storage for MemoryStorage {
         if ttl.is_zero() {
             counts.remove(key);
         } else if let Some(entry) = counts.get_mut(key) {
-            entry.1 = now.saturating_add(ttl_nanos(ttl));
+            entry.1 = now.saturating_add(nanos(ttl));
         }
         Ok(())
     }
@@ -104,17 +116,21 @@ impl Storage for MemoryStorage {
     fn clock(&self) -> &Clock {
         &self.clock
     }
-
-    const __IN_PROCESS: bool = true;
-
-    fn __registry(&self) -> Option<&Registry> {
-        Some(&self.breakers)
-    }
 }
 
+/// The same map, with futures that are ready at once.
 impl AsyncStorage for MemoryStorage {
     async fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
         Storage::increment(self, key, ttl)
+    }
+
+    async fn increment_by(
+        &self,
+        key: &str,
+        count: u64,
+        ttl: Duration,
+    ) -> Result<u64, StorageError> {
+        Storage::increment_by(self, key, count, ttl)
     }
 
     async fn get_count(&self, key: &str) -> Result<u64, StorageError> {
@@ -125,13 +141,11 @@ impl AsyncStorage for MemoryStorage {
         Storage::expire_after(self, key, ttl)
     }
 
-    fn clock(&self) -> &Clock {
-        &self.clock
+    async fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
+        primitive::execute_blocking(self, request)
     }
 
-    const __IN_PROCESS: bool = true;
-
-    fn __registry(&self) -> Option<&Registry> {
-        Some(&self.breakers)
+    fn clock(&self) -> &Clock {
+        &self.clock
     }
 }

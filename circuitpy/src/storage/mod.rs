@@ -3,8 +3,8 @@
 //! A storage implements three primitives — [`increment`](Storage::increment),
 //! [`get_count`](Storage::get_count) and [`expire_after`](Storage::expire_after) — and the
 //! breaker is correct on top of them: [`Storage::execute`] runs each breaker operation as a
-//! short sequence of primitives (see `primitive.rs`). A storage that can do better overrides
-//! `execute` with one atomic round trip, as the Redis and SQL storages do.
+//! short sequence of primitives (see `rules/primitive.rs`). A storage that can do better
+//! overrides `execute` with one atomic round trip, as the Redis and SQL storages do.
 //!
 //! The primitive names avoid `get` and `expire`, which `redis::Commands` also defines: with
 //! both traits in scope a call would be ambiguous.
@@ -15,18 +15,18 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::cell::Registry;
 use crate::clock::Clock;
 use crate::error::StorageError;
 use crate::handler::State;
 use crate::policy::Config;
+use crate::rules::primitive;
 
+pub(crate) mod backend;
 pub(crate) mod memory;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
-pub(crate) mod primitive;
 #[cfg(feature = "redis")]
-mod redis;
+pub mod redis;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
@@ -82,6 +82,18 @@ pub trait Storage: Send + Sync {
     /// absent key.
     fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError>;
 
+    /// Adds `count` to the count at `key`, as `count` calls of
+    /// [`increment`](Storage::increment) would, and returns the new count. The provided
+    /// implementation does exactly that; override it when the storage can add `count` in
+    /// one step (local mode reports held-back successes with one call of it).
+    fn increment_by(&self, key: &str, count: u64, ttl: Duration) -> Result<u64, StorageError> {
+        let mut total = self.increment(key, ttl)?;
+        for _ in 1..count {
+            total = self.increment(key, ttl)?;
+        }
+        Ok(total)
+    }
+
     /// Runs one breaker operation and returns the breaker's state after it. The provided
     /// implementation composes the three primitives; override it to do the whole operation
     /// in one atomic round trip.
@@ -92,14 +104,6 @@ pub trait Storage: Send + Sync {
     /// The clock the breaker reads for this storage's breakers.
     fn clock(&self) -> &Clock {
         &SYSTEM_CLOCK
-    }
-
-    #[doc(hidden)]
-    const __IN_PROCESS: bool = false;
-
-    #[doc(hidden)]
-    fn __registry(&self) -> Option<&Registry> {
-        None
     }
 }
 
@@ -136,6 +140,22 @@ pub trait AsyncStorage: Send + Sync {
         ttl: Duration,
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
 
+    /// See [`Storage::increment_by`].
+    fn increment_by(
+        &self,
+        key: &str,
+        count: u64,
+        ttl: Duration,
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send {
+        async move {
+            let mut total = self.increment(key, ttl).await?;
+            for _ in 1..count {
+                total = self.increment(key, ttl).await?;
+            }
+            Ok(total)
+        }
+    }
+
     /// See [`Storage::execute`].
     fn execute(
         &self,
@@ -147,14 +167,6 @@ pub trait AsyncStorage: Send + Sync {
     /// See [`Storage::clock`].
     fn clock(&self) -> &Clock {
         &SYSTEM_CLOCK
-    }
-
-    #[doc(hidden)]
-    const __IN_PROCESS: bool = false;
-
-    #[doc(hidden)]
-    fn __registry(&self) -> Option<&Registry> {
-        None
     }
 }
 
@@ -180,6 +192,14 @@ pub struct Request<'a> {
     /// ([`CircuitBreaker::SYNC_INTERVAL`](crate::CircuitBreaker::SYNC_INTERVAL)) held
     /// successes back. Always 1 for other operations.
     pub count: u64,
+    /// For a trial's outcome ([`Op::TrialSuccess`], [`Op::TrialFailure`],
+    /// [`Op::ReleaseTrial`]): the round its permit belongs to ([`Snapshot::round`]). An
+    /// outcome of another round changes nothing; `None` means the current round.
+    pub round: Option<u64>,
+    /// The time to decide at, in place of the storage's own clock, on any scale the caller
+    /// keeps to: tests set it to drive a storage by a [`ManualClock`](crate::ManualClock).
+    /// The engine never sets it. A storage that keeps its own clock honours it.
+    pub at: Option<Duration>,
 }
 
 impl<'a> Request<'a> {
@@ -196,6 +216,8 @@ impl<'a> Request<'a> {
             op,
             config,
             count: 1,
+            round: None,
+            at: None,
         }
     }
 
@@ -210,6 +232,37 @@ impl<'a> Request<'a> {
     pub fn with_count(self, count: u64) -> Self {
         Request {
             count: count.max(1),
+            ..self
+        }
+    }
+
+    /// A trial outcome of round `round` (see [`Request::round`]).
+    ///
+    /// ```
+    /// # fn f(config: &circuitpy::Config) {
+    /// let request = circuitpy::Request::new("k", circuitpy::Op::TrialSuccess, config).in_round(7);
+    /// assert_eq!(request.round, Some(7));
+    /// # }
+    /// ```
+    pub fn in_round(self, round: u64) -> Self {
+        Request {
+            round: Some(round),
+            ..self
+        }
+    }
+
+    /// The request decided at `at` instead of by the storage's clock (see [`Request::at`]).
+    ///
+    /// ```
+    /// # fn f(config: &circuitpy::Config) {
+    /// let at = std::time::Duration::from_secs(90);
+    /// let request = circuitpy::Request::new("k", circuitpy::Op::Read, config).at(at);
+    /// assert_eq!(request.at, Some(at));
+    /// # }
+    /// ```
+    pub fn at(self, at: Duration) -> Self {
+        Request {
+            at: Some(at),
             ..self
         }
     }
@@ -250,6 +303,9 @@ pub enum Op {
     TrialSuccess,
     /// A trial call failed: open for another recovery timeout.
     TrialFailure,
+    /// A trial call ended with an error that does not count: its permit is handed out
+    /// again.
+    ReleaseTrial,
     /// Reject every call until [`Op::Reset`].
     ForceOpen,
     /// Admit every call and record nothing until [`Op::Reset`].
@@ -276,8 +332,11 @@ pub struct Snapshot {
     pub retry_in: Option<Duration>,
     /// While open: how long ago it opened, when the storage knows.
     pub open_since: Option<Duration>,
-    /// While closed: the failure count.
+    /// While closed: the failure count (the failures in the window, for the rate policy).
     pub failures: u64,
+    /// For a granted trial permit: the round it belongs to, to be sent back with its outcome
+    /// ([`Request::round`]). Zero otherwise.
+    pub round: u64,
 }
 
 impl Snapshot {
@@ -293,6 +352,7 @@ impl Snapshot {
             retry_in: None,
             open_since: None,
             failures,
+            round: 0,
         }
     }
 
@@ -310,6 +370,7 @@ impl Snapshot {
             retry_in: Some(retry_in),
             open_since,
             failures: 0,
+            round: 0,
         }
     }
 
@@ -325,6 +386,20 @@ impl Snapshot {
             retry_in: None,
             open_since: None,
             failures: 0,
+            round: 0,
+        }
+    }
+
+    /// Half-open, with a trial permit of round `round` for this caller.
+    ///
+    /// ```
+    /// let trial = circuitpy::Snapshot::trial(3);
+    /// assert!(trial.permit && trial.round == 3);
+    /// ```
+    pub fn trial(round: u64) -> Self {
+        Snapshot {
+            round,
+            ..Snapshot::half_open(true)
         }
     }
 
@@ -341,93 +416,7 @@ impl Snapshot {
             retry_in: None,
             open_since: None,
             failures: 0,
+            round: 0,
         }
-    }
-}
-
-/// The storage calls the engine and the primitive algorithm make, over either flavour.
-pub(crate) trait Backend: Sync {
-    fn increment(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
-    fn get_count(&self, key: &str) -> impl Future<Output = Result<u64, StorageError>> + Send;
-    fn expire_after(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send;
-    fn execute(
-        &self,
-        request: &Request<'_>,
-    ) -> impl Future<Output = Result<Snapshot, StorageError>> + Send;
-    fn clock(&self) -> &Clock;
-}
-
-/// A [`Storage`] seen as a [`Backend`]; its futures are ready on their first poll.
-pub(crate) struct Blocking<'a, S: ?Sized>(pub(crate) &'a S);
-
-/// An [`AsyncStorage`] seen as a [`Backend`].
-pub(crate) struct NonBlocking<'a, S: ?Sized>(pub(crate) &'a S);
-
-impl<S: Storage + ?Sized> Backend for Blocking<'_, S> {
-    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
-        Storage::increment(self.0, key, ttl)
-    }
-    async fn get_count(&self, key: &str) -> Result<u64, StorageError> {
-        Storage::get_count(self.0, key)
-    }
-    async fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
-        Storage::expire_after(self.0, key, ttl)
-    }
-    async fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
-        Storage::execute(self.0, request)
-    }
-    fn clock(&self) -> &Clock {
-        Storage::clock(self.0)
-    }
-}
-
-impl<S: AsyncStorage + ?Sized> Backend for NonBlocking<'_, S> {
-    fn increment(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<u64, StorageError>> + Send {
-        AsyncStorage::increment(self.0, key, ttl)
-    }
-    fn get_count(&self, key: &str) -> impl Future<Output = Result<u64, StorageError>> + Send {
-        AsyncStorage::get_count(self.0, key)
-    }
-    fn expire_after(
-        &self,
-        key: &str,
-        ttl: Duration,
-    ) -> impl Future<Output = Result<(), StorageError>> + Send {
-        AsyncStorage::expire_after(self.0, key, ttl)
-    }
-    fn execute(
-        &self,
-        request: &Request<'_>,
-    ) -> impl Future<Output = Result<Snapshot, StorageError>> + Send {
-        AsyncStorage::execute(self.0, request)
-    }
-    fn clock(&self) -> &Clock {
-        AsyncStorage::clock(self.0)
-    }
-}
-
-/// Drives a future built only from blocking calls, which is ready on its first poll; no
-/// async runtime is involved.
-pub(crate) fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    let mut context = std::task::Context::from_waker(std::task::Waker::noop());
-    loop {
-        if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
-            return output;
-        }
-        // Not reached by blocking backends; yielding keeps a misbehaving one from spinning hot.
-        std::thread::yield_now();
     }
 }

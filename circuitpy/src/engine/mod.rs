@@ -1,0 +1,986 @@
+//! What happens around a guarded call: admission before the body runs, recording after it.
+//! `#[circuit_breaker]`, [`Breaker`](crate::Breaker) and the integrations all come through
+//! here, by one path for both flavours and every storage.
+//!
+//! The in-memory storage decides in this process with the rules of `rules/word.rs`. A shared
+//! storage decides on its server: the local view only lets a closed breaker pass and an open
+//! one reject without a round trip, and adopts whatever the storage replies.
+//!
+//! Hooks run after the breaker's state is settled and cannot break it: a hook that panics
+//! is caught (the process's panic hook still reports it) and the call goes on.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use crate::clock::{Clock, Nanos};
+use crate::error::{CircuitBreakerOpen, Rejection, StorageError};
+use crate::handler::{CircuitBreaker, State};
+use crate::key::Key;
+use crate::policy::{Config, FailurePolicy, OnStorageFailure};
+use crate::rules::nanos;
+use crate::rules::word::{Admit, Report, Word, admit, closed_success_changes_nothing, settle};
+use crate::storage::backend::{Async, Backend, Blocking, ready};
+use crate::storage::{AsyncStorage, Op, Request, Snapshot, Storage};
+
+pub(crate) mod view;
+
+use view::{Cell, CellRef, Family, decided_here};
+
+/// A panic caught in a guarded body, to be resumed once it has been recorded.
+pub type Panic = Box<dyn Any + Send + 'static>;
+
+/// A handler's consts, validated at compile time wherever the handler is used.
+pub(crate) trait Configured: CircuitBreaker {
+    const CONFIG: Config;
+}
+
+impl<H: CircuitBreaker> Configured for H {
+    const CONFIG: Config = Config::of::<H>();
+}
+
+/// How often a view whose storage is failing asks it again: at most once per storage
+/// timeout, and no more than ten times a second.
+fn probe_interval(config: &Config) -> Duration {
+    config.storage_timeout.max(Duration::from_millis(100))
+}
+
+/// How a call's outcome counts.
+///
+/// ```
+/// assert_ne!(circuitpy::Outcome::Success, circuitpy::Outcome::Ignored);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The call succeeded.
+    Success,
+    /// The call failed in a way that counts against the dependency.
+    Failure,
+    /// The call ended in a way that says nothing about the dependency (an error the handler
+    /// does not count, a request cancelled by its caller): nothing is recorded, and a trial
+    /// gives its permit back.
+    Ignored,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Admitted while closed; the outcome is counted.
+    Closed,
+    /// Admitted as a half-open trial.
+    Trial,
+    /// Admitted without the breaker (the storage failed and the policy let the call
+    /// through, or the key was unusable); nothing is recorded.
+    Unrecorded,
+}
+
+/// A call the breaker let through, whose outcome it waits for.
+///
+/// `#[circuit_breaker]` and [`Breaker::call`](crate::Breaker::call) handle permits for
+/// you; [`Breaker::acquire`](crate::Breaker::acquire) hands one out for code that runs
+/// the call itself (a middleware, a connection pool). Record its outcome with
+/// [`record`](Permit::record) (or [`record_async`](Permit::record_async)). A permit
+/// dropped unrecorded records nothing; a trial permit then goes back to the breaker at
+/// once in memory, and lapses after one recovery timeout on a shared storage.
+///
+/// ```
+/// # use std::sync::LazyLock;
+/// # use std::time::Duration;
+/// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, Outcome, State};
+/// # static STORAGE: LazyLock<MemoryStorage> = LazyLock::new(MemoryStorage::new);
+/// # struct Api;
+/// # impl CircuitBreaker for Api {
+/// #   const FAILURE_THRESHOLD: u32 = 1;
+/// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// #   const FAILURE_KEY: &'static str = "api";
+/// #   type Storage = MemoryStorage;
+/// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+/// # }
+/// let breaker = Breaker::new(Api);
+/// let permit = breaker.acquire().expect("closed");
+/// // ... make the call ...
+/// permit.record(Outcome::Failure);
+/// assert_eq!(breaker.state().unwrap(), State::Open);
+/// assert!(breaker.acquire().is_err());
+/// ```
+#[must_use = "a permit records the call's outcome when given one"]
+pub struct Permit<'a, H: CircuitBreaker> {
+    handler: &'a H,
+    cell: CellRef<'a>,
+    clock: &'a Clock,
+    /// The word the call was admitted under (the trial word for in-process trials).
+    admitted: Word,
+    role: Role,
+    /// A shared trial's round.
+    round: u64,
+    /// When the call started, if the handler times calls.
+    started: Nanos,
+}
+
+impl<H: CircuitBreaker> std::fmt::Debug for Permit<'_, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("key", &self.cell.key.as_str())
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+impl<H: CircuitBreaker> Drop for Permit<'_, H> {
+    fn drop(&mut self) {
+        // Shared storages lease permits, and the lease lapses by itself.
+        if self.role == Role::Trial && decided_here::<H::Storage>() {
+            settle_here(self, Report::Abandoned);
+        }
+    }
+}
+
+impl<'a, H: CircuitBreaker> Permit<'a, H> {
+    fn new(
+        handler: &'a H,
+        cell: CellRef<'a>,
+        clock: &'a Clock,
+        admitted: Word,
+        role: Role,
+    ) -> Self {
+        let started = if H::CONFIG.slow_call_threshold.is_some() {
+            clock.now()
+        } else {
+            0
+        };
+        Permit {
+            handler,
+            cell,
+            clock,
+            admitted,
+            role,
+            round: 0,
+            started,
+        }
+    }
+
+    /// The key of the breaker that let the call through.
+    ///
+    /// ```
+    /// # use std::sync::LazyLock;
+    /// # use std::time::Duration;
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage};
+    /// # static STORAGE: LazyLock<MemoryStorage> = LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 1;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// let breaker = Breaker::keyed(Api, "eu");
+    /// assert_eq!(breaker.acquire().unwrap().key(), "api:eu");
+    /// ```
+    pub fn key(&self) -> &str {
+        self.cell.key.as_str()
+    }
+
+    /// Whether the call runs as a half-open trial.
+    ///
+    /// ```
+    /// # use std::sync::LazyLock;
+    /// # use std::time::Duration;
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage};
+    /// # static STORAGE: LazyLock<MemoryStorage> = LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 1;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// assert!(!Breaker::new(Api).acquire().unwrap().is_trial());
+    /// ```
+    pub fn is_trial(&self) -> bool {
+        self.role == Role::Trial
+    }
+
+    /// Records the call's outcome (blocking, on a blocking storage).
+    pub fn record(mut self, outcome: Outcome)
+    where
+        H::Storage: Storage,
+    {
+        let report = self.report_of(outcome);
+        ready(self.finish(&Blocking(self.handler.storage()), report));
+    }
+
+    /// Records the call's outcome on an async storage.
+    pub async fn record_async(mut self, outcome: Outcome)
+    where
+        H::Storage: AsyncStorage,
+    {
+        let report = self.report_of(outcome);
+        self.finish(&Async(self.handler.storage()), report).await;
+    }
+
+    fn report_of(&self, outcome: Outcome) -> Option<Report> {
+        match outcome {
+            Outcome::Success => Some(self.success()),
+            Outcome::Failure => Some(Report::Failure { trips: false }),
+            Outcome::Ignored => None,
+        }
+    }
+
+    /// A success, or a failure when the handler times calls and this one was too slow.
+    #[inline]
+    fn success(&self) -> Report {
+        match H::CONFIG.slow_call_threshold {
+            Some(slow) if self.clock.now().saturating_sub(self.started) > nanos(slow) => {
+                Report::Failure { trips: false }
+            }
+            _ => Report::Success,
+        }
+    }
+
+    #[inline]
+    fn report_of_result<T, E>(
+        &self,
+        result: &Result<T, E>,
+        is_failure: impl FnOnce(&E) -> bool,
+    ) -> Option<Report> {
+        match result {
+            Ok(_) => Some(self.success()),
+            Err(error) if is_failure(error) => Some(Report::Failure { trips: false }),
+            Err(_) => None,
+        }
+    }
+
+    fn report_of_caught<T, E>(
+        &self,
+        result: &Result<Result<T, E>, Panic>,
+        is_failure: impl FnOnce(&E) -> bool,
+    ) -> Option<Report> {
+        match result {
+            Ok(returned) => self.report_of_result(returned, is_failure),
+            Err(_) => Some(Report::Failure { trips: false }),
+        }
+    }
+
+    /// Records `report` (`None`: not counted): in this process for the in-memory storage,
+    /// on the storage otherwise.
+    async fn finish<B: Backend>(&mut self, backend: &B, report: Option<Report>) {
+        if decided_here::<H::Storage>() {
+            record_here(self, report);
+        } else {
+            record_shared(self, backend, report).await;
+        }
+    }
+
+    /// Runs a blocking body under this permit and records how it ended; a panic counts as a
+    /// failure and keeps unwinding. `is_failure` says which errors count.
+    #[inline]
+    pub fn run<T, E>(
+        mut self,
+        body: impl FnOnce() -> Result<T, E>,
+        is_failure: impl FnOnce(&E) -> bool,
+    ) -> Result<T, E>
+    where
+        H::Storage: Storage,
+    {
+        if !decided_here::<H::Storage>() {
+            let result = catch(body);
+            let report = self.report_of_caught(&result, is_failure);
+            ready(self.finish(&Blocking(self.handler.storage()), report));
+            return result.unwrap_or_else(|panic| resume_unwind(panic));
+        }
+        // In memory the body runs uncaught: a panic is recorded as a failure while it
+        // unwinds through here. Catching it would pass the body's result through the
+        // memory of `catch_unwind`, whose read-back stalls on store forwarding.
+        /// Records a failure if dropped, that is, if the body unwinds.
+        struct Unwinding<'p, 'a, H: CircuitBreaker>(&'p mut Permit<'a, H>);
+        impl<H: CircuitBreaker> Drop for Unwinding<'_, '_, H> {
+            fn drop(&mut self) {
+                record_here(self.0, Some(Report::Failure { trips: false }));
+            }
+        }
+        let unwinding = Unwinding(&mut self);
+        let result = body();
+        std::mem::forget(unwinding);
+        let report = self.report_of_result(&result, is_failure);
+        record_here(&mut self, report);
+        result
+    }
+
+    /// Runs an async body under this permit and records how it ended; a panic in any of
+    /// its polls counts as a failure and keeps unwinding.
+    pub async fn run_async<T, E, F: Future<Output = Result<T, E>>>(
+        mut self,
+        body: F,
+        is_failure: impl FnOnce(&E) -> bool,
+    ) -> Result<T, E>
+    where
+        H::Storage: AsyncStorage,
+    {
+        let result = catch_async(body).await;
+        let report = self.report_of_caught(&result, is_failure);
+        self.finish(&Async(self.handler.storage()), report).await;
+        result.unwrap_or_else(|panic| resume_unwind(panic))
+    }
+}
+
+/// Runs a blocking body, catching a panic so it can be recorded before it resumes.
+#[inline]
+pub(crate) fn catch<R>(body: impl FnOnce() -> R) -> Result<R, Panic> {
+    catch_unwind(AssertUnwindSafe(body))
+}
+
+/// Runs an async body, catching a panic from any of its polls.
+pub(crate) async fn catch_async<F: Future>(body: F) -> Result<F::Output, Panic> {
+    let mut body = std::pin::pin!(body);
+    std::future::poll_fn(move |context| {
+        match catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(context))) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
+    .await
+}
+
+/// Runs a hook; a hook that panics is caught here, so that it cannot break the breaker.
+#[inline]
+fn hook(call: impl FnOnce()) {
+    let _ = catch_unwind(AssertUnwindSafe(call));
+}
+
+// Admission.
+
+/// What the local view decides about a call: let it through or reject it here, or ask the
+/// storage.
+pub(crate) enum Local<'a, H: CircuitBreaker> {
+    Decided(Result<Permit<'a, H>, CircuitBreakerOpen>),
+    Ask { cell: CellRef<'a>, sent: Word },
+}
+
+/// Admission, up to the point where the storage must be asked. Always inlined: where one
+/// handler guards several functions the compiler would otherwise share one out-of-line
+/// copy among them.
+#[inline(always)]
+pub(crate) fn admit_locally<'a, H: CircuitBreaker>(
+    handler: &'a H,
+    clock: &'a Clock,
+    family: &'a Family,
+    key: Option<&str>,
+    method: &'static str,
+) -> Local<'a, H> {
+    let cell = match family.cell(key) {
+        Ok(cell) => cell,
+        Err(error) => {
+            return Local::Decided(storage_failed(handler, None, clock, method, error));
+        }
+    };
+    if decided_here::<H::Storage>() {
+        Local::Decided(admit_here(handler, cell, clock, method))
+    } else {
+        admit_on_view(handler, cell, clock, method)
+    }
+}
+
+/// Admission for a blocking call.
+#[inline(always)]
+pub(crate) fn enter<'a, H>(
+    handler: &'a H,
+    family: &'a Family,
+    key: Option<&str>,
+    method: &'static str,
+) -> Result<Permit<'a, H>, CircuitBreakerOpen>
+where
+    H: CircuitBreaker,
+    H::Storage: Storage,
+{
+    let storage = handler.storage();
+    let clock = Storage::clock(storage);
+    match admit_locally(handler, clock, family, key, method) {
+        Local::Decided(decided) => decided,
+        Local::Ask { cell, sent } => ready(ask_storage(
+            handler,
+            &Blocking(storage),
+            clock,
+            cell,
+            sent,
+            method,
+        )),
+    }
+}
+
+/// Admission for an async call: ready at once unless the storage must be asked.
+#[inline]
+pub(crate) async fn enter_async<'a, H>(
+    handler: &'a H,
+    family: &'a Family,
+    key: Option<&str>,
+    method: &'static str,
+) -> Result<Permit<'a, H>, CircuitBreakerOpen>
+where
+    H: CircuitBreaker,
+    H::Storage: AsyncStorage,
+{
+    let storage = handler.storage();
+    let clock = AsyncStorage::clock(storage);
+    match admit_locally(handler, clock, family, key, method) {
+        Local::Decided(decided) => decided,
+        Local::Ask { cell, sent } => {
+            ask_storage(handler, &Async(storage), clock, cell, sent, method).await
+        }
+    }
+}
+
+// Always inlined: a permit returned through memory and read back at once stalls on store
+// forwarding, which cost more than the rest of an async call's admission.
+#[inline(always)]
+fn admit_here<'a, H: CircuitBreaker>(
+    handler: &'a H,
+    cell: CellRef<'a>,
+    clock: &'a Clock,
+    method: &'static str,
+) -> Result<Permit<'a, H>, CircuitBreakerOpen> {
+    let word = cell.load();
+    // The closed path reads no clock.
+    if word.phase() == State::Closed {
+        return Ok(Permit::new(handler, cell, clock, word, Role::Closed));
+    }
+    admit_here_slowly(handler, cell, clock, word, method)
+}
+
+#[cold]
+#[inline(never)]
+fn admit_here_slowly<'a, H: CircuitBreaker>(
+    handler: &'a H,
+    cell: CellRef<'a>,
+    clock: &'a Clock,
+    mut word: Word,
+    method: &'static str,
+) -> Result<Permit<'a, H>, CircuitBreakerOpen> {
+    let config = &H::CONFIG;
+    loop {
+        let now = clock.coarse_now();
+        match admit(word, now, config.half_open_trials, cell.lease(word)) {
+            Admit::Pass => {
+                let role = if word.phase() == State::Closed {
+                    Role::Closed
+                } else {
+                    Role::Unrecorded
+                };
+                return Ok(Permit::new(handler, cell, clock, word, role));
+            }
+            Admit::Reject(rejection) => {
+                let (opened_at, retry_at) = open_times(word, config);
+                return Err(reject(
+                    handler,
+                    cell.key.clone(),
+                    method,
+                    rejection,
+                    opened_at,
+                    retry_at,
+                ));
+            }
+            Admit::Trial(next) => match cell.compare_exchange(word, next) {
+                Ok(_) => {
+                    cell.set_lease(next, now.saturating_add(nanos(config.recovery_timeout)));
+                    notify(handler, &cell, word, next);
+                    return Ok(Permit::new(handler, cell, clock, next, Role::Trial));
+                }
+                Err(actual) => word = actual,
+            },
+        }
+    }
+}
+
+/// When an open word opened and when it next admits a trial.
+fn open_times(word: Word, config: &Config) -> (Option<Nanos>, Option<Nanos>) {
+    match (word.phase(), word.deadline()) {
+        (State::Open, Some(deadline)) => (
+            Some(deadline.saturating_sub(nanos(config.recovery_timeout))),
+            Some(deadline),
+        ),
+        _ => (None, None),
+    }
+}
+
+/// Admission on a shared storage's view: let a closed breaker pass and an open one reject
+/// without a round trip; ask the storage otherwise.
+#[inline(always)]
+fn admit_on_view<'a, H: CircuitBreaker>(
+    handler: &'a H,
+    cell: CellRef<'a>,
+    clock: &'a Clock,
+    method: &'static str,
+) -> Local<'a, H> {
+    let word = cell.load();
+    match word.phase() {
+        // A view this process has never refreshed is asked for once: a new process must
+        // not run calls against a breaker the rest of the fleet opened. After that, every
+        // reply refreshes the view.
+        State::Closed | State::ForcedClosed if cell.synced() => {
+            Local::Decided(Ok(Permit::new(handler, cell, clock, word, Role::Closed)))
+        }
+        _ => admit_on_view_slowly(handler, cell, clock, word, method),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn admit_on_view_slowly<'a, H: CircuitBreaker>(
+    handler: &'a H,
+    cell: CellRef<'a>,
+    clock: &'a Clock,
+    word: Word,
+    method: &'static str,
+) -> Local<'a, H> {
+    let now = clock.coarse_now();
+    if let (State::Open | State::ForcedOpen, Some(deadline)) = (word.phase(), word.deadline())
+        && now < deadline
+    {
+        let rejection = if word.phase() == State::Open {
+            Rejection::Open
+        } else {
+            Rejection::ForcedOpen
+        };
+        let (opened_at, retry_at) = open_times(word, &H::CONFIG);
+        return Local::Decided(Err(reject(
+            handler,
+            cell.key.clone(),
+            method,
+            rejection,
+            opened_at,
+            retry_at,
+        )));
+    }
+    if cell.failing() && !cell.claim_probe(clock.now(), probe_interval(&H::CONFIG)) {
+        // The storage failed and the next probe is not due: decide by the policy without
+        // waiting on it.
+        let error = cell.last_failure();
+        return Local::Decided(storage_failed(handler, Some(cell), clock, method, error));
+    }
+    Local::Ask { cell, sent: word }
+}
+
+/// Asks the storage for a permit: one round trip.
+pub(crate) async fn ask_storage<'a, H: CircuitBreaker, B: Backend>(
+    handler: &'a H,
+    backend: &B,
+    clock: &'a Clock,
+    cell: CellRef<'a>,
+    sent: Word,
+    method: &'static str,
+) -> Result<Permit<'a, H>, CircuitBreakerOpen> {
+    let config = &H::CONFIG;
+    match backend
+        .execute(&Request::new(cell.key.as_str(), Op::AcquireTrial, config))
+        .await
+    {
+        Ok(snapshot) => {
+            let now = clock.now();
+            adopt(handler, &cell, now, sent, &snapshot);
+            let word = cell.load();
+            let rejection = match snapshot.state {
+                State::Closed | State::ForcedClosed => {
+                    return Ok(Permit::new(handler, cell, clock, word, Role::Closed));
+                }
+                State::HalfOpen if snapshot.permit => {
+                    let mut permit = Permit::new(handler, cell, clock, word, Role::Trial);
+                    permit.round = snapshot.round;
+                    return Ok(permit);
+                }
+                State::HalfOpen => Rejection::TrialsInProgress,
+                State::Open => Rejection::Open,
+                State::ForcedOpen => Rejection::ForcedOpen,
+            };
+            let (opened_at, retry_at) = match snapshot.state {
+                State::Open => (
+                    snapshot
+                        .open_since
+                        .map(|since| now.saturating_sub(nanos(since))),
+                    Some(now.saturating_add(nanos(snapshot.retry_in.unwrap_or_default()))),
+                ),
+                _ => (None, None),
+            };
+            Err(reject(
+                handler,
+                cell.key.clone(),
+                method,
+                rejection,
+                opened_at,
+                retry_at,
+            ))
+        }
+        Err(error) => {
+            cell.mark_failed(clock.now(), &error);
+            storage_failed(handler, Some(cell), clock, method, error)
+        }
+    }
+}
+
+/// The storage failed (or the key was unusable) before the call: the handler's policy lets
+/// the call through unrecorded or rejects it.
+fn storage_failed<'a, H: CircuitBreaker>(
+    handler: &'a H,
+    cell: Option<CellRef<'a>>,
+    clock: &'a Clock,
+    method: &'static str,
+    error: StorageError,
+) -> Result<Permit<'a, H>, CircuitBreakerOpen> {
+    let key = cell
+        .as_ref()
+        .map_or(H::FAILURE_KEY, |cell| cell.key.as_str());
+    hook(|| handler.on_storage_error(key, &error));
+    match H::CONFIG.on_storage_failure {
+        OnStorageFailure::Allow => {
+            // No cell for an unusable key: the call runs against a throwaway one.
+            let cell =
+                cell.unwrap_or_else(|| CellRef::Shared(Arc::new(Cell::detached(H::FAILURE_KEY))));
+            let word = cell.load();
+            Ok(Permit::new(handler, cell, clock, word, Role::Unrecorded))
+        }
+        OnStorageFailure::Reject => {
+            let key = cell.map_or(Key::Static(H::FAILURE_KEY), |cell| cell.key.clone());
+            Err(reject(
+                handler,
+                key,
+                method,
+                Rejection::StorageFailed(Box::new(error)),
+                None,
+                None,
+            ))
+        }
+    }
+}
+
+fn reject<H: CircuitBreaker>(
+    handler: &H,
+    key: Key,
+    method: &'static str,
+    reason: Rejection,
+    opened_at: Option<Nanos>,
+    retry_at: Option<Nanos>,
+) -> CircuitBreakerOpen {
+    let rejection = CircuitBreakerOpen {
+        key,
+        method,
+        opened_at,
+        retry_at,
+        reason,
+    };
+    hook(|| handler.on_rejected(&rejection));
+    rejection
+}
+
+fn notify<H: CircuitBreaker>(handler: &H, cell: &Cell, from: Word, to: Word) {
+    if from.phase() != to.phase() {
+        hook(|| handler.on_state_change(cell.key.as_str(), from.phase(), to.phase()));
+    }
+}
+
+/// Adopts a shared storage's reply to a request sent when the view was `sent`.
+pub(crate) fn adopt<H: CircuitBreaker>(
+    handler: &H,
+    cell: &Cell,
+    now: Nanos,
+    sent: Word,
+    snapshot: &Snapshot,
+) {
+    if let Some((from, to)) = cell.adopt(sent, snapshot, now, &H::CONFIG) {
+        notify(handler, cell, from, to);
+    }
+}
+
+// Recording.
+
+#[inline]
+fn record_here<H: CircuitBreaker>(permit: &mut Permit<'_, H>, report: Option<Report>) {
+    let role = std::mem::replace(&mut permit.role, Role::Unrecorded);
+    match (role, report) {
+        (Role::Unrecorded, _) | (Role::Closed, None) => {}
+        // The common case: one load, no store, no clock.
+        (Role::Closed, Some(Report::Success))
+            if matches!(H::CONFIG.policy, FailurePolicy::Consecutive)
+                && closed_success_changes_nothing(permit.cell.load(), permit.admitted) => {}
+        (Role::Trial, None) => settle_here(permit, Report::Abandoned),
+        (_, Some(report)) => settle_here(permit, report),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn settle_here<H: CircuitBreaker>(permit: &Permit<'_, H>, report: Report) {
+    let config = &H::CONFIG;
+    let cell = &permit.cell;
+    let failed = matches!(report, Report::Failure { .. });
+    let in_window = permit.admitted.phase() == State::Closed
+        && match config.policy {
+            FailurePolicy::Consecutive => false,
+            FailurePolicy::CountInWindow { .. } => failed,
+            FailurePolicy::Rate { .. } => report != Report::Abandoned,
+        };
+    // Consecutive-policy successes read no clock; rate-policy successes the coarse one when
+    // its buckets are wide. A failure may open the breaker, so it reads the precise clock.
+    let now = if failed || (in_window && !config.coarse_successes()) {
+        permit.clock.now()
+    } else if in_window || permit.admitted.phase() == State::HalfOpen {
+        permit.clock.coarse_now()
+    } else {
+        0
+    };
+    let report = if in_window {
+        // Only while the breaker is still in the closed period the call was admitted in: an
+        // outcome from before it last opened must not count towards the next trip. Checked
+        // under the window's lock, which a phase change takes to clear the window.
+        let trips = {
+            let mut window = cell.window();
+            let current = cell.load();
+            if current.phase() == State::Closed
+                && current.generation() == permit.admitted.generation()
+            {
+                window.record(config, now, failed)
+            } else {
+                false
+            }
+        };
+        if failed {
+            Report::Failure { trips }
+        } else {
+            // A success counted in a window changes nothing else.
+            return;
+        }
+    } else {
+        report
+    };
+    let mut word = cell.load();
+    while let Some(next) = settle(word, permit.admitted, report, config, now) {
+        match cell.compare_exchange(word, next) {
+            Ok(_) => {
+                if next.phase() != word.phase() {
+                    cell.clear_window();
+                } else if next.phase() == State::HalfOpen {
+                    // Something happened in the round: its leases run again.
+                    cell.set_lease(next, now.saturating_add(nanos(config.recovery_timeout)));
+                }
+                notify(permit.handler, cell, word, next);
+                return;
+            }
+            Err(actual) => word = actual,
+        }
+    }
+}
+
+async fn record_shared<H: CircuitBreaker, B: Backend>(
+    permit: &mut Permit<'_, H>,
+    backend: &B,
+    report: Option<Report>,
+) {
+    let config = &H::CONFIG;
+    let role = std::mem::replace(&mut permit.role, Role::Unrecorded);
+    let op = match (role, report) {
+        (Role::Closed, Some(Report::Success)) => {
+            if let Some(interval) = config.sync_interval
+                && hold_back_success(permit, interval)
+            {
+                return;
+            }
+            Op::Success
+        }
+        (Role::Closed, Some(_)) => Op::Failure,
+        (Role::Trial, Some(Report::Success)) => Op::TrialSuccess,
+        (Role::Trial, Some(_)) => Op::TrialFailure,
+        (Role::Trial, None) => Op::ReleaseTrial,
+        _ => return,
+    };
+    let cell = &permit.cell;
+    let mut request = Request::new(cell.key.as_str(), op, config);
+    if role == Role::Trial {
+        request = request.in_round(permit.round);
+    }
+    if op == Op::Success && config.sync_interval.is_some() {
+        request = request.with_count(1 + cell.held.swap(0, Ordering::Relaxed));
+    }
+    let sent = cell.load();
+    match backend.execute(&request).await {
+        Ok(snapshot) => adopt(permit.handler, cell, permit.clock.now(), sent, &snapshot),
+        Err(error) => {
+            cell.mark_failed(permit.clock.now(), &error);
+            hook(|| permit.handler.on_storage_error(cell.key.as_str(), &error));
+        }
+    }
+}
+
+/// Local mode: whether a closed success may go unreported for now. It may while the last
+/// reply is younger than the interval and left no failure count that this success must
+/// reset; the rate policy still needs it counted, so it is held back for the next report.
+fn hold_back_success<H: CircuitBreaker>(permit: &Permit<'_, H>, interval: Duration) -> bool {
+    let cell = &permit.cell;
+    let word = cell.load();
+    let policy = H::CONFIG.policy;
+    if word.phase() != State::Closed
+        || (policy == FailurePolicy::Consecutive && word.failures() != 0)
+    {
+        return false;
+    }
+    let fresh = cell
+        .synced_at()
+        .is_some_and(|at| permit.clock.coarse_now() < at.saturating_add(nanos(interval)));
+    if fresh && matches!(policy, FailurePolicy::Rate { .. }) {
+        cell.held.fetch_add(1, Ordering::Relaxed);
+    }
+    fresh
+}
+
+/// The state of an in-process breaker as [`Breaker::state`](crate::Breaker::state) reports
+/// it: an open breaker past its deadline reads half-open.
+pub(crate) fn state_here(cell: &Cell, clock: &Clock) -> State {
+    let word = cell.load();
+    match word.deadline() {
+        Some(deadline) if word.phase() == State::Open && clock.now() >= deadline => State::HalfOpen,
+        _ => word.phase(),
+    }
+}
+
+/// Forces or resets an in-process breaker.
+pub(crate) fn control_here<H: CircuitBreaker>(handler: &H, cell: &Cell, op: Op) {
+    let state = match op {
+        Op::ForceOpen => State::ForcedOpen,
+        Op::ForceClosed => State::ForcedClosed,
+        _ => State::Closed,
+    };
+    let current = cell.load();
+    let previous = cell.swap(current.next(state, 0));
+    cell.clear_window();
+    if previous.phase() != state {
+        hook(|| handler.on_state_change(cell.key.as_str(), previous.phase(), state));
+    }
+}
+
+/// Runs `op` on a shared storage and adopts the reply.
+pub(crate) async fn control_shared<H: CircuitBreaker, B: Backend>(
+    handler: &H,
+    backend: &B,
+    cell: &Cell,
+    op: Op,
+) -> Result<State, StorageError> {
+    let sent = cell.load();
+    let clock = backend.clock();
+    match backend
+        .execute(&Request::new(cell.key.as_str(), op, &H::CONFIG))
+        .await
+    {
+        Ok(snapshot) => {
+            adopt(handler, cell, clock.now(), sent, &snapshot);
+            Ok(snapshot.state)
+        }
+        Err(error) => {
+            cell.mark_failed(clock.now(), &error);
+            Err(error)
+        }
+    }
+}
+#[cfg(test)]
+mod tests {
+    use std::panic::catch_unwind;
+    use std::sync::LazyLock;
+    use std::time::Duration;
+
+    use crate::{
+        Breaker, CircuitBreaker, CircuitBreakerOpen, ManualClock, MemoryStorage, State,
+        circuit_breaker,
+    };
+
+    static CLOCK: LazyLock<ManualClock> = LazyLock::new(ManualClock::new);
+    static STORAGE: LazyLock<MemoryStorage> =
+        LazyLock::new(|| MemoryStorage::with_clock(CLOCK.clock()));
+
+    struct Panicky;
+    impl CircuitBreaker for Panicky {
+        const FAILURE_THRESHOLD: u32 = 2;
+        const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+        const FAILURE_KEY: &'static str = "engine_panicky";
+        type Storage = MemoryStorage;
+        fn storage(&self) -> &MemoryStorage {
+            &STORAGE
+        }
+    }
+
+    #[derive(Debug)]
+    struct Rejected;
+    impl From<CircuitBreakerOpen> for Rejected {
+        fn from(_: CircuitBreakerOpen) -> Self {
+            Rejected
+        }
+    }
+
+    #[circuit_breaker(handler = Panicky, crate = "crate")]
+    fn guarded(panic: bool) -> Result<u32, Rejected> {
+        if panic {
+            panic!("the body panicked");
+        }
+        Ok(1)
+    }
+
+    struct Timed;
+    impl CircuitBreaker for Timed {
+        const FAILURE_THRESHOLD: u32 = 1;
+        const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+        const FAILURE_KEY: &'static str = "engine_timed";
+        type Storage = MemoryStorage;
+        fn storage(&self) -> &MemoryStorage {
+            &STORAGE
+        }
+    }
+
+    #[derive(Debug)]
+    enum Failed {
+        Down,
+        Open(CircuitBreakerOpen),
+    }
+    impl From<CircuitBreakerOpen> for Failed {
+        fn from(open: CircuitBreakerOpen) -> Self {
+            Failed::Open(open)
+        }
+    }
+
+    #[test]
+    fn a_rejection_says_when_the_breaker_opened_and_when_to_retry() {
+        let breaker = Breaker::new(Timed);
+        let failed: Result<(), Failed> = breaker.call(|| Err(Failed::Down));
+        assert!(matches!(failed, Err(Failed::Down)));
+        let Err(Failed::Open(open)) = breaker.call(|| Ok::<(), Failed>(())) else {
+            panic!("the open breaker ran the call");
+        };
+        assert!(open.reason().is_open());
+        let (opened_at, retry_at) = (open.opened_at().unwrap(), open.retry_at().unwrap());
+        assert_eq!(
+            retry_at.duration_since(opened_at).unwrap(),
+            Timed::RECOVERY_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn an_uncaught_panic_on_the_in_process_path_is_a_failure_and_keeps_unwinding() {
+        let breaker = Breaker::new(Panicky);
+        assert!(catch_unwind(|| guarded(true)).is_err());
+        assert_eq!(breaker.state().unwrap(), State::Closed);
+        // A success resets the count, so only consecutive panics trip.
+        assert_eq!(guarded(false).unwrap(), 1);
+        assert!(catch_unwind(|| guarded(true)).is_err());
+        assert!(catch_unwind(|| guarded(true)).is_err());
+        assert_eq!(breaker.state().unwrap(), State::Open);
+        assert!(guarded(false).is_err(), "open rejects");
+
+        // A trial that panics opens the breaker again.
+        CLOCK.advance(Duration::from_secs(2));
+        assert!(catch_unwind(|| guarded(true)).is_err());
+        assert_eq!(breaker.state().unwrap(), State::Open);
+        CLOCK.advance(Duration::from_secs(2));
+        assert_eq!(guarded(false).unwrap(), 1);
+        assert_eq!(breaker.state().unwrap(), State::Closed);
+    }
+}
