@@ -3,7 +3,7 @@
 //!
 //! Implemented for the `redis` crate's own types, so a handler needs no adapter:
 //! - [`Storage`](crate::Storage) for `redis::Client` (blocking; connections are pooled per
-//!   server and reused, so a call never opens a connection of its own);
+//!   server, at most [`POOL_SIZE`] of them, so a call never opens a connection of its own);
 //! - [`AsyncStorage`](crate::AsyncStorage) for `redis::Client` (one multiplexed connection
 //!   per server, created on first use), `redis::aio::MultiplexedConnection` and
 //!   `redis::aio::ConnectionManager`.
@@ -12,30 +12,38 @@
 //! writes happen atomically on the server, by the server's clock. One breaker is one hash,
 //! `{prefix}:{key}:state`, always written with an expiry, so a crash or an eviction leaves
 //! at worst a closed breaker. Every command is bounded by the handler's storage timeout.
+//!
+//! A command that fails because its connection broke is sent again on a fresh connection,
+//! within the same timeout, only when running it twice cannot count anything twice: reads,
+//! forcing, resets and a success under the consecutive or count-in-window policy. Any other
+//! operation fails and goes through the handler's storage-failure policy, since the server
+//! may have run it before the connection broke.
 
 use std::fmt;
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use redis::{Cmd, ErrorKind, RedisError, Script, ScriptInvocation};
+use redis::{Cmd, RedisError, Script, ScriptInvocation};
 
 use crate::error::StorageError;
 use crate::handler::State;
-use crate::machine::bucket_width;
-use crate::storage::primitive::{FORCED_TTL, retention};
+use crate::policy::FailurePolicy;
+use crate::rules::{FORCED_TTL, bucket_width, retention};
 use crate::storage::{Op, Request, Snapshot};
 
+mod asynchronous;
 mod blocking;
-mod nonblocking;
+
+pub use blocking::POOL_SIZE;
 
 /// The breaker operation, one round trip.
 static EXECUTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("script.lua")));
 
-/// `increment`: the count and its expiry are set in one atomic step.
+/// `increment_by`: the count and its expiry are set in one atomic step.
 static INCREMENT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
-        "local n = redis.call('INCR', KEYS[1]) \
-         if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
+        "local n = redis.call('INCRBY', KEYS[1], ARGV[2]) \
+         if n == tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end \
          return n",
     )
 });
@@ -61,6 +69,7 @@ fn op_name(op: Op) -> &'static str {
         Op::AcquireTrial => "acquire",
         Op::TrialSuccess => "trial_success",
         Op::TrialFailure => "trial_failure",
+        Op::ReleaseTrial => "release",
         Op::ForceOpen => "force_open",
         Op::ForceClosed => "force_closed",
         Op::Reset => "reset",
@@ -87,13 +96,39 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
         .arg(bucket_ms)
         .arg(millis(retention(config)))
         .arg(millis(FORCED_TTL))
-        .arg(request.count);
+        .arg(request.count)
+        .arg(
+            request
+                .round
+                .map_or(String::new(), |round| round.to_string()),
+        )
+        .arg(
+            request
+                .at
+                .map_or(String::new(), |at| at.as_millis().to_string()),
+        );
     (key, invocation)
 }
 
-fn increment_invocation(key: &str, ttl: Duration) -> ScriptInvocation<'static> {
+/// Whether running `request` twice leaves the breaker as running it once does, so that a
+/// command whose connection broke may be sent again.
+fn repeatable(request: &Request<'_>) -> bool {
+    match request.op {
+        Op::Read | Op::ForceOpen | Op::ForceClosed | Op::Reset => true,
+        Op::Success => !matches!(request.config.policy, FailurePolicy::Rate { .. }),
+        _ => false,
+    }
+}
+
+/// Whether a command failed because its connection broke (and not because it timed out or
+/// the server refused it), so that a repeatable one may be sent again on another.
+fn connection_broke(error: &RedisError) -> bool {
+    !error.is_timeout() && (error.is_connection_dropped() || error.is_io_error())
+}
+
+fn increment_invocation(key: &str, count: u64, ttl: Duration) -> ScriptInvocation<'static> {
     let mut invocation = INCREMENT.prepare_invoke();
-    invocation.key(key).arg(millis(ttl));
+    invocation.key(key).arg(millis(ttl)).arg(count.max(1));
     invocation
 }
 
@@ -129,7 +164,7 @@ fn parse_count(key: &str, value: Option<Vec<u8>>) -> Result<u64, StorageError> {
 
 /// The script's reply as a snapshot.
 fn parse_snapshot(key: &str, reply: &[i64]) -> Result<Snapshot, StorageError> {
-    let &[state, permit, retry_in, open_since, failures] = reply else {
+    let &[state, permit, retry_in, open_since, failures, round] = reply else {
         return Err(StorageError::invalid_data(
             key,
             format!("unexpected script reply {reply:?}"),
@@ -146,7 +181,8 @@ fn parse_snapshot(key: &str, reply: &[i64]) -> Result<Snapshot, StorageError> {
             duration(retry_in).unwrap_or(Duration::ZERO),
             duration(open_since),
         ),
-        State::HalfOpen => Snapshot::half_open(permit == 1),
+        State::HalfOpen if permit == 1 => Snapshot::trial(u64::try_from(round).unwrap_or(0)),
+        State::HalfOpen => Snapshot::half_open(false),
         forced => Snapshot::forced(forced),
     })
 }
@@ -177,12 +213,6 @@ fn storage_error(
     StorageError::backend(key, RedisFailure::new(&error, secret))
 }
 
-/// Whether a connection that returned `error` can still be used: the server answered with
-/// an error reply, so the connection is in step.
-fn connection_usable(error: &RedisError) -> bool {
-    matches!(error.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
-}
-
 /// A Redis client error with any credentials removed from its text.
 #[derive(Clone)]
 pub(crate) struct RedisFailure {
@@ -191,8 +221,12 @@ pub(crate) struct RedisFailure {
 
 impl RedisFailure {
     fn new(error: &RedisError, secret: Option<&str>) -> Self {
+        Self::from_text(&error.to_string(), secret)
+    }
+
+    fn from_text(text: &str, secret: Option<&str>) -> Self {
         RedisFailure {
-            text: redact(&error.to_string(), secret),
+            text: redact(text, secret),
         }
     }
 }
@@ -322,18 +356,18 @@ mod tests {
     #[test]
     fn replies_become_snapshots() {
         assert_eq!(
-            parse_snapshot("k", &[0, 1, -1, -1, 2]).unwrap(),
+            parse_snapshot("k", &[0, 1, -1, -1, 2, 0]).unwrap(),
             Snapshot::closed(2)
         );
         assert_eq!(
-            parse_snapshot("k", &[1, 0, 250, 50, 0]).unwrap(),
+            parse_snapshot("k", &[1, 0, 250, 50, 0, 0]).unwrap(),
             Snapshot::open(Duration::from_millis(250), Some(Duration::from_millis(50)))
         );
         assert_eq!(
-            parse_snapshot("k", &[2, 1, -1, -1, 0]).unwrap(),
-            Snapshot::half_open(true)
+            parse_snapshot("k", &[2, 1, -1, -1, 0, 17]).unwrap(),
+            Snapshot::trial(17)
         );
-        assert!(parse_snapshot("k", &[9, 0, -1, -1, 0]).is_err());
+        assert!(parse_snapshot("k", &[9, 0, -1, -1, 0, 0]).is_err());
         assert!(parse_snapshot("k", &[0]).is_err());
     }
 }

@@ -1,19 +1,24 @@
--- One breaker operation, atomically, on the server's clock.
+-- One breaker operation, atomically, on the server's clock. The rules are stated in
+-- circuitpy/src/rules/mod.rs; this script does what rules/row.rs does, field for field, and
+-- the differential test holds it to that.
 --
 -- KEYS[1]  the breaker's hash, `{prefix}:{key}:state`
 -- ARGV     op, threshold, recovery_ms, trials, policy (0 consecutive, 1 count in window,
 --          2 rate), window_ms, rate, minimum_calls, bucket_ms, retention_ms, forced_ttl_ms,
---          count (calls a success reports: more than one when local mode held some back)
+--          count (calls a success reports: more than one when local mode held some back),
+--          round (of a trial's outcome, or ''), at_ms (a time given by a test, or '')
 --
--- Hash fields (all integers; an absent hash is a closed breaker with nothing counted):
+-- Hash fields (all non-negative integers; no hash is a closed breaker with nothing counted):
 --   s       state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 forced closed
---   f, l    closed: failures counted, time of the last failure (count in window)
+--   f, l    closed: failures counted, time of the last failure
 --   o, d    open: when it opened, when a trial may be asked for
---   p, k, t half-open: permits handed out this round, trials that succeeded, last activity
---   n       how many times the breaker tripped from closed (kept until a reset)
+--   a       open or half-open: when it tripped from closed (kept when a failed trial
+--           reopens it)
+--   r       the last half-open round's id (its start time, kept across trips)
+--   p, k, t half-open: permits out this round, trials that succeeded, last event
 --   bN cN eN  rate policy, slot N = bucket % 10: bucket number, calls, failures
 --
--- Reply: {state, permit, retry_in_ms or -1, open_since_ms or -1, failures}
+-- Reply: {state, permit, retry_in_ms or -1, open_since_ms or -1, failures, round}
 local key = KEYS[1]
 local op = ARGV[1]
 local threshold = tonumber(ARGV[2])
@@ -27,6 +32,8 @@ local width = tonumber(ARGV[9])
 local retention = tonumber(ARGV[10])
 local forced_ttl = tonumber(ARGV[11])
 local count = tonumber(ARGV[12]) or 1
+local round = tonumber(ARGV[13])
+local at = tonumber(ARGV[14])
 
 -- Writes after reading TIME need effects replication: the only mode since Redis 7, to be
 -- asked for on older servers.
@@ -34,29 +41,52 @@ if redis.replicate_commands then
   redis.replicate_commands()
 end
 
+local function invalid(detail)
+  return redis.error_reply('CIRCUITPY ' .. key .. ': ' .. detail)
+end
+
 -- A reset clears whatever the key holds, even a value this script did not write.
 if op == 'reset' then
   redis.call('DEL', key)
-  return {0, 1, -1, -1, 0}
+  return {0, 1, -1, -1, 0, 0}
 end
 
--- The current state, validated: every field must be what this script writes. One call
--- reads it; a key of another type answers with an error instead of a table.
+-- The current state, validated: every field must be one this script writes, holding what
+-- it writes. One call reads it; a key of another type answers with an error.
 local flat = redis.pcall('HGETALL', key)
 if flat['err'] then
-  return redis.error_reply('CIRCUITPY ' .. key .. ': expected a hash (' .. flat['err'] .. ')')
+  return invalid('expected a hash (' .. flat['err'] .. ')')
+end
+local known = {s = true, f = true, l = true, o = true, d = true, a = true, r = true,
+  p = true, k = true, t = true}
+for i = 0, 9 do
+  known['b' .. i], known['c' .. i], known['e' .. i] = true, true, true
 end
 local v = {}
 for i = 1, #flat, 2 do
-  local n = tonumber(flat[i + 1])
-  if n == nil or n ~= math.floor(n) or n < 0 then
-    return redis.error_reply('CIRCUITPY ' .. key .. ': field ' .. flat[i]
-      .. ' holds ' .. string.sub(flat[i + 1], 1, 40) .. ', expected a count')
+  local field, value = flat[i], flat[i + 1]
+  if not known[field] then
+    return invalid('unknown field ' .. string.sub(field, 1, 40))
   end
-  v[flat[i]] = n
+  if not string.match(value, '^%d+$') or string.len(value) > 15 then
+    return invalid('field ' .. field .. ' holds ' .. string.sub(value, 1, 40)
+      .. ', expected a count')
+  end
+  v[field] = tonumber(value)
 end
-if v.s ~= nil and v.s > 4 then
-  return redis.error_reply('CIRCUITPY ' .. key .. ': unknown state ' .. v.s)
+if #flat > 0 then
+  if (v.s or 0) > 4 then
+    return invalid('unknown state ' .. v.s)
+  end
+  if v.s == 1 and (v.o == nil or v.d == nil) then
+    return invalid('an open breaker without its deadline')
+  end
+  if v.s == 2 and (v.p == nil or v.k == nil or v.t == nil or v.r == nil) then
+    return invalid('a half-open breaker without its round')
+  end
+  if redis.call('PTTL', key) < 0 then
+    return invalid('the hash has no expiry, so circuitpy did not write it')
+  end
 end
 
 local s = v.s or 0
@@ -66,26 +96,23 @@ local reported = nil
 
 -- Every call into the server costs; a closed success outside the rate policy needs no time.
 local now = 0
-if not (op == 'success' and policy ~= 2 and (s == 0 or s == 4)) then
+if at ~= nil then
+  now = at
+elseif not (op == 'success' and policy ~= 2 and (s == 0 or s == 4)) then
   local time = redis.call('TIME')
   now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
 local function opened()
-  v.s = 1
-  v.o = now
-  v.d = now + recovery
-  v.f, v.l, v.p, v.k, v.t = nil, nil, nil, nil, nil
-  for i = 0, 9 do
-    v['b' .. i], v['c' .. i], v['e' .. i] = nil, nil, nil
-  end
+  v = {s = 1, o = now, d = now + recovery, a = v.a or now, r = v.r}
   s = 1
   changed = true
 end
 
-local function closed()
-  v = {n = v.n}
-  s = 0
+local function new_round()
+  v = {s = 2, r = math.max(now, (v.r or 0) + 1), p = 1, k = 0, t = now, a = v.a}
+  s = 2
+  permit = 1
   changed = true
 end
 
@@ -113,12 +140,16 @@ local function record(failed, calls_made)
 end
 
 -- An open breaker whose recovery timeout passed is ready for a trial round.
-local ready = s == 1 and now >= (v.d or 0)
+if s == 1 and now >= v.d then
+  s = 2
+end
+-- Whether a trial's outcome belongs to the current round (one without a round does).
+local this_round = round == nil or round == v.r
 
 if op == 'success' then
   if s == 0 then
     if policy == 0 and (v.f or 0) > 0 then
-      v.f = nil
+      v.f, v.l = nil, nil
       changed = true
     elseif policy == 2 then
       local _, failures = record(false, count)
@@ -132,7 +163,8 @@ elseif op == 'failure' then
       v.f = (v.f or 0) + 1
       trips = v.f >= threshold
     elseif policy == 1 then
-      if (v.f or 0) == 0 or now - (v.l or 0) > window then
+      -- A failure a whole window after the previous one starts a new count.
+      if (v.f or 0) == 0 or now - (v.l or 0) >= window then
         v.f = 0
       end
       v.f = v.f + 1
@@ -145,66 +177,68 @@ elseif op == 'failure' then
     end
     changed = true
     if trips then
-      v.n = (v.n or 0) + 1
+      v.a = nil
       opened()
     end
   end
 elseif op == 'acquire' then
   if s == 0 or s == 4 then
     permit = 1
-  elseif ready then
-    v.s, v.p, v.k, v.t = 2, 1, 0, now
-    v.o, v.d = nil, nil
-    s = 2
-    permit = 1
-    changed = true
   elseif s == 2 then
-    if (v.p or 0) < trials then
-      v.p = (v.p or 0) + 1
+    if v.s ~= 2 or now - v.t >= recovery then
+      -- The first caller after the open period, or a round in which nothing happened for
+      -- a recovery timeout: a new round begins.
+      new_round()
+    elseif v.p < trials then
+      v.p = v.p + 1
       v.t = now
-      permit = 1
-      changed = true
-    elseif now - (v.t or 0) >= recovery then
-      -- Every permit of this round is out and none reported for a recovery timeout:
-      -- the holders are gone, so a new round starts.
-      v.p, v.k, v.t = 1, 0, now
       permit = 1
       changed = true
     end
   end
 elseif op == 'trial_success' then
-  if s == 2 then
-    v.k = (v.k or 0) + 1
+  if s == 2 and v.s == 2 and this_round then
+    v.k = v.k + 1
     v.t = now
     changed = true
     if v.k >= trials then
-      closed()
+      v = {}
+      s = 0
     end
   end
 elseif op == 'trial_failure' then
-  if s == 2 then
+  if s == 2 and v.s == 2 and this_round then
     opened()
   end
-elseif op == 'force_open' then
-  v = {s = 3, n = v.n}
-  s = 3
-  changed = true
-elseif op == 'force_closed' then
-  v = {s = 4, n = v.n}
-  s = 4
+elseif op == 'release' then
+  if s == 2 and v.s == 2 and this_round and v.p > 0 then
+    v.p = v.p - 1
+    v.t = now
+    changed = true
+  end
+elseif op == 'force_open' or op == 'force_closed' then
+  s = op == 'force_open' and 3 or 4
+  v = {s = s, r = v.r}
   changed = true
 end
 
 if changed then
   redis.call('DEL', key)
   local args = {}
+  local counted = false
   for field, value in pairs(v) do
-    if not (field == 's' and value == 0) then
-      args[#args + 1] = field
-      args[#args + 1] = string.format('%.0f', value)
+    args[#args + 1] = field
+    args[#args + 1] = string.format('%.0f', value)
+    if field ~= 's' and field ~= 'r' then
+      counted = true
     end
   end
-  if #args > 0 then
+  -- A closed breaker with nothing counted is no hash at all.
+  if s ~= 0 or counted then
+    if v.s == nil then
+      args[#args + 1] = 's'
+      args[#args + 1] = '0'
+    end
     redis.call('HSET', key, unpack(args))
     if s == 3 or s == 4 then
       redis.call('PEXPIRE', key, forced_ttl)
@@ -215,15 +249,12 @@ if changed then
 end
 
 if s == 1 then
-  if now < v.d then
-    return {1, 0, v.d - now, now - v.o, 0}
-  end
-  return {2, 0, -1, -1, 0}
+  return {1, 0, v.d - now, now - v.o, 0, 0}
 elseif s == 2 then
-  return {2, permit, -1, -1, 0}
+  return {2, permit, -1, -1, 0, permit == 1 and v.r or 0}
 elseif s == 3 then
-  return {3, 0, -1, -1, 0}
+  return {3, 0, -1, -1, 0, 0}
 elseif s == 4 then
-  return {4, 1, -1, -1, 0}
+  return {4, 1, -1, -1, 0, 0}
 end
-return {0, 1, -1, -1, reported or v.f or 0}
+return {0, 1, -1, -1, reported or v.f or 0, 0}
