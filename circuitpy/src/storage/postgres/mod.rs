@@ -1,0 +1,595 @@
+//! Breakers shared by a fleet through PostgreSQL.
+//!
+//! Each breaker is one row. [`migrate`](PostgresStorage::migrate) installs a PL/pgSQL
+//! function, `{table}_op` (`schema.sql`), that carries out one breaker operation on that
+//! row under a row lock and returns the breaker's state: every decision is one statement
+//! and one round trip, atomic whatever the number of processes. The database clock is the
+//! one clock; every deadline is a column honoured on read, so the state of a crashed
+//! process lapses by itself, and each operation that creates a row deletes a few rows whose
+//! deadlines have all passed (no cleanup daemon).
+//!
+//! Both flavours run over a `deadpool-postgres` pool of `tokio-postgres` connections, their
+//! own or the application's. Every operation — waiting for a connection, the statement — is
+//! bounded by the handler's storage timeout; connections are opened on a task of their own,
+//! so a caller never waits longer than that for one, and a connection whose statement ran
+//! out of time or whose session broke is dropped, never reused. [`PostgresStorage`] blocks
+//! the calling thread (it drives the pool on a private runtime, and works from inside an
+//! async runtime too); [`AsyncPostgresStorage`] runs on the caller's tokio runtime.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+use crate::error::StorageError;
+use crate::handler::State;
+use crate::policy::Config;
+use crate::rules::{FORCED_TTL, micros, retention};
+use crate::storage::{Op, Request, Snapshot};
+
+mod asynchronous;
+mod blocking;
+
+pub use asynchronous::AsyncPostgresStorage;
+pub use blocking::PostgresStorage;
+
+/// How a PostgreSQL storage connects and where it keeps its rows.
+///
+/// ```
+/// let options = circuitpy::PostgresOptions::default().table("app.breakers");
+/// assert_eq!(options.table_name(), "app.breakers");
+/// ```
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    table: String,
+    timeout: Duration,
+    migrate: bool,
+    pool_size: usize,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            table: "circuitpy_breakers".to_owned(),
+            timeout: Duration::from_secs(2),
+            migrate: true,
+            pool_size: 16,
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// The table of breakers, optionally schema-qualified (`schema.table`); the primitives'
+    /// counts go to `{table}_counts` and the function to `{table}_op`. Default
+    /// `circuitpy_breakers`.
+    pub fn table(mut self, table: &str) -> Self {
+        table.clone_into(&mut self.table);
+        self
+    }
+
+    /// The table name in use.
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    /// The bound on opening a connection (on a task of its own, never the caller's), on a
+    /// migration, and on the primitives (which carry no handler configuration). Breaker
+    /// operations are bounded by the handler's
+    /// [`STORAGE_TIMEOUT`](crate::CircuitBreaker::STORAGE_TIMEOUT). Default 2 s.
+    ///
+    /// ```
+    /// let _ = circuitpy::PostgresOptions::default().timeout(std::time::Duration::from_millis(500));
+    /// ```
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Whether connecting runs [`migrate`](PostgresStorage::migrate) (the default). Turn it
+    /// off where the application's role may not create tables, and migrate once with a
+    /// role that may.
+    pub fn migrate_on_connect(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+
+    /// The most connections the storage's own pool opens (default 16); ignored for a pool
+    /// the application brings.
+    ///
+    /// ```
+    /// let _ = circuitpy::PostgresOptions::default().pool_size(4);
+    /// ```
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size.max(1);
+        self
+    }
+}
+
+/// The tables, the index and the function, with the table's name in place.
+const SCHEMA: &str = include_str!("schema.sql");
+
+/// The SQL of one table.
+#[derive(Debug)]
+struct Sql {
+    table: String,
+    schema: String,
+    op: String,
+    increment: String,
+    get: String,
+    expire: String,
+    delete: String,
+}
+
+fn check_table_name(table: &str) -> Result<(), StorageError> {
+    let part_ok = |part: &str| {
+        let mut chars = part.chars();
+        part.len() <= 48
+            && chars
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    };
+    let parts: Vec<&str> = table.split('.').collect();
+    if parts.len() <= 2 && parts.iter().all(|part| part_ok(part)) {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidKey {
+            key: table.chars().take(64).collect(),
+            detail: "a table name is `table` or `schema.table`, each 1 to 48 lowercase letters, digits or _, not starting with a digit",
+        })
+    }
+}
+
+/// Now by the database's clock, in microseconds since the Unix epoch.
+const NOW_US: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
+
+impl Sql {
+    fn new(table: &str) -> Result<Sql, StorageError> {
+        check_table_name(table)?;
+        let t = table;
+        let bare = table.rsplit('.').next().unwrap_or(table);
+        let schema = SCHEMA
+            .replace("{t}", t)
+            .replace("{bare}", bare)
+            .replace("{lock}", &format!("circuitpy:{t}"));
+        Ok(Sql {
+            table: t.to_owned(),
+            schema,
+            op: format!(
+                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+            ),
+            increment: format!(
+                "WITH gone AS (
+                    DELETE FROM {t}_counts WHERE key IN (
+                        SELECT key FROM {t}_counts
+                        WHERE expires_at < {NOW_US} AND key <> $1
+                        LIMIT 2 FOR UPDATE SKIP LOCKED))
+                 INSERT INTO {t}_counts AS c (key, count, expires_at)
+                 VALUES ($1, $3, {NOW_US} + $2)
+                 ON CONFLICT (key) DO UPDATE SET
+                    count = CASE WHEN c.expires_at <= {NOW_US} THEN $3 ELSE c.count + $3 END,
+                    expires_at = CASE WHEN c.expires_at <= {NOW_US}
+                                      THEN EXCLUDED.expires_at ELSE c.expires_at END
+                 RETURNING count"
+            ),
+            get: format!("SELECT count FROM {t}_counts WHERE key = $1 AND expires_at > {NOW_US}"),
+            expire: format!(
+                "UPDATE {t}_counts SET expires_at = {NOW_US} + $2
+                 WHERE key = $1 AND expires_at > {NOW_US}"
+            ),
+            delete: format!("DELETE FROM {t}_counts WHERE key = $1"),
+        })
+    }
+
+    /// The migration as one transaction that waits for locks no longer than `timeout`, so
+    /// that a migration stuck behind another session fails with the lock named, and a
+    /// failure rolls everything back.
+    fn migration(&self, timeout: Duration) -> String {
+        let ms = timeout.as_millis().clamp(1, i32::MAX as u128);
+        format!(
+            "BEGIN;
+             SET LOCAL lock_timeout = {ms};
+             SET LOCAL statement_timeout = {ms};
+             {}
+             COMMIT;",
+            self.schema
+        )
+    }
+}
+
+fn op_code(op: Op) -> i32 {
+    match op {
+        Op::Read => 0,
+        Op::Success => 1,
+        Op::Failure => 2,
+        Op::AcquireTrial => 3,
+        Op::TrialSuccess => 4,
+        Op::TrialFailure => 5,
+        Op::ForceOpen => 6,
+        Op::ForceClosed => 7,
+        Op::Reset => 8,
+        Op::ReleaseTrial => 9,
+    }
+}
+
+/// One storage operation, owning what it needs, so that it can run on a task of its own.
+#[derive(Debug)]
+enum Work {
+    Execute {
+        key: String,
+        op: Op,
+        config: Config,
+        count: u64,
+        round: Option<u64>,
+        at: Option<Duration>,
+    },
+    Increment {
+        key: String,
+        count: u64,
+        ttl: Duration,
+    },
+    Get {
+        key: String,
+    },
+    Expire {
+        key: String,
+        ttl: Duration,
+    },
+}
+
+/// What an operation returned.
+enum Done {
+    Snapshot(Snapshot),
+    Count(u64),
+    Nothing,
+}
+
+impl Work {
+    fn execute(request: &Request<'_>) -> Work {
+        Work::Execute {
+            key: request.namespaced_key(),
+            op: request.op,
+            config: *request.config,
+            count: request.count,
+            round: request.round,
+            at: request.at,
+        }
+    }
+
+    fn key(&self) -> &str {
+        match self {
+            Work::Execute { key, .. }
+            | Work::Increment { key, .. }
+            | Work::Get { key }
+            | Work::Expire { key, .. } => key,
+        }
+    }
+}
+
+/// A pool with the SQL of its table: what both flavours work with.
+#[derive(Clone)]
+struct Db {
+    pool: Pool,
+    sql: Arc<Sql>,
+    options: PostgresOptions,
+    /// How to open a connection of its own for a migration; `None` for an application's
+    /// pool, whose connections the migration borrows.
+    connect: Option<tokio_postgres::Config>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("table", &self.sql.table)
+            .finish_non_exhaustive()
+    }
+}
+
+fn parse_url(url: &str) -> Result<tokio_postgres::Config, StorageError> {
+    url.parse::<tokio_postgres::Config>().map_err(|error| {
+        // The error text never includes the URL, so no password leaks through it.
+        StorageError::backend("postgres url", error)
+    })
+}
+
+impl Db {
+    /// A pool of the storage's own for `url`. Connects nothing yet.
+    fn own(url: &str, options: PostgresOptions) -> Result<Db, StorageError> {
+        let mut config = parse_url(url)?;
+        config.connect_timeout(options.timeout);
+        let sql = Sql::new(&options.table)?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size)
+            .wait_timeout(Some(options.timeout))
+            .create_timeout(Some(options.timeout))
+            .recycle_timeout(Some(options.timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|error| StorageError::backend(&options.table, error))?;
+        Ok(Db {
+            pool,
+            sql: Arc::new(sql),
+            options,
+            connect: Some(config),
+        })
+    }
+
+    /// The application's pool.
+    fn users(pool: Pool, options: PostgresOptions) -> Result<Db, StorageError> {
+        let sql = Sql::new(&options.table)?;
+        Ok(Db {
+            pool,
+            sql: Arc::new(sql),
+            options,
+            connect: None,
+        })
+    }
+
+    /// Creates the tables and the function, within the options' timeout, on a connection
+    /// of its own (or one taken out of the application's pool for good): a failed
+    /// migration never leaves a session behind that later operations would use.
+    async fn migrate(&self) -> Result<(), StorageError> {
+        let table = &self.sql.table;
+        let timeout = self.options.timeout;
+        let migration = self.sql.migration(timeout);
+        // The client's own bound sits past the server's, so that a lock wait is reported
+        // as what it is.
+        let bound = timeout + Duration::from_millis(250);
+        let work = async {
+            match &self.connect {
+                Some(config) => {
+                    let (client, connection) = config
+                        .connect(NoTls)
+                        .await
+                        .map_err(|error| postgres_error(table, error))?;
+                    let driver = tokio::spawn(connection);
+                    let result = client
+                        .batch_execute(&migration)
+                        .await
+                        .map_err(|error| postgres_error(table, error));
+                    drop(client);
+                    driver.abort();
+                    result
+                }
+                None => {
+                    let object = self.pool.get().await.map_err(|error| {
+                        StorageError::backend(
+                            table.clone(),
+                            std::io::Error::other(error.to_string()),
+                        )
+                    })?;
+                    let result = object
+                        .batch_execute(&migration)
+                        .await
+                        .map_err(|error| postgres_error(table, error));
+                    if result.is_err() {
+                        // Out of the pool for good: it may sit in an aborted transaction.
+                        drop(Object::take(object));
+                    }
+                    result
+                }
+            }
+        };
+        match tokio::time::timeout(bound, work).await {
+            Ok(result) => result,
+            Err(_) => Err(StorageError::timeout(table.clone(), timeout)),
+        }
+    }
+
+    /// Runs `work` within `timeout`: a connection is taken from the pool (opened on a task
+    /// of its own if none is idle), then the statement runs.
+    async fn perform(&self, work: Work, timeout: Duration) -> Result<Done, StorageError> {
+        let started = Instant::now();
+        let key = work.key().to_owned();
+        let pool = self.pool.clone();
+        let getting = tokio::spawn(async move { pool.get().await });
+        let object = match tokio::time::timeout(timeout, getting).await {
+            Err(_) => return Err(StorageError::timeout(key, timeout)),
+            Ok(Err(join)) => return Err(StorageError::backend(key, join)),
+            Ok(Ok(Err(error))) => {
+                return Err(StorageError::backend(
+                    key,
+                    std::io::Error::other(error.to_string()),
+                ));
+            }
+            Ok(Ok(Ok(object))) => object,
+        };
+        let left = timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, run(&object, &self.sql, &work)).await {
+            Ok(Ok(done)) => Ok(done),
+            Ok(Err(Failed::Data(error))) => Err(error),
+            Ok(Err(Failed::Client(error))) => {
+                if session_broken(&object, &error) {
+                    drop(Object::take(object));
+                }
+                Err(match error.as_db_error() {
+                    Some(db)
+                        if db.code() == &tokio_postgres::error::SqlState::QUERY_CANCELED
+                            || db.code()
+                                == &tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE =>
+                    {
+                        StorageError::timeout(key, timeout)
+                    }
+                    _ => postgres_error(&key, error),
+                })
+            }
+            Err(_) => {
+                // The statement may still be running: stop it, and never hand this session
+                // out again.
+                let cancel = object.cancel_token();
+                tokio::spawn(async move {
+                    let _ = cancel.cancel_query(NoTls).await;
+                });
+                drop(Object::take(object));
+                Err(StorageError::timeout(key, timeout))
+            }
+        }
+    }
+}
+
+enum Failed {
+    Client(tokio_postgres::Error),
+    Data(StorageError),
+}
+
+impl From<tokio_postgres::Error> for Failed {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Failed::Client(error)
+    }
+}
+
+/// Whether a session that returned `error` must not be used again: the server ended it
+/// (FATAL, admin shutdown, a connection exception), or it sits in an aborted transaction
+/// (25P02). A statement error leaves it usable.
+fn session_broken(object: &Object, error: &tokio_postgres::Error) -> bool {
+    object.is_closed()
+        || error.is_closed()
+        || error.as_db_error().is_none_or(|db| {
+            let code = db.code().code();
+            matches!(db.severity(), "FATAL" | "PANIC")
+                || code.starts_with("57P")
+                || code.starts_with("08")
+                || code == "25P02"
+        })
+}
+
+/// A client error with the server's own words: the top-level text of a server error is
+/// only "db error".
+fn postgres_error(key: &str, error: tokio_postgres::Error) -> StorageError {
+    match error.as_db_error() {
+        Some(db) => StorageError::backend(
+            key,
+            std::io::Error::other(format!(
+                "{} {}: {}",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            )),
+        ),
+        None => StorageError::backend(key, error),
+    }
+}
+
+/// One statement on a pooled connection.
+async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
+    match work {
+        Work::Execute {
+            key,
+            op,
+            config,
+            count,
+            round,
+            at,
+        } => {
+            let statement = object.prepare_cached(&sql.op).await?;
+            let (policy, window, rate, minimum_calls) = config.policy.flatten();
+            let row = object
+                .query_one(
+                    &statement,
+                    &[
+                        key,
+                        &op_code(*op),
+                        &(config.failure_threshold.min(i32::MAX as u32) as i32),
+                        &micros(config.recovery_timeout),
+                        &(config.half_open_trials as i32),
+                        &policy,
+                        &micros(window),
+                        &rate,
+                        &(minimum_calls.min(i32::MAX as u32) as i32),
+                        &micros(retention(config)),
+                        &micros(FORCED_TTL),
+                        &((*count).min(i64::MAX as u64) as i64),
+                        &round.map(|round| round.min(i64::MAX as u64) as i64),
+                        &at.map(micros),
+                        &lock_wait(config.storage_timeout),
+                    ],
+                )
+                .await?;
+            Ok(Done::Snapshot(snapshot_of(key, &row)?))
+        }
+        Work::Increment { key, count, ttl } => {
+            let statement = object.prepare_cached(&sql.increment).await?;
+            let count = (*count).min(i64::MAX as u64) as i64;
+            let row = object
+                .query_one(&statement, &[key, &micros(*ttl), &count])
+                .await?;
+            Ok(Done::Count(row.try_get::<_, i64>(0)?.max(0) as u64))
+        }
+        Work::Get { key } => {
+            let statement = object.prepare_cached(&sql.get).await?;
+            let row = object.query_opt(&statement, &[key]).await?;
+            Ok(Done::Count(match row {
+                Some(row) => row.try_get::<_, i64>(0)?.max(0) as u64,
+                None => 0,
+            }))
+        }
+        Work::Expire { key, ttl } => {
+            if ttl.is_zero() {
+                let statement = object.prepare_cached(&sql.delete).await?;
+                object.execute(&statement, &[key]).await?;
+            } else {
+                let statement = object.prepare_cached(&sql.expire).await?;
+                object.execute(&statement, &[key, &micros(*ttl)]).await?;
+            }
+            Ok(Done::Nothing)
+        }
+    }
+}
+
+/// How long the function may wait for a row lock, in milliseconds: a little less than the
+/// caller waits, so that the server gives up first and the connection stays usable.
+fn lock_wait(timeout: Duration) -> i32 {
+    (timeout.as_millis() * 9 / 10).clamp(1, i32::MAX as u128) as i32
+}
+
+fn snapshot_of(key: &str, row: &tokio_postgres::Row) -> Result<Snapshot, Failed> {
+    let state: i32 = row.try_get(0)?;
+    let permit: bool = row.try_get(1)?;
+    let retry_in: Option<i64> = row.try_get(2)?;
+    let open_since: Option<i64> = row.try_get(3)?;
+    let failures: i64 = row.try_get(4)?;
+    let round: i64 = row.try_get(5)?;
+    let state = State::from_code(state.max(0) as u64).ok_or_else(|| {
+        Failed::Data(StorageError::invalid_data(
+            key,
+            format!("unknown state code {state}"),
+        ))
+    })?;
+    let duration = |us: Option<i64>| us.map(|us| Duration::from_micros(us.max(0) as u64));
+    let mut snapshot = match state {
+        State::Closed => Snapshot::closed(failures.max(0) as u64),
+        State::Open => Snapshot::open(duration(retry_in).unwrap_or_default(), duration(open_since)),
+        State::HalfOpen if permit => Snapshot::trial(round.max(0) as u64),
+        State::HalfOpen => Snapshot::half_open(false),
+        forced => Snapshot::forced(forced),
+    };
+    snapshot.permit = permit;
+    Ok(snapshot)
+}
+
+impl Done {
+    fn snapshot(self, key: &str) -> Result<Snapshot, StorageError> {
+        match self {
+            Done::Snapshot(snapshot) => Ok(snapshot),
+            _ => Err(StorageError::invalid_data(
+                key,
+                "no breaker state in the reply",
+            )),
+        }
+    }
+
+    fn count(self, key: &str) -> Result<u64, StorageError> {
+        match self {
+            Done::Count(count) => Ok(count),
+            _ => Err(StorageError::invalid_data(key, "no count in the reply")),
+        }
+    }
+}

@@ -1,0 +1,276 @@
+-- The tables and the breaker function of the PostgreSQL storages. `{t}` is the table
+-- (optionally `schema.table`), `{bare}` its name without the schema, `{lock}` the name of
+-- the advisory lock that serialises migrations between processes.
+--
+-- The rules are stated in circuitpy/src/rules/mod.rs; `{t}_op` does what rules/row.rs
+-- does, field for field, and the differential test holds it to that. Times are
+-- microseconds since the Unix epoch by the database's clock (`clock_timestamp()`), or the
+-- time a test gives (`p_at_us`). A deadline at or before now means what it bounds is over.
+--
+-- Op codes: 0 read, 1 success, 2 failure, 3 acquire trial, 4 trial success, 5 trial
+-- failure, 6 force open, 7 force closed, 8 reset, 9 release trial. Policies: 0 consecutive,
+-- 1 count in window, 2 rate. States: 0 closed, 1 open, 2 half-open, 3 forced open, 4
+-- forced closed.
+
+SELECT pg_advisory_xact_lock(hashtext('{lock}'));
+
+-- A table from before rounds were numbered holds times of another type: breaker state
+-- is short-lived, so it is made anew.
+DO $drop$
+BEGIN
+    IF to_regclass('{t}') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = to_regclass('{t}') AND attname = 'round' AND NOT attisdropped
+    ) THEN
+        EXECUTE 'DROP TABLE {t}';
+        EXECUTE 'DROP TABLE IF EXISTS {t}_counts';
+    END IF;
+END
+$drop$;
+
+CREATE TABLE IF NOT EXISTS {t} (
+    key text PRIMARY KEY,
+    mode smallint NOT NULL DEFAULT 0,
+    mode_until bigint NOT NULL DEFAULT 0,
+    open_until bigint NOT NULL DEFAULT 0,
+    opened_at bigint NOT NULL DEFAULT 0,
+    tripped_until bigint NOT NULL DEFAULT 0,
+    failures bigint NOT NULL DEFAULT 0,
+    failures_until bigint NOT NULL DEFAULT 0,
+    round bigint NOT NULL DEFAULT 0,
+    trials integer NOT NULL DEFAULT 0,
+    passed integer NOT NULL DEFAULT 0,
+    round_until bigint NOT NULL DEFAULT 0,
+    b_ids bigint[] NOT NULL DEFAULT array_fill(0::bigint, ARRAY[10]),
+    b_calls bigint[] NOT NULL DEFAULT array_fill(0::bigint, ARRAY[10]),
+    b_errs bigint[] NOT NULL DEFAULT array_fill(0::bigint, ARRAY[10]),
+    expires_at bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {bare}_expires ON {t} (expires_at);
+
+CREATE TABLE IF NOT EXISTS {t}_counts (
+    key text PRIMARY KEY,
+    count bigint NOT NULL,
+    expires_at bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS {bare}_counts_expires ON {t}_counts (expires_at);
+
+DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
+    double precision, integer, bigint, bigint);
+DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
+    double precision, integer, bigint, bigint, bigint, bigint, bigint);
+
+CREATE OR REPLACE FUNCTION {t}_op(
+    p_key text, p_op integer, p_threshold integer, p_recovery_us bigint, p_trials integer,
+    p_policy integer, p_window_us bigint, p_rate double precision, p_min_calls integer,
+    p_retention_us bigint, p_forced_us bigint, p_count bigint, p_round bigint,
+    p_at_us bigint, p_lock_ms integer)
+RETURNS TABLE (state integer, permit boolean, retry_in_us bigint, open_since_us bigint,
+    failures bigint, round bigint)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    now_ bigint := coalesce(p_at_us, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
+    r {t}%ROWTYPE;
+    existed boolean;
+    inserted boolean := false;
+    placed integer;
+    st integer;
+    f bigint;
+    changed boolean := false;
+    permit_ boolean := false;
+    round_ bigint := 0;
+    trips boolean := false;
+    this_round boolean;
+    width bigint;
+    cur bigint;
+    slot integer;
+    calls_ bigint;
+    errs_ bigint;
+    expires bigint;
+BEGIN
+    -- Breaker state is advisory: after a server crash, losing the last few milliseconds of
+    -- counts is harmless, and not waiting for the WAL flush makes a write as cheap as a
+    -- read. Local to this statement's transaction.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    -- A row another session holds locked is waited for no longer than the caller waits:
+    -- the statement then fails on the server too, and its write never lands later.
+    PERFORM set_config('lock_timeout', p_lock_ms::text, true);
+
+    IF p_op = 8 THEN
+        DELETE FROM {t} WHERE key = p_key;
+        RETURN QUERY SELECT 0, true, NULL::bigint, NULL::bigint, 0::bigint, 0::bigint;
+        RETURN;
+    END IF;
+    IF p_op = 0 THEN
+        SELECT * INTO r FROM {t} WHERE key = p_key;
+    ELSE
+        SELECT * INTO r FROM {t} WHERE key = p_key FOR UPDATE;
+    END IF;
+    existed := FOUND;
+    IF NOT existed THEN
+        -- No row: closed with nothing counted. Only some operations write one.
+        IF p_op IN (0, 3, 4, 5, 9) OR (p_op = 1 AND p_policy <> 2) THEN
+            RETURN QUERY SELECT 0, true, NULL::bigint, NULL::bigint, 0::bigint, 0::bigint;
+            RETURN;
+        END IF;
+        -- A placeholder taken under the key's lock, so that concurrent first writers queue.
+        -- Whoever inserted it (and only they) deletes it again if the operation writes
+        -- nothing; a row that vanished in between (a reset) is inserted anew.
+        LOOP
+            INSERT INTO {t} (key, expires_at) VALUES (p_key, now_ + 86400000000)
+                ON CONFLICT (key) DO NOTHING;
+            GET DIAGNOSTICS placed = ROW_COUNT;
+            inserted := placed > 0;
+            SELECT * INTO r FROM {t} WHERE key = p_key FOR UPDATE;
+            EXIT WHEN FOUND;
+        END LOOP;
+    END IF;
+
+    st := CASE
+        WHEN r.mode_until > now_ AND r.mode = 1 THEN 3
+        WHEN r.mode_until > now_ AND r.mode = 2 THEN 4
+        WHEN r.open_until > now_ THEN 1
+        WHEN r.tripped_until > now_ THEN 2
+        ELSE 0 END;
+    f := CASE WHEN r.failures_until > now_ THEN r.failures ELSE 0 END;
+    this_round := p_round IS NULL OR p_round = r.round;
+
+    IF p_op IN (6, 7) THEN
+        r.mode := CASE WHEN p_op = 6 THEN 1 ELSE 2 END;
+        r.mode_until := now_ + p_forced_us;
+        r.open_until := 0; r.opened_at := 0; r.tripped_until := 0;
+        r.failures := 0; r.failures_until := 0;
+        r.trials := 0; r.passed := 0; r.round_until := 0;
+        r.b_ids := array_fill(0::bigint, ARRAY[10]);
+        r.b_calls := array_fill(0::bigint, ARRAY[10]);
+        r.b_errs := array_fill(0::bigint, ARRAY[10]);
+        st := CASE WHEN p_op = 6 THEN 3 ELSE 4 END;
+        changed := true;
+    ELSIF st = 0 AND p_op IN (1, 2) AND p_policy = 2 THEN
+        width := GREATEST(p_window_us / 10, 1);
+        cur := now_ / width;
+        slot := (cur % 10)::integer + 1;
+        IF r.b_ids[slot] <> cur THEN
+            r.b_ids[slot] := cur;
+            r.b_calls[slot] := 0;
+            r.b_errs[slot] := 0;
+        END IF;
+        r.b_calls[slot] := r.b_calls[slot] + CASE WHEN p_op = 2 THEN 1 ELSE p_count END;
+        IF p_op = 2 THEN
+            r.b_errs[slot] := r.b_errs[slot] + 1;
+        END IF;
+        SELECT coalesce(sum(b.c), 0), coalesce(sum(b.e), 0) INTO calls_, errs_
+            FROM unnest(r.b_ids, r.b_calls, r.b_errs) AS b(i, c, e)
+            WHERE b.i BETWEEN cur - 9 AND cur;
+        f := errs_;
+        trips := p_op = 2 AND calls_ >= p_min_calls AND errs_ >= p_rate * calls_;
+        changed := true;
+    ELSIF st = 0 AND p_op = 1 THEN
+        IF p_policy = 0 AND f <> 0 THEN
+            r.failures := 0;
+            r.failures_until := 0;
+            f := 0;
+            changed := true;
+        END IF;
+    ELSIF st = 0 AND p_op = 2 THEN
+        f := f + 1;
+        r.failures := f;
+        r.failures_until := now_ + CASE WHEN p_policy = 0 THEN p_retention_us ELSE p_window_us END;
+        trips := f >= p_threshold;
+        changed := true;
+    ELSIF st = 2 AND p_op = 3 THEN
+        IF r.round_until <= now_ THEN
+            -- The first caller after the open period, or a round in which nothing happened
+            -- for a recovery timeout: a new round begins.
+            r.round := GREATEST(now_, r.round + 1);
+            r.trials := 1;
+            r.passed := 0;
+            r.round_until := now_ + p_recovery_us;
+            permit_ := true;
+            changed := true;
+        ELSIF r.trials < p_trials THEN
+            r.trials := r.trials + 1;
+            r.round_until := now_ + p_recovery_us;
+            permit_ := true;
+            changed := true;
+        END IF;
+        IF permit_ THEN
+            round_ := r.round;
+        END IF;
+    ELSIF st = 2 AND p_op = 4 AND this_round THEN
+        r.passed := r.passed + 1;
+        IF r.passed >= p_trials THEN
+            r.mode := 0; r.mode_until := 0;
+            r.open_until := 0; r.opened_at := 0; r.tripped_until := 0;
+            r.failures := 0; r.failures_until := 0;
+            r.trials := 0; r.passed := 0; r.round_until := 0;
+            r.b_ids := array_fill(0::bigint, ARRAY[10]);
+            r.b_calls := array_fill(0::bigint, ARRAY[10]);
+            r.b_errs := array_fill(0::bigint, ARRAY[10]);
+            st := 0;
+            f := 0;
+        ELSE
+            r.round_until := now_ + p_recovery_us;
+        END IF;
+        changed := true;
+    ELSIF st = 2 AND p_op = 5 AND this_round THEN
+        trips := true;
+    ELSIF st = 2 AND p_op = 9 AND this_round AND r.trials > 0 THEN
+        r.trials := r.trials - 1;
+        r.round_until := now_ + p_recovery_us;
+        changed := true;
+    END IF;
+
+    IF trips THEN
+        r.mode := 0; r.mode_until := 0;
+        r.open_until := now_ + p_recovery_us;
+        r.opened_at := now_;
+        r.tripped_until := now_ + GREATEST(p_recovery_us, p_retention_us);
+        r.failures := 0; r.failures_until := 0;
+        r.trials := 0; r.passed := 0; r.round_until := 0;
+        r.b_ids := array_fill(0::bigint, ARRAY[10]);
+        r.b_calls := array_fill(0::bigint, ARRAY[10]);
+        r.b_errs := array_fill(0::bigint, ARRAY[10]);
+        st := 1;
+        f := 0;
+        changed := true;
+    END IF;
+
+    IF changed THEN
+        expires := GREATEST(
+            CASE WHEN r.mode <> 0 THEN r.mode_until ELSE 0 END,
+            r.open_until, r.tripped_until, r.failures_until, r.round_until);
+        IF p_policy = 2 THEN
+            width := GREATEST(p_window_us / 10, 1);
+            SELECT GREATEST(expires, coalesce(max((b.i + 1) * width + p_window_us), 0))
+                INTO expires
+                FROM unnest(r.b_ids, r.b_calls) AS b(i, c) WHERE b.c > 0;
+        END IF;
+        IF expires <= now_ THEN
+            DELETE FROM {t} WHERE key = p_key;
+        ELSE
+            UPDATE {t} SET mode = r.mode, mode_until = r.mode_until, open_until = r.open_until,
+                opened_at = r.opened_at, tripped_until = r.tripped_until,
+                failures = r.failures, failures_until = r.failures_until, round = r.round,
+                trials = r.trials, passed = r.passed, round_until = r.round_until,
+                b_ids = r.b_ids, b_calls = r.b_calls, b_errs = r.b_errs, expires_at = expires
+            WHERE key = p_key;
+        END IF;
+    ELSIF inserted THEN
+        DELETE FROM {t} WHERE key = p_key;
+    END IF;
+    IF inserted THEN
+        -- Whoever creates a row clears a few that expired: no cleanup daemon.
+        DELETE FROM {t} WHERE key IN (
+            SELECT key FROM {t} WHERE expires_at <= now_ AND key <> p_key
+            ORDER BY expires_at LIMIT 4 FOR UPDATE SKIP LOCKED);
+    END IF;
+
+    RETURN QUERY SELECT st,
+        CASE WHEN st IN (0, 4) THEN true ELSE permit_ END,
+        CASE WHEN st = 1 THEN r.open_until - now_ END,
+        CASE WHEN st = 1 THEN now_ - r.opened_at END,
+        CASE WHEN st = 0 THEN f ELSE 0 END,
+        round_;
+END;
+$fn$;
