@@ -1,0 +1,137 @@
+//! `execute` directly: concurrent failures, the open period, trial permits.
+
+use super::super::kit::*;
+use super::super::{Failure, RECOVERY};
+use crate::handler::State;
+use crate::policy::Config;
+use crate::storage::{Op, Request};
+
+impl<F: Flavor> Run<'_, F> {
+    pub(crate) async fn execute_level(&mut self) -> Result<(), Failure> {
+        let flavor = self.flavor;
+        let config = Config::of::<Kit<F::S, Burst>>();
+        let key = self.key("burst");
+        let request = |op| Request::new(&key, op, &config);
+
+        let rule = "concurrent-failures-trip-once";
+        let each = 2;
+        let callers = self.threads.max(4);
+        let results = flavor.executes(&request(Op::Failure), callers, each).await;
+        let mut closed_counts = Vec::new();
+        for result in results {
+            let snapshot = result.or_broke(rule)?;
+            match snapshot.state {
+                State::Closed => closed_counts.push(snapshot.failures),
+                State::Open => {}
+                other => {
+                    return Err(broke(
+                        rule,
+                        format!("a failure while closed or open answered {other}"),
+                    ));
+                }
+            }
+        }
+        closed_counts.sort_unstable();
+        let expected: Vec<u64> = (1..u64::from(Burst::THRESHOLD)).collect();
+        self.check(rule, closed_counts == expected, || {
+            format!(
+                "{} concurrent failures with a threshold of {}: the answers that stayed closed counted {closed_counts:?}, expected {expected:?} (each failure counted once, the {}th tripping)",
+                callers * each,
+                Burst::THRESHOLD,
+                Burst::THRESHOLD
+            )
+        })?;
+        let state = flavor
+            .execute(&request(Op::Read))
+            .await
+            .or_broke(rule)?
+            .state;
+        self.check(rule, state == State::Open, || {
+            format!("after the concurrent failures the breaker read {state}")
+        })?;
+
+        let rule = "late-failures-do-not-extend-open";
+        self.wait(RECOVERY / 2).await;
+        for _ in 0..3 {
+            let snapshot = flavor.execute(&request(Op::Failure)).await.or_broke(rule)?;
+            self.check(rule, snapshot.state == State::Open, || {
+                format!("a failure while open answered {}", snapshot.state)
+            })?;
+        }
+        self.wait(RECOVERY * 3 / 4).await;
+        let state = flavor
+            .execute(&request(Op::Read))
+            .await
+            .or_broke(rule)?
+            .state;
+        self.check(rule, state == State::HalfOpen, || {
+            format!(
+                "one recovery timeout after the trip the breaker read {state}, not half-open: failures reported while open pushed the open period forward"
+            )
+        })?;
+        self.pass("open-becomes-half-open-after-recovery");
+
+        let rule = "acquire-trial-grants-exactly-k-permits";
+        let results = flavor
+            .executes(&request(Op::AcquireTrial), callers, 1)
+            .await;
+        let mut permits = 0;
+        for result in results {
+            let snapshot = result.or_broke(rule)?;
+            self.check(rule, snapshot.state == State::HalfOpen, || {
+                format!(
+                    "asking for a trial while half-open answered {}",
+                    snapshot.state
+                )
+            })?;
+            permits += usize::from(snapshot.permit);
+        }
+        self.check(rule, permits == Burst::TRIALS as usize, || {
+            format!(
+                "{callers} concurrent trial requests got {permits} permits, expected {}",
+                Burst::TRIALS
+            )
+        })?;
+
+        let rule = "closing-needs-every-trial";
+        let snapshot = flavor
+            .execute(&request(Op::TrialSuccess))
+            .await
+            .or_broke(rule)?;
+        self.check(rule, snapshot.state == State::HalfOpen, || {
+            format!(
+                "after 1 of {} trials succeeded the breaker answered {}",
+                Burst::TRIALS,
+                snapshot.state
+            )
+        })?;
+        let rule = "all-trials-succeeding-close";
+        let snapshot = flavor
+            .execute(&request(Op::TrialSuccess))
+            .await
+            .or_broke(rule)?;
+        self.check(
+            rule,
+            snapshot.state == State::Closed && snapshot.failures == 0,
+            || {
+                format!(
+                    "after every trial succeeded the breaker answered {} with {} failures",
+                    snapshot.state, snapshot.failures
+                )
+            },
+        )?;
+        let rule = "closing-clears-the-failure-count";
+        let snapshot = flavor.execute(&request(Op::Failure)).await.or_broke(rule)?;
+        self.check(
+            rule,
+            snapshot.state == State::Closed && snapshot.failures == 1,
+            || {
+                format!(
+                    "the first failure after closing answered {} with {} failures, expected closed with 1",
+                    snapshot.state, snapshot.failures
+                )
+            },
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,269 @@
+//! The same breaker from several processes: a test binary re-runs one of its own tests as
+//! child processes, which all talk to the storage the parent checks.
+//!
+//! ```no_run
+//! use circuitpy::testing::processes;
+//! # fn open_storage() -> &'static circuitpy::MemoryStorage { unimplemented!() }
+//!
+//! #[test]
+//! fn fleet() {
+//!     // The children find the storage the same way the parent does (a path, a URL).
+//!     processes::check_across_processes(open_storage(), "fleet_child", 4, &[]).unwrap();
+//! }
+//!
+//! #[test]
+//! #[ignore = "run by fleet() as a child process"]
+//! fn fleet_child() {
+//!     processes::run_child(open_storage());
+//! }
+//! ```
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::kit::{Kit, Profile, broke, random_prefix};
+use super::{Failure, Report};
+use crate::handler::State;
+use crate::policy::Config;
+use crate::storage::{Op, Request, Storage};
+
+/// The recovery timeout of the breaker the processes share.
+pub const FLEET_RECOVERY: Duration = Duration::from_secs(2);
+
+struct Fleet;
+impl Profile for Fleet {
+    const KEY: &'static str = "fleet";
+    const THRESHOLD: u32 = 20;
+    const TRIALS: u32 = 3;
+}
+
+/// Callers per child process.
+const THREADS: usize = 3;
+
+fn config<S: Storage + 'static>() -> Config {
+    let mut config = Config::of::<Kit<S, Fleet>>();
+    config.recovery_timeout = FLEET_RECOVERY;
+    config
+}
+
+fn unix_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+}
+
+/// Runs one phase in a child process, when this process is one (the parent sets the
+/// environment); does nothing otherwise.
+pub fn run_child<S: Storage + 'static>(storage: &S) {
+    let (Ok(phase), Ok(key), Ok(start), Ok(out)) = (
+        std::env::var("CIRCUITPY_KIT_PHASE"),
+        std::env::var("CIRCUITPY_KIT_KEY"),
+        std::env::var("CIRCUITPY_KIT_START"),
+        std::env::var("CIRCUITPY_KIT_OUT"),
+    ) else {
+        return;
+    };
+    let config = config::<S>();
+    let op = if phase == "fail" {
+        Op::Failure
+    } else {
+        Op::AcquireTrial
+    };
+    let start: u128 = start.parse().unwrap_or(0);
+    while unix_millis() < start {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let lines: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let request = Request::new(&key, op, &config);
+                    let mut lines = Vec::new();
+                    for _ in 0..1000 {
+                        let line = match storage.execute(&request) {
+                            Ok(snapshot) => match (op, snapshot.state) {
+                                (Op::Failure, State::Closed) => {
+                                    format!("closed {}", snapshot.failures)
+                                }
+                                (Op::Failure, State::Open) => "open".to_owned(),
+                                (_, State::HalfOpen) => format!("permit {}", snapshot.permit),
+                                (_, state) => format!("unexpected {state}"),
+                            },
+                            Err(error) => format!("error {error}"),
+                        };
+                        let last = op == Op::AcquireTrial || line == "open";
+                        lines.push(line);
+                        if last {
+                            break;
+                        }
+                    }
+                    lines
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| handle.join().unwrap_or_default())
+            .collect()
+    });
+    let mut file = std::fs::File::create(out).expect("the parent's output file");
+    for line in lines {
+        writeln!(file, "{line}").expect("the parent's output file");
+    }
+}
+
+fn spawn_phase(
+    test: &str,
+    processes: usize,
+    phase: &str,
+    key: &str,
+    env: &[(&str, &str)],
+) -> Result<Vec<String>, Failure> {
+    let rule = "processes-ran";
+    let exe = std::env::current_exe().map_err(|e| broke(rule, e.to_string()))?;
+    let start = unix_millis() + 400;
+    let dir = std::env::temp_dir();
+    let children: Vec<_> = (0..processes)
+        .map(|n| {
+            let out = dir.join(format!("{key}-{phase}-{n}.out"));
+            let child = Command::new(&exe)
+                .args([
+                    test,
+                    "--exact",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("CIRCUITPY_KIT_PHASE", phase)
+                .env("CIRCUITPY_KIT_KEY", key)
+                .env("CIRCUITPY_KIT_START", start.to_string())
+                .env("CIRCUITPY_KIT_OUT", &out)
+                .envs(env.iter().copied())
+                .stdout(std::process::Stdio::null())
+                .spawn();
+            (out, child)
+        })
+        .collect();
+    let mut lines = Vec::new();
+    for (out, child) in children {
+        let status = child
+            .and_then(|mut child| child.wait())
+            .map_err(|e| broke(rule, format!("could not run a child process: {e}")))?;
+        if !status.success() {
+            return Err(broke(rule, format!("a child process exited with {status}")));
+        }
+        let text = std::fs::read_to_string(&out).map_err(|e| {
+            broke(
+                rule,
+                format!("the child wrote no result ({e}): is `{test}` an #[ignore]d test calling run_child?"),
+            )
+        })?;
+        let _ = std::fs::remove_file(&out);
+        lines.extend(text.lines().map(str::to_owned));
+    }
+    if let Some(error) = lines.iter().find(|line| {
+        !line.starts_with("closed") && !line.starts_with("open") && !line.starts_with("permit")
+    }) {
+        return Err(broke(rule, format!("a child saw: {error}")));
+    }
+    Ok(lines)
+}
+
+/// Runs `processes` copies of the test named `child_test` (which calls [`run_child`]
+/// with the same storage) against one breaker: concurrent failures from every process
+/// trip it at exactly the threshold, and each half-open round admits exactly
+/// `HALF_OPEN_TRIALS` trials across all of them. `env` is added to the children's
+/// environment, to tell them where the storage is.
+pub fn check_across_processes<S: Storage + 'static>(
+    storage: &S,
+    child_test: &str,
+    processes: usize,
+    env: &[(&str, &str)],
+) -> Result<Report, Failure> {
+    let started = std::time::Instant::now();
+    let prefix = random_prefix();
+    let key = format!("{prefix}-fleet");
+    let config = config::<S>();
+    let request = |op| Request::new(&key, op, &config);
+    let mut rules = Vec::new();
+
+    let rule = "processes-trip-at-exactly-the-threshold";
+    let lines = spawn_phase(child_test, processes, "fail", &key, env)?;
+    let mut closed: Vec<u64> = lines
+        .iter()
+        .filter_map(|line| line.strip_prefix("closed ")?.parse().ok())
+        .collect();
+    closed.sort_unstable();
+    let expected: Vec<u64> = (1..u64::from(Fleet::THRESHOLD)).collect();
+    if closed != expected {
+        return Err(broke(
+            rule,
+            format!(
+                "{processes} processes failing at once: the failures answered closed counted {closed:?}, expected {expected:?}"
+            ),
+        ));
+    }
+    let state = storage
+        .execute(&request(Op::Read))
+        .map_err(|e| broke(rule, e.to_string()))?
+        .state;
+    if state != State::Open {
+        return Err(broke(
+            rule,
+            format!("after the failures the breaker read {state}"),
+        ));
+    }
+    rules.push(rule);
+
+    let rule = "processes-share-exactly-k-trials-per-round";
+    for round in 1..=2 {
+        std::thread::sleep(FLEET_RECOVERY + Duration::from_millis(300));
+        let lines = spawn_phase(child_test, processes, "acquire", &key, env)?;
+        let permits = lines.iter().filter(|line| *line == "permit true").count();
+        if permits != Fleet::TRIALS as usize || lines.len() != processes * THREADS {
+            return Err(broke(
+                rule,
+                format!(
+                    "round {round}: {} trial requests from {processes} processes got {permits} permits, expected {}",
+                    lines.len(),
+                    Fleet::TRIALS
+                ),
+            ));
+        }
+        if round == 1 {
+            let state = storage
+                .execute(&request(Op::TrialFailure))
+                .map_err(|e| broke(rule, e.to_string()))?
+                .state;
+            if state != State::Open {
+                return Err(broke(
+                    rule,
+                    format!("a failed trial left the breaker {state}"),
+                ));
+            }
+        }
+    }
+    for _ in 0..Fleet::TRIALS {
+        storage
+            .execute(&request(Op::TrialSuccess))
+            .map_err(|e| broke(rule, e.to_string()))?;
+    }
+    let state = storage
+        .execute(&request(Op::Read))
+        .map_err(|e| broke(rule, e.to_string()))?
+        .state;
+    if state != State::Closed {
+        return Err(broke(
+            rule,
+            format!("after every trial succeeded the breaker read {state}"),
+        ));
+    }
+    rules.push(rule);
+    Ok(Report {
+        rules,
+        prefix,
+        elapsed: started.elapsed(),
+    })
+}
