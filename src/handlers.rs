@@ -4,6 +4,8 @@
 
 use std::sync::{Mutex, PoisonError};
 
+use circuitpy::{Breaker, CircuitBreaker, Storage};
+
 use circuitpy::{CircuitBreakerOpen, Rejection, State};
 
 /// What a handler's hooks saw.
@@ -153,4 +155,73 @@ macro_rules! handler {
             $($body)*
         }
     };
+}
+
+/// The error of tests that guard calls on any storage: a counted failure, an error the
+/// handler does not count ([`shared_handler!`](crate::shared_handler) handlers that narrow `is_failure` use it), or
+/// a rejection.
+#[derive(Debug)]
+pub enum Failed {
+    Down,
+    Ignored,
+    Open(CircuitBreakerOpen),
+}
+
+impl From<CircuitBreakerOpen> for Failed {
+    fn from(open: CircuitBreakerOpen) -> Self {
+        Failed::Open(open)
+    }
+}
+
+/// A storage (or anything) for the rest of the test run, as handlers hold their storage.
+pub fn leak<T>(value: T) -> &'static T {
+    Box::leak(Box::new(value))
+}
+
+/// Defines a handler over any storage, held by reference: `Name(storage)`. The braces hold
+/// the handler's consts; `FAILURE_KEY` is the struct's name.
+#[macro_export]
+macro_rules! shared_handler {
+    ($name:ident { $($body:tt)* }) => {
+        pub struct $name<S: 'static>(pub &'static S);
+        impl<S: Send + Sync + 'static> ::circuitpy::CircuitBreaker for $name<S> {
+            const FAILURE_KEY: &'static str = stringify!($name);
+            type Storage = S;
+            fn storage(&self) -> &S {
+                self.0
+            }
+            $($body)*
+        }
+    };
+}
+
+/// A call through `breaker` on a thread of `scope`, held open until `release` is sent and
+/// then ending with `outcome`. The receiver gets `true` when its body starts, `false` when
+/// the breaker rejects it.
+pub fn held_call<'s, H: CircuitBreaker>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    breaker: &'s Breaker<H>,
+    outcome: Result<(), Failed>,
+) -> (
+    std::sync::mpsc::Receiver<bool>,
+    std::sync::mpsc::Sender<()>,
+    std::thread::ScopedJoinHandle<'s, ()>,
+)
+where
+    H::Storage: Storage,
+{
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let started_for_reject = started_tx.clone();
+    let handle = scope.spawn(move || {
+        let result = breaker.call(|| {
+            started_tx.send(true).unwrap();
+            let _ = release_rx.recv();
+            outcome
+        });
+        if matches!(result, Err(Failed::Open(_))) {
+            let _ = started_for_reject.send(false);
+        }
+    });
+    (started, release, handle)
 }

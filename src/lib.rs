@@ -1,6 +1,7 @@
 //! What the integration tests of circuitpy share: the handler helpers of the in-memory tests
 //! ([`handlers`], [`handler!`]), the external servers the storage tests run against
-//! ([`redis`], [`postgres`], [`sqlite`]), and the one rule for a missing server
+//! ([`redis`], [`postgres`], [`sqlite`]) and a proxy that fails in front of them on demand
+//! ([`proxy`]), and the one rule for a missing server
 //! ([`services`]): a loud notice and a skip, or a failure under
 //! `CIRCUITPY_REQUIRE_SERVICES=1`.
 //!
@@ -9,6 +10,8 @@
 pub mod handlers;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod services;

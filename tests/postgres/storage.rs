@@ -10,6 +10,10 @@ use circuitpy::{
 };
 use circuitpy_tests::postgres::{cleanup, fresh_table, options, raw_client, server};
 
+/// Times in the breaker table are microseconds since the Unix epoch.
+const HOUR_AGO_US: &str = "(extract(epoch FROM now()) * 1000000)::bigint - 3600000000";
+const SECOND_AGO_US: &str = "(extract(epoch FROM now()) * 1000000)::bigint - 1000000";
+
 #[test]
 fn blocking_storage_passes_the_kit() {
     let Some(url) = server() else { return };
@@ -161,7 +165,7 @@ fn writes_delete_rows_whose_deadlines_have_passed() {
     runtime
         .block_on(admin.batch_execute(&format!(
             "INSERT INTO {table} (key, failures, failures_until, expires_at)
-             SELECT 'stale-' || n, 2, now() - interval '1 hour', now() - interval '1 hour'
+             SELECT 'stale-' || n, 2, {HOUR_AGO_US}, {HOUR_AGO_US}
              FROM generate_series(1, 6) AS n"
         )))
         .unwrap();
@@ -195,7 +199,7 @@ fn an_expired_count_reads_as_zero() {
     // The count's deadline passes (as it would after a day without failures).
     runtime
         .block_on(admin.batch_execute(&format!(
-            "UPDATE {table} SET failures_until = now() - interval '1 second'"
+            "UPDATE {table} SET failures_until = {SECOND_AGO_US}"
         )))
         .unwrap();
     let read = Request::new("expired", Op::Read, &config);

@@ -6,5 +6,7 @@
 mod faults;
 mod fleet;
 mod kit;
+mod recovery;
 mod scenarios;
 mod storage;
+mod trials;

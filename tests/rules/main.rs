@@ -4,4 +4,6 @@
 mod concurrency;
 mod local_mode;
 mod model;
+mod primitives;
+mod robustness;
 mod state_machine;

@@ -130,9 +130,11 @@ enum Phase {
     Open {
         until: Duration,
     },
+    /// `lapses`: when the round lapses unless something happens in it first.
     HalfOpen {
         permits: u32,
         successes: u32,
+        lapses: Duration,
     },
     ForcedOpen,
     ForcedClosed,
@@ -177,23 +179,31 @@ impl Model {
             Phase::Closed { .. } => Ok(Role::Closed(self.epoch)),
             Phase::ForcedClosed => Ok(Role::Unrecorded),
             Phase::ForcedOpen => Err("forced"),
-            Phase::Open { until } if now >= until => {
-                self.enter(Phase::HalfOpen {
-                    permits: 1,
-                    successes: 0,
-                });
-                Ok(Role::Trial(self.epoch))
-            }
+            Phase::Open { until } if now >= until => self.new_round(now),
             Phase::Open { .. } => Err("open"),
-            Phase::HalfOpen { permits, successes } if permits < TRIALS => {
+            // Nothing happened in the round for a recovery timeout: its leases lapsed.
+            Phase::HalfOpen { lapses, .. } if now >= lapses => self.new_round(now),
+            Phase::HalfOpen {
+                permits, successes, ..
+            } if permits < TRIALS => {
                 self.phase = Phase::HalfOpen {
                     permits: permits + 1,
                     successes,
+                    lapses: now + RECOVERY,
                 };
                 Ok(Role::Trial(self.epoch))
             }
             Phase::HalfOpen { .. } => Err("trials"),
         }
+    }
+
+    fn new_round(&mut self, now: Duration) -> Result<Role, &'static str> {
+        self.enter(Phase::HalfOpen {
+            permits: 1,
+            successes: 0,
+            lapses: now + RECOVERY,
+        });
+        Ok(Role::Trial(self.epoch))
     }
 
     /// Records an admitted call's end at `now`; `None` for an abandoned call.
@@ -228,8 +238,8 @@ impl Model {
             (Role::Closed(epoch), Phase::Closed { failures, last }) if epoch == self.epoch => {
                 if failed {
                     let failures = match self.policy {
-                        // The count starts over after a gap longer than the window.
-                        Policy::Window(window) if now.saturating_sub(last) > window => 1,
+                        // The count starts over after a gap of a whole window or more.
+                        Policy::Window(window) if now.saturating_sub(last) >= window => 1,
                         _ => failures + 1,
                     };
                     if failures >= THRESHOLD {
@@ -245,7 +255,12 @@ impl Model {
                     self.phase = Phase::CLOSED;
                 }
             }
-            (Role::Trial(epoch), Phase::HalfOpen { permits, successes }) if epoch == self.epoch => {
+            (
+                Role::Trial(epoch),
+                Phase::HalfOpen {
+                    permits, successes, ..
+                },
+            ) if epoch == self.epoch => {
                 if failed {
                     self.enter(open);
                 } else if end == Some(End::Success) {
@@ -255,12 +270,15 @@ impl Model {
                         self.phase = Phase::HalfOpen {
                             permits,
                             successes: successes + 1,
+                            lapses: now + RECOVERY,
                         };
                     }
                 } else {
+                    // Abandoned, or an error that does not count: the permit comes back.
                     self.phase = Phase::HalfOpen {
                         permits: permits.saturating_sub(1),
                         successes,
+                        lapses: now + RECOVERY,
                     };
                 }
             }

@@ -1,4 +1,5 @@
 //! The SQLite storage, on fresh database files in the temporary directory.
 
+mod faults;
 mod fleet;
 mod storage;

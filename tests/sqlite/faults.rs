@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use circuitpy::{Breaker, CircuitBreaker, Config, Op, Request, SqliteStorage, State, Storage};
 
-use crate::{E, leak, shared_handler};
+use circuitpy_tests::handlers::{Failed as E, leak};
+use circuitpy_tests::shared_handler;
 
 fn database(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("circuitpy-hardening-{}", std::process::id()));
@@ -18,7 +19,7 @@ shared_handler!(Patient {
     const STORAGE_TIMEOUT: Duration = Duration::from_millis(100);
 });
 
-/// Item 4: while another process holds the database's write lock, 16 threads of this one
+/// while another process holds the database's write lock, 16 threads of this one
 /// each wait at most the storage timeout, not for each other.
 #[test]
 fn waiting_for_the_lock_is_bounded_per_call() {
@@ -70,7 +71,7 @@ impl CircuitBreaker for Rated {
     }
 }
 
-/// Item 7: 50 successes reported at once, then 10 failures (17 %), do not trip a 50 %
+/// 50 successes reported at once, then 10 failures (17 %), do not trip a 50 %
 /// breaker.
 #[test]
 fn held_back_successes_count_in_full() {

@@ -2,7 +2,7 @@
 //! applies): local-mode counts, forced states under concurrency, stale and unreported
 //! trials, expiries.
 
-use std::sync::{Barrier, Mutex};
+use std::sync::Barrier;
 use std::time::Duration;
 
 use circuitpy::{
@@ -10,7 +10,9 @@ use circuitpy::{
     State, Storage, StorageError,
 };
 
-use crate::{E, leak, shared_handler};
+use circuitpy_tests::handlers::held_call;
+use circuitpy_tests::handlers::{Failed as E, leak};
+use circuitpy_tests::shared_handler;
 
 /// The three primitives over a map, on a manual clock: the breaker runs the primitive
 /// protocol on it, as it would on a custom storage.
@@ -59,7 +61,7 @@ impl CircuitBreaker for Rated {
     }
 }
 
-/// Item 7: 50 successes reported at once, then 10 failures (17 %), do not trip a 50 %
+/// 50 successes reported at once, then 10 failures (17 %), do not trip a 50 %
 /// breaker.
 #[test]
 fn held_back_successes_count_in_full() {
@@ -116,7 +118,7 @@ shared_handler!(Forced {
     const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 });
 
-/// Item 8: two concurrent `force_open` leave the breaker forced open.
+/// two concurrent `force_open` leave the breaker forced open.
 #[test]
 fn concurrent_forcing_is_decided_by_one_operation() {
     let manual = ManualClock::new();
@@ -149,36 +151,7 @@ shared_handler!(Pair {
     }
 });
 
-/// A trial call held open until `release` is sent; reports whether its body ran.
-fn held_trial<'s, H: CircuitBreaker>(
-    scope: &'s std::thread::Scope<'s, '_>,
-    breaker: &'s Breaker<H>,
-    outcome: Result<(), E>,
-) -> (
-    std::sync::mpsc::Receiver<bool>,
-    std::sync::mpsc::Sender<()>,
-    std::thread::ScopedJoinHandle<'s, ()>,
-)
-where
-    H::Storage: Storage,
-{
-    let (started_tx, started) = std::sync::mpsc::channel();
-    let (release, release_rx) = std::sync::mpsc::channel::<()>();
-    let started_for_reject = started_tx.clone();
-    let handle = scope.spawn(move || {
-        let result = breaker.call(|| {
-            started_tx.send(true).unwrap();
-            let _ = release_rx.recv();
-            outcome
-        });
-        if matches!(result, Err(E::Open(_))) {
-            let _ = started_for_reject.send(false);
-        }
-    });
-    (started, release, handle)
-}
-
-/// Item 9: a trial whose lease lapsed does not count toward the next round.
+/// a trial whose lease lapsed does not count toward the next round.
 fn stale_trials_do_not_count<S: Storage + 'static>(
     storage: &'static S,
     advance: impl Fn(Duration),
@@ -188,13 +161,13 @@ fn stale_trials_do_not_count<S: Storage + 'static>(
     assert_eq!(breaker.state().unwrap(), State::Open);
     advance(Duration::from_secs(11));
     std::thread::scope(|scope| {
-        let (first_started, first_release, first) = held_trial(scope, &breaker, Ok(()));
-        let (second_started, second_release, second) = held_trial(scope, &breaker, Ok(()));
+        let (first_started, first_release, first) = held_call(scope, &breaker, Ok(()));
+        let (second_started, second_release, second) = held_call(scope, &breaker, Ok(()));
         assert!(first_started.recv().unwrap(), "first trial admitted");
         assert!(second_started.recv().unwrap(), "second trial admitted");
         // Neither reports for a whole recovery timeout: their leases lapse.
         advance(Duration::from_secs(11));
-        let (new_started, new_release, new_round) = held_trial(scope, &breaker, Ok(()));
+        let (new_started, new_release, new_round) = held_call(scope, &breaker, Ok(()));
         assert!(
             new_started.recv().unwrap(),
             "a new round admits a trial once the old leases lapsed"
@@ -228,7 +201,7 @@ fn stale_trials_do_not_count_in_memory() {
     stale_trials_do_not_count(storage, |by| manual.advance(by));
 }
 
-/// Item 9: a trial that ends in an error that does not count gives its permit back at once.
+/// a trial that ends in an error that does not count gives its permit back at once.
 fn an_uncounted_trial_releases_its_permit<S: Storage + 'static>(
     storage: &'static S,
     advance: impl Fn(Duration),
@@ -272,86 +245,12 @@ fn an_uncounted_trial_releases_its_permit_on_primitives() {
     an_uncounted_trial_releases_its_permit(storage, |by| manual.advance(by));
 }
 
-#[cfg(feature = "redis")]
-mod on_redis {
-    use super::*;
-    use crate::support::RedisServer;
-
-    shared_handler!(FastPair {
-        const FAILURE_THRESHOLD: u32 = 1;
-        const RECOVERY_TIMEOUT: Duration = Duration::from_millis(250);
-        const HALF_OPEN_TRIALS: u32 = 2;
-        fn is_failure(&self, error: &dyn std::any::Any) -> bool {
-            !matches!(error.downcast_ref::<E>(), Some(E::Ignored))
-        }
-    });
-
-    #[test]
-    fn stale_trials_do_not_count_on_redis() {
-        let Some(server) = RedisServer::start() else {
-            return;
-        };
-        let client = leak(server.client());
-        let breaker = Breaker::keyed(FastPair(client), "stale");
-        let _ = breaker.call(|| Err::<(), E>(E::Down));
-        std::thread::sleep(Duration::from_millis(300));
-        std::thread::scope(|scope| {
-            let (first_started, first_release, first) = held_trial(scope, &breaker, Ok(()));
-            let (second_started, second_release, second) = held_trial(scope, &breaker, Ok(()));
-            assert!(first_started.recv().unwrap());
-            assert!(second_started.recv().unwrap());
-            std::thread::sleep(Duration::from_millis(300));
-            let (new_started, new_release, new_round) = held_trial(scope, &breaker, Ok(()));
-            assert!(new_started.recv().unwrap(), "a new round admits a trial");
-            first_release.send(()).unwrap();
-            second_release.send(()).unwrap();
-            first.join().unwrap();
-            second.join().unwrap();
-            assert_eq!(
-                breaker.state().unwrap(),
-                State::HalfOpen,
-                "successes of a lapsed round closed the breaker"
-            );
-            new_release.send(()).unwrap();
-            new_round.join().unwrap();
-        });
-    }
-
-    #[test]
-    fn an_uncounted_trial_releases_its_permit_on_redis() {
-        let Some(server) = RedisServer::start() else {
-            return;
-        };
-        let client = leak(server.client());
-        let breaker = Breaker::keyed(FastPair(client), "uncounted");
-        let _ = breaker.call(|| Err::<(), E>(E::Down));
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(matches!(
-            breaker.call(|| Err::<(), E>(E::Ignored)),
-            Err(E::Ignored)
-        ));
-        assert!(matches!(
-            breaker.call(|| Err::<(), E>(E::Ignored)),
-            Err(E::Ignored)
-        ));
-        let mut ran = false;
-        let result = breaker.call(|| {
-            ran = true;
-            Ok::<(), E>(())
-        });
-        assert!(
-            ran,
-            "the permits of trials that ended uncounted were kept: {result:?}"
-        );
-    }
-}
-
 shared_handler!(Hourly {
     const FAILURE_THRESHOLD: u32 = 3;
     const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
 });
 
-/// Item 10: a dependency down for more than a day keeps the breaker open; the trip marker
+/// a dependency down for more than a day keeps the breaker open; the trip marker
 /// is renewed by each failed trial.
 #[test]
 fn a_day_long_outage_keeps_the_breaker_open() {
@@ -382,7 +281,7 @@ fn a_day_long_outage_keeps_the_breaker_open() {
     }
 }
 
-/// Item 10: the failure count expires a retention period after the last failure.
+/// the failure count expires a retention period after the last failure.
 #[test]
 fn the_failure_count_expires_after_the_last_failure() {
     let manual = ManualClock::new();
@@ -399,7 +298,3 @@ fn the_failure_count_expires_after_the_last_failure() {
         "three failures, each within a day of the last, did not trip"
     );
 }
-
-/// Keeps `Mutex` in use for the modules gated on features.
-#[allow(dead_code)]
-static UNUSED: Mutex<()> = Mutex::new(());

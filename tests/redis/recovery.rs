@@ -1,5 +1,6 @@
-//! Redis: storage failures on a closed view, dead pooled connections, retried scripts,
-//! strict input checks, replies that arrive out of order.
+//! Redis faults a breaker must survive without switching itself off: storage failures on a
+//! closed view, dead pooled connections, replies lost with their connection, bad data,
+//! replies that arrive out of order.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -7,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use circuitpy::{Breaker, OnStorageFailure, Rejection, State, StorageError};
 
-use crate::support::RedisServer;
-use crate::{E, leak, shared_handler};
+use circuitpy_tests::handlers::{Failed as E, leak};
+use circuitpy_tests::redis::RedisServer;
+use circuitpy_tests::shared_handler;
 
 fn storage_failed(result: &Result<(), E>) -> bool {
     matches!(result, Err(E::Open(open)) if matches!(open.reason(), Rejection::StorageFailed(_)))
@@ -45,7 +47,7 @@ where
     (ran, rejected)
 }
 
-/// Item 1: with `Reject`, a closed, synced view stops admitting calls once the storage fails.
+/// with `Reject`, a closed, synced view stops admitting calls once the storage fails.
 #[test]
 fn reject_stops_a_closed_view_once_redis_is_paused_killed_or_garbled() {
     let Some(mut server) = RedisServer::start() else {
@@ -97,7 +99,7 @@ fn reject_stops_a_closed_view_once_redis_is_paused_killed_or_garbled() {
     assert!(rejected >= 79, "{rejected} rejected");
 }
 
-/// Item 1, async.
+/// The same, async.
 #[test]
 fn reject_stops_a_closed_async_view_once_redis_is_paused() {
     let Some(server) = RedisServer::start() else {
@@ -148,7 +150,7 @@ shared_handler!(Restarted {
     }
 });
 
-/// Item 2: a pooled connection to a server that restarted is discarded and the operation
+/// a pooled connection to a server that restarted is discarded and the operation
 /// retried on a fresh one.
 #[test]
 fn a_restarted_server_costs_idle_blocking_callers_nothing() {
@@ -188,7 +190,7 @@ fn connected_clients(redis: &mut redis::Connection) -> u64 {
         .unwrap()
 }
 
-/// Item 2: the blocking pool bounds the connections it opens, not only the idle ones.
+/// the blocking pool bounds the connections it opens, not only the idle ones.
 #[test]
 fn many_threads_share_a_bounded_number_of_connections() {
     let Some(server) = RedisServer::start() else {
@@ -217,7 +219,7 @@ fn many_threads_share_a_bounded_number_of_connections() {
     });
     // The watcher's own connection is one of them.
     assert!(
-        most - 1 <= 32, /* circuitpy::redis::POOL_SIZE */
+        most - 1 <= circuitpy::redis::POOL_SIZE as u64,
         "{} connections open at once",
         most - 1
     );
@@ -244,13 +246,13 @@ fn failures_recorded(redis: &mut redis::Connection, key: &str) -> (String, u64) 
     (state, failures)
 }
 
-/// Item 5: a failure whose reply is lost with the connection is not run a second time.
+/// a failure whose reply is lost with the connection is not run a second time.
 #[test]
 fn a_failure_whose_reply_was_lost_counts_once() {
     let Some(server) = RedisServer::start() else {
         return;
     };
-    let proxy = crate::proxy::Proxy::start(server.port());
+    let proxy = circuitpy_tests::proxy::Proxy::start(server.port());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -285,7 +287,7 @@ shared_handler!(Strict {
     const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
 });
 
-/// Item 15: the script accepts only the integers it writes; any inconsistent hash is
+/// the script accepts only the integers it writes; any inconsistent hash is
 /// `InvalidData` naming the key.
 #[test]
 fn the_script_accepts_only_what_it_writes() {
@@ -363,7 +365,7 @@ shared_handler!(OutOfOrder {
     }
 });
 
-/// Item 20: eight threads failing on one shared breaker; a reply answered before the trip
+/// eight threads failing on one shared breaker; a reply answered before the trip
 /// must never re-close the view after another thread adopted the trip.
 #[test]
 fn replies_that_arrive_out_of_order_never_reopen_the_view() {

@@ -9,8 +9,9 @@ use circuitpy::{
     State, Storage,
 };
 
-use crate::proxy::Proxy;
-use crate::{E, leak, shared_handler};
+use circuitpy_tests::handlers::{Failed as E, leak};
+use circuitpy_tests::proxy::Proxy;
+use circuitpy_tests::shared_handler;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -81,7 +82,7 @@ fn hold_migration_lock(url: &str, table: &str, hold: Duration) -> std::thread::J
     holder
 }
 
-/// Item 3: a migration that cannot get its lock in time fails with its real cause and
+/// a migration that cannot get its lock in time fails with its real cause and
 /// leaves the storage working; one that waits less than the options' timeout succeeds.
 #[test]
 fn a_failed_migration_leaves_the_storage_working() {
@@ -123,7 +124,7 @@ fn a_failed_migration_leaves_the_storage_working() {
     holder.join().unwrap();
 }
 
-/// Item 4: 16 threads against a server that accepts connections and never answers each
+/// 16 threads against a server that accepts connections and never answers each
 /// return within the storage timeout.
 #[test]
 fn a_silent_server_costs_each_thread_one_storage_timeout() {
@@ -165,7 +166,7 @@ fn a_silent_server_costs_each_thread_one_storage_timeout() {
     }
 }
 
-/// Item 6: a blocking storage used from inside a tokio runtime works or fails cleanly.
+/// a blocking storage used from inside a tokio runtime works or fails cleanly.
 #[test]
 fn a_blocking_storage_inside_a_runtime_does_not_panic() {
     let Some(url) = url() else { return };
@@ -214,7 +215,7 @@ impl CircuitBreaker for Rated {
     }
 }
 
-/// Item 7: 50 successes reported at once, then 10 failures (17 %), do not trip a 50 %
+/// 50 successes reported at once, then 10 failures (17 %), do not trip a 50 %
 /// breaker.
 #[test]
 fn held_back_successes_count_in_full() {
