@@ -6,7 +6,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use circuitpy::testing::{Options, check_async_storage, check_storage};
-use circuitpy::{Clock, ManualClock, MemoryStorage, Storage, StorageError};
+use circuitpy::{
+    Clock, ManualClock, MemoryStorage, Op, Request, Snapshot, State, Storage, StorageError,
+};
 
 fn leak<T>(value: T) -> &'static T {
     Box::leak(Box::new(value))
@@ -65,6 +67,20 @@ enum Flaw {
     NotAtomic,
     /// `expire_after` with a zero ttl does nothing.
     KeepsDeletedKeys,
+    // Behaviours of the primitive protocol before it was fixed, as a storage's own
+    // `execute` could still have them:
+    /// A success that reports held-back calls counts as one.
+    OneCallPerSuccess,
+    /// Forcing deletes the mode, then sets it: two at once can end in the wrong one.
+    ForcesInTwoSteps,
+    /// Trial outcomes count whichever round they came from.
+    IgnoresRounds,
+    /// A trial whose error does not count keeps its permit.
+    KeepsReleasedPermits,
+    /// The trip marker keeps the expiry it got at the trip.
+    TripMarkerNotRenewed,
+    /// The failure count expires counting from the first failure.
+    CountFromFirstFailure,
 }
 
 impl MapStorage {
@@ -118,6 +134,13 @@ impl Storage for MapStorage {
 
     fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
         let now = self.now();
+        let renewal = !ttl.is_zero();
+        if renewal
+            && ((self.flaw == Some(Flaw::TripMarkerNotRenewed) && key.ends_with(":tripped"))
+                || (self.flaw == Some(Flaw::CountFromFirstFailure) && key.ends_with(":failures")))
+        {
+            return Ok(());
+        }
         let mut map = self.map.lock().unwrap();
         if ttl.is_zero() {
             if self.flaw != Some(Flaw::KeepsDeletedKeys) {
@@ -127,6 +150,32 @@ impl Storage for MapStorage {
             entry.1 = now + ttl;
         }
         Ok(())
+    }
+
+    fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
+        let mut request = *request;
+        match (self.flaw, request.op) {
+            (Some(Flaw::OneCallPerSuccess), Op::Success) => request.count = 1,
+            (Some(Flaw::IgnoresRounds), _) => request.round = None,
+            (Some(Flaw::KeepsReleasedPermits), Op::ReleaseTrial) => request.op = Op::Read,
+            (Some(Flaw::ForcesInTwoSteps), Op::ForceOpen | Op::ForceClosed) => {
+                let mode = format!("{}:mode", request.namespaced_key());
+                self.expire_after(&mode, Duration::ZERO)?;
+                std::thread::sleep(Duration::from_millis(5));
+                self.increment(&mode, Duration::from_secs(3600))?;
+                if request.op == Op::ForceClosed {
+                    self.increment(&mode, Duration::from_secs(3600))?;
+                }
+                let state = if request.op == Op::ForceOpen {
+                    State::ForcedOpen
+                } else {
+                    State::ForcedClosed
+                };
+                return Ok(Snapshot::forced(state));
+            }
+            _ => {}
+        }
+        circuitpy::primitive::execute(self, &request)
     }
 
     fn clock(&self) -> &Clock {
@@ -177,5 +226,59 @@ fn a_delete_that_keeps_the_key_is_caught() {
     assert_eq!(
         failure.to_string(),
         format!("storage broke rule zero-ttl-deletes: {}", failure.detail)
+    );
+}
+
+#[test]
+fn a_success_counted_as_one_call_is_caught() {
+    let failure = broken(Flaw::OneCallPerSuccess);
+    assert_eq!(
+        failure.rule, "a-success-reports-every-held-back-call",
+        "{failure}"
+    );
+}
+
+#[test]
+fn forcing_in_two_steps_is_caught() {
+    let failure = broken(Flaw::ForcesInTwoSteps);
+    assert_eq!(
+        failure.rule, "concurrent-forcing-decides-one-mode",
+        "{failure}"
+    );
+}
+
+#[test]
+fn outcomes_that_ignore_their_round_are_caught() {
+    let failure = broken(Flaw::IgnoresRounds);
+    assert_eq!(
+        failure.rule, "outcomes-of-a-lapsed-round-change-nothing",
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_permit_kept_after_an_uncounted_trial_is_caught() {
+    let failure = broken(Flaw::KeepsReleasedPermits);
+    assert_eq!(
+        failure.rule, "an-uncounted-trial-gives-its-permit-back",
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_trip_marker_that_is_not_renewed_is_caught() {
+    let failure = broken(Flaw::TripMarkerNotRenewed);
+    assert_eq!(
+        failure.rule, "a-dependency-down-for-days-keeps-the-breaker-open",
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_count_that_expires_from_the_first_failure_is_caught() {
+    let failure = broken(Flaw::CountFromFirstFailure);
+    assert_eq!(
+        failure.rule, "a-failure-count-lives-from-the-last-failure",
+        "{failure}"
     );
 }

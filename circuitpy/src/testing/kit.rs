@@ -53,6 +53,13 @@ impl Profile for Trials {
     const TRIALS: u32 = 3;
 }
 
+/// Trips on the first failure, one trial: the round checks.
+pub(crate) struct Single;
+impl Profile for Single {
+    const KEY: &'static str = "single";
+    const THRESHOLD: u32 = 1;
+}
+
 pub(crate) const WINDOW: Duration = Duration::from_millis(400);
 
 pub(crate) struct Windowed;
@@ -241,6 +248,8 @@ pub(crate) trait Flavor: Sync {
         callers: usize,
         each: usize,
     ) -> Vec<Result<u64, StorageError>>;
+    /// Runs each request on a caller of its own, all at once.
+    async fn concurrently(&self, requests: &[Request<'_>]) -> Vec<Result<Snapshot, StorageError>>;
     /// `callers` callers each run `request` `each` times, all at once.
     async fn executes(
         &self,
@@ -316,6 +325,29 @@ impl<S: Storage + 'static> Flavor for Blocking<S> {
             handles
                 .into_iter()
                 .flat_map(|handle| handle.join().unwrap_or_default())
+                .collect()
+        })
+    }
+    async fn concurrently(&self, requests: &[Request<'_>]) -> Vec<Result<Snapshot, StorageError>> {
+        let barrier = std::sync::Barrier::new(requests.len());
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = requests
+                .iter()
+                .map(|request| {
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        barrier.wait();
+                        Storage::execute(self.0, request)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| Err(StorageError::invalid_data("kit", "panicked")))
+                })
                 .collect()
         })
     }
@@ -423,6 +455,12 @@ impl<S: AsyncStorage + 'static> Flavor for Async<S> {
             seen
         });
         join_all(callers.collect()).await.concat()
+    }
+    async fn concurrently(&self, requests: &[Request<'_>]) -> Vec<Result<Snapshot, StorageError>> {
+        let callers = requests
+            .iter()
+            .map(|request| AsyncStorage::execute(self.0, request));
+        join_all(callers.collect()).await
     }
     async fn executes(
         &self,
@@ -638,6 +676,8 @@ pub(crate) async fn run<F: Flavor>(flavor: &F, options: Options) -> Result<Repor
     run.forced_and_reset().await?;
     run.trials().await?;
     run.windows().await?;
+    run.counts_and_rounds().await?;
+    run.expiries().await?;
     Ok(Report {
         rules: run.rules,
         prefix: run.prefix,

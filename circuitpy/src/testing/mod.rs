@@ -22,7 +22,14 @@
 //! - whole breakers ([`Breaker`](crate::Breaker)) on the storage: thresholds of the three
 //!   [`FailurePolicy`](crate::FailurePolicy)s, rejection while open, half-open trials (exactly K under
 //!   concurrency, all must succeed, any failure reopens), unreported trials giving their
-//!   permit back or letting their lease lapse, forced states, reset.
+//!   permit back or letting their lease lapse, forced states, reset;
+//! - counts and rounds: a success reporting many held-back calls counts them all; forcing
+//!   from several callers at once ends in one forced mode; a trial whose error does not
+//!   count gives its permit back at once; outcomes of a round whose leases lapsed change
+//!   nothing;
+//! - with a manual clock only, expiries measured in days: a dependency down for more than
+//!   a day keeps the breaker open (a failed trial renews the trip), and a failure count
+//!   lives a retention period from the last failure, not the first.
 //!
 //! Time: with [`Options::with_clock`] (a [`MemoryStorage`](crate::MemoryStorage) built on the
 //! same [`ManualClock`]) the kit moves the clock and never sleeps. A storage on a real clock

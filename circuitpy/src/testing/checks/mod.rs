@@ -2,4 +2,6 @@
 
 mod breakers;
 mod execute;
+mod expiry;
 mod primitives;
+mod rounds;
