@@ -705,3 +705,59 @@ mod asynchronous {
         }
     }
 }
+
+/// Connections the application made carry its password too; when they fail (the server
+/// restarted with another password, or went away), no error text shows it.
+#[test]
+fn a_password_never_appears_in_errors_of_given_connections() {
+    let Some(mut server) = RedisServer::start_with(&["--requirepass", "first-secret-3"]) else {
+        return;
+    };
+    let secret = "first-secret-3";
+    let url = format!("redis://:{secret}@127.0.0.1:{}/", server.port());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (multiplexed, manager) = runtime.block_on(async {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let multiplexed = client.get_multiplexed_async_connection().await.unwrap();
+        let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
+        (leak(multiplexed), leak(manager))
+    });
+    let mut shown = String::new();
+    runtime.block_on(async {
+        assert_eq!(
+            Breaker::new(Plain(multiplexed))
+                .state_async()
+                .await
+                .unwrap(),
+            State::Closed
+        );
+        assert_eq!(
+            Breaker::new(Plain(manager)).state_async().await.unwrap(),
+            State::Closed
+        );
+    });
+    server.restart();
+    runtime.block_on(async {
+        for _ in 0..3 {
+            for error in [
+                Breaker::new(Plain(multiplexed)).state_async().await.err(),
+                Breaker::new(Plain(manager)).state_async().await.err(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                shown.push_str(&format!("{error} {error:?} "));
+                if let Some(source) = std::error::Error::source(&error) {
+                    shown.push_str(&format!("{source} {source:?} "));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    assert!(!shown.is_empty(), "the connections never failed");
+    assert!(!shown.contains(secret), "{shown}");
+}
