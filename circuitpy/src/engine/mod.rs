@@ -732,6 +732,12 @@ fn settle_here<H: CircuitBreaker>(permit: &Permit<'_, H>, report: Report) {
     } else {
         0
     };
+    if permit.admitted.phase() == State::HalfOpen
+        && cell.lease(cell.load()).is_some_and(|lease| now >= lease)
+    {
+        // The round is over: nothing happened in it for a recovery timeout.
+        return;
+    }
     let report = if in_window {
         // Only while the breaker is still in the closed period the call was admitted in: an
         // outcome from before it last opened must not count towards the next trip. Checked

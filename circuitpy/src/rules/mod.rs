@@ -42,10 +42,10 @@
 //! - a trial failure opens the breaker again until `now + RECOVERY_TIMEOUT`;
 //! - a trial whose error does not count gives its permit back, as does (in memory) a trial
 //!   whose caller never reports (a dropped future);
-//! - a round whose permits are all out and in which nothing happened (no permit granted, no
-//!   outcome) for one `RECOVERY_TIMEOUT` lapses: its permits are leases, and the next caller
-//!   starts a new round. A caller that dies holding a permit therefore never keeps the
-//!   breaker half-open for longer than that.
+//! - a round in which nothing happened (no permit granted, no outcome) for one
+//!   `RECOVERY_TIMEOUT` is over: its permits were leases, their outcomes change nothing
+//!   from then on, and the next caller starts a new round. A caller that dies holding a
+//!   permit therefore never keeps the breaker half-open for longer than that.
 //!
 //! **Forced.** `ForceOpen` rejects every call
 //! ([`Rejection::ForcedOpen`](crate::Rejection::ForcedOpen)), `ForceClosed` runs every call

@@ -13,6 +13,7 @@
 //! | `:fresh`      | present from a (re)opening until its first round begins | retention        |
 //! | `:trials`     | trial permits handed out this round                | recovery timeout after the round's last event |
 //! | `:released`   | permits given back this round                      | likewise               |
+//! | `:refused`    | requests refused a permit this round               | likewise               |
 //! | `:passed`     | trials that succeeded this round                   | likewise               |
 //! | `:calls:N`    | calls in rate bucket N                             | window + one bucket    |
 //! | `:errors:N`   | failures in rate bucket N                          | window + one bucket    |
@@ -27,10 +28,12 @@
 //! - the forced mode is decided by one increment: the count's parity is the mode, and an
 //!   operation increments until the parity is the one it wants, so two concurrent
 //!   operations end in the mode of the one that incremented last, never in no mode;
-//! - permits are counted by one increment each on a key created with the round's expiry,
-//!   and a permit given back by one increment of `:released`, so at most
-//!   `half_open_trials` callers hold one at a time; the round lapses with the key when
-//!   nothing happens in it;
+//! - requests for a permit are counted by one increment each on a key created with the
+//!   round's expiry; a request refused a permit counts itself in `:refused`, a permit given
+//!   back is counted in `:released`, and a request gets a permit when its number, less the
+//!   refusals before it, is within `half_open_trials` plus the permits given back. A refusal
+//!   not yet counted only makes later requests stricter, so at most `half_open_trials`
+//!   callers hold one at a time; the round lapses with the key when nothing happens in it;
 //! - an outcome names its round and is ignored when the round is over. The number of the
 //!   next round is counted up when the breaker (re)opens, by the one caller that opens it,
 //!   long before anyone asks for a permit, so every caller of that round reads the same
@@ -102,8 +105,8 @@ impl Keys {
 }
 
 /// Everything but the forced mode and the round number, then the forced mode.
-const STATE_KEYS: [&str; 8] = [
-    "open", "tripped", "failures", "trials", "released", "passed", "fresh", "mode",
+const STATE_KEYS: [&str; 9] = [
+    "open", "tripped", "failures", "trials", "released", "refused", "passed", "fresh", "mode",
 ];
 
 async fn delete<B: Backend>(store: &B, keys: &Keys, suffixes: &[&str]) -> Result<(), StorageError> {
@@ -133,7 +136,7 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
         (Op::ForceOpen | Op::ForceClosed, _) => {
             let open = request.op == Op::ForceOpen;
             force(store, &keys, open).await?;
-            delete(store, &keys, &STATE_KEYS[..7]).await?;
+            delete(store, &keys, &STATE_KEYS[..8]).await?;
             clear_rate_buckets(store, &keys, request).await?;
             Ok(Snapshot::forced(if open {
                 State::ForcedOpen
@@ -220,7 +223,7 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
                 // read "closed" before the trip and counts its failure after it then sees a
                 // count at or over the threshold and answers open, where a cleared count
                 // would have answered closed with a count of one.
-                delete(store, &keys, &["trials", "released", "passed"]).await?;
+                delete(store, &keys, &["trials", "released", "refused", "passed"]).await?;
                 next_round(store, &keys, config).await?;
             }
             Ok(Snapshot::open(recovery, None))
@@ -230,7 +233,7 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
             let round = if permits == 1 {
                 // This caller starts the round: the one numbered when the breaker opened, or,
                 // after a round that lapsed, a new one.
-                delete(store, &keys, &["released", "passed"]).await?;
+                delete(store, &keys, &["released", "refused", "passed"]).await?;
                 if store.get_count(&keys.key("fresh")).await? > 0 {
                     delete(store, &keys, &["fresh"]).await?;
                     store.get_count(&keys.key("round")).await?
@@ -241,7 +244,9 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
                 store.get_count(&keys.key("round")).await?
             };
             let released = store.get_count(&keys.key("released")).await?;
-            if permits > u64::from(config.half_open_trials) + released {
+            let refused = store.get_count(&keys.key("refused")).await?;
+            if permits.saturating_sub(refused) > u64::from(config.half_open_trials) + released {
+                store.increment(&keys.key("refused"), round_ttl).await?;
                 return Ok(Snapshot::half_open(false));
             }
             renew_round(store, &keys, round_ttl).await?;
@@ -249,8 +254,10 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
         }
         (Op::TrialSuccess | Op::TrialFailure | Op::ReleaseTrial, State::HalfOpen) => {
             let current = store.get_count(&keys.key("round")).await?;
-            if request.round.is_some_and(|round| round != current) {
-                // An outcome of a round that is over changes nothing.
+            let over = store.get_count(&keys.key("trials")).await? == 0;
+            if over || request.round.is_some_and(|round| round != current) {
+                // An outcome of another round, or of one whose leases lapsed, changes
+                // nothing.
                 return Ok(snapshot(state));
             }
             match request.op {
@@ -280,7 +287,7 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
                     store
                         .expire_after(&keys.key("tripped"), retention(config))
                         .await?;
-                    delete(store, &keys, &["trials", "released", "passed"]).await?;
+                    delete(store, &keys, &["trials", "released", "refused", "passed"]).await?;
                     next_round(store, &keys, config).await?;
                     Ok(Snapshot::open(recovery, None))
                 }
@@ -331,7 +338,7 @@ async fn renew_round<B: Backend>(
     keys: &Keys,
     ttl: Duration,
 ) -> Result<(), StorageError> {
-    for suffix in ["trials", "released", "passed"] {
+    for suffix in ["trials", "released", "refused", "passed"] {
         store.expire_after(&keys.key(suffix), ttl).await?;
     }
     Ok(())

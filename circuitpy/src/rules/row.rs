@@ -168,8 +168,10 @@ pub(crate) fn apply(row: &mut Row, now: i64, request: &Request<'_>) -> (Change, 
     let retention = micros(retention(config));
     let trials = i64::from(config.half_open_trials);
     let state = row.state(now);
-    // Whether the outcome belongs to the current round (an outcome without a round does).
-    let this_round = request.round.is_none_or(|round| round as i64 == row.round);
+    // Whether the outcome belongs to the current round (an outcome without a round does),
+    // and the round is not over.
+    let this_round =
+        request.round.is_none_or(|round| round as i64 == row.round) && row.round_until > now;
     let (changed, snapshot) = match (request.op, state) {
         (Op::ForceOpen | Op::ForceClosed, _) => {
             let (mode, forced) = if request.op == Op::ForceOpen {

@@ -48,6 +48,9 @@ use crate::storage::{AsyncStorage, Storage};
 mod checks;
 mod kit;
 pub mod processes;
+mod reference;
+
+pub use reference::Reference;
 
 /// The recovery timeout of the kit's breakers, and the ttl of its short-lived keys.
 pub const RECOVERY: Duration = Duration::from_millis(250);

@@ -133,7 +133,8 @@ BEGIN
         WHEN r.tripped_until > now_ THEN 2
         ELSE 0 END;
     f := CASE WHEN r.failures_until > now_ THEN r.failures ELSE 0 END;
-    this_round := p_round IS NULL OR p_round = r.round;
+    -- The outcome belongs to the current round, which is not over.
+    this_round := (p_round IS NULL OR p_round = r.round) AND r.round_until > now_;
 
     IF p_op IN (6, 7) THEN
         r.mode := CASE WHEN p_op = 6 THEN 1 ELSE 2 END;

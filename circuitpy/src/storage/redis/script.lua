@@ -143,8 +143,9 @@ end
 if s == 1 and now >= v.d then
   s = 2
 end
--- Whether a trial's outcome belongs to the current round (one without a round does).
-local this_round = round == nil or round == v.r
+-- Whether a trial's outcome belongs to the current round (one without a round does), and
+-- the round is not over: nothing happened in it for a recovery timeout.
+local this_round = (round == nil or round == v.r) and v.t ~= nil and now - v.t < recovery
 
 if op == 'success' then
   if s == 0 then
