@@ -114,10 +114,11 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<usize>().prop_map(Step::Release),
         1 => Just(Step::Read),
         4 => prop_oneof![
-            Just(1u64),
-            Just(RECOVERY_MS - 1),
-            Just(RECOVERY_MS),
-            Just(RECOVERY_MS + 1),
+            // The edges where the rules change their mind: a millisecond either side of
+            // the recovery timeout, a rate bucket and each window.
+            prop::sample::select(vec![
+                1u64, 199, 200, 201, 999, 1_000, 1_001, 1_999, 2_000, 2_001, 2_999, 3_000, 3_001,
+            ]),
             1u64..=3 * RECOVERY_MS,
         ]
         .prop_map(Step::Advance),
