@@ -282,3 +282,51 @@ fn a_count_that_expires_from_the_first_failure_is_caught() {
         "{failure}"
     );
 }
+
+/// Many requests for a trial permit at once, on the primitives alone (the in-memory
+/// storage runs them): however their steps interleave, exactly `HALF_OPEN_TRIALS` get one.
+/// Repeated, since an unlucky interleaving is rare.
+#[test]
+fn concurrent_trial_requests_on_the_primitives_never_exceed_the_limit() {
+    struct Trials;
+    impl circuitpy::CircuitBreaker for Trials {
+        const FAILURE_THRESHOLD: u32 = 1;
+        const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+        const HALF_OPEN_TRIALS: u32 = 2;
+        const FAILURE_KEY: &'static str = "trials";
+        type Storage = MemoryStorage;
+        fn storage(&self) -> &MemoryStorage {
+            unreachable!("the storage is driven directly")
+        }
+    }
+    const CALLERS: usize = 12;
+    let config = circuitpy::Config::of::<Trials>();
+    let manual = ManualClock::new();
+    let storage = MemoryStorage::with_clock(manual.clock());
+    for round in 0..300 {
+        let key = format!("trials:{{round-{round}}}");
+        let trip = Request::new(&key, Op::Failure, &config);
+        assert_eq!(storage.execute(&trip).unwrap().state, State::Open);
+        manual.advance(Duration::from_secs(11));
+        let barrier = std::sync::Barrier::new(CALLERS);
+        let permits: usize = std::thread::scope(|scope| {
+            let callers: Vec<_> = (0..CALLERS)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        let acquire = Request::new(&key, Op::AcquireTrial, &config);
+                        usize::from(storage.execute(&acquire).unwrap().permit)
+                    })
+                })
+                .collect();
+            callers
+                .into_iter()
+                .map(|caller| caller.join().unwrap())
+                .sum()
+        });
+        assert_eq!(
+            permits, 2,
+            "round {round}: {CALLERS} requests got {permits} permits"
+        );
+    }
+}

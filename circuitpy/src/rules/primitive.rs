@@ -31,9 +31,11 @@
 //! - requests for a permit are counted by one increment each on a key created with the
 //!   round's expiry; a request refused a permit counts itself in `:refused`, a permit given
 //!   back is counted in `:released`, and a request gets a permit when its number, less the
-//!   refusals before it, is within `half_open_trials` plus the permits given back. A refusal
-//!   not yet counted only makes later requests stricter, so at most `half_open_trials`
-//!   callers hold one at a time; the round lapses with the key when nothing happens in it;
+//!   refusals counted before it drew it, is within `half_open_trials` plus the permits given
+//!   back by then. Those refusals are all of requests with lower numbers, which hold no
+//!   permit; a refusal not yet counted only makes later requests stricter. So at most
+//!   `half_open_trials` callers hold one at a time; the round lapses with the key when
+//!   nothing happens in it;
 //! - an outcome names its round and is ignored when the round is over. The number of the
 //!   next round is counted up when the breaker (re)opens, by the one caller that opens it,
 //!   long before anyone asks for a permit, so every caller of that round reads the same
@@ -229,6 +231,19 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
             Ok(Snapshot::open(recovery, None))
         }
         (Op::AcquireTrial, State::HalfOpen) => {
+            // Refusals and releases are read before this request draws its number: every one
+            // counted by then belongs to a request that drew a lower number. Read after, they
+            // could include the refusals of later requests, and this one would wrongly count
+            // itself within the limit. Nothing is counted yet when no round is under way:
+            // what is left belongs to a lapsed round.
+            let (released, refused) = if store.get_count(&keys.key("trials")).await? > 0 {
+                (
+                    store.get_count(&keys.key("released")).await?,
+                    store.get_count(&keys.key("refused")).await?,
+                )
+            } else {
+                (0, 0)
+            };
             let permits = store.increment(&keys.key("trials"), round_ttl).await?;
             let round = if permits == 1 {
                 // This caller starts the round: the one numbered when the breaker opened, or,
@@ -243,8 +258,6 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
             } else {
                 store.get_count(&keys.key("round")).await?
             };
-            let released = store.get_count(&keys.key("released")).await?;
-            let refused = store.get_count(&keys.key("refused")).await?;
             if permits.saturating_sub(refused) > u64::from(config.half_open_trials) + released {
                 store.increment(&keys.key("refused"), round_ttl).await?;
                 return Ok(Snapshot::half_open(false));
