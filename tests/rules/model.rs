@@ -255,12 +255,15 @@ impl Model {
                     self.phase = Phase::CLOSED;
                 }
             }
+            // A round that lapsed is over: its permits' outcomes change nothing.
             (
                 Role::Trial(epoch),
                 Phase::HalfOpen {
-                    permits, successes, ..
+                    permits,
+                    successes,
+                    lapses,
                 },
-            ) if epoch == self.epoch => {
+            ) if epoch == self.epoch && now < lapses => {
                 if failed {
                     self.enter(open);
                 } else if end == Some(End::Success) {
