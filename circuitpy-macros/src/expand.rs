@@ -90,9 +90,17 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
     // its outcome. The method names carry the handler's span, so an unmet bound on the
     // handler's storage (a blocking function on an async-only storage) is reported there.
     let enter = if is_async {
+        // Awaited only if the storage must be asked: a decision handed over through a
+        // future would pass the permit through this function's future and back.
         let enter = syn::Ident::new("enter_async", handler.span());
         quote_spanned! {handler.span()=>
-            #private::#enter::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method).await
+            '__circuitpy_entered: {
+                let __circuitpy_asking = match #private::#enter::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method) {
+                    #private::Entering::Decided(admission) => break '__circuitpy_entered admission,
+                    #private::Entering::Asking(asking) => asking,
+                };
+                __circuitpy_asking.await
+            }
         }
     } else {
         let enter = syn::Ident::new("enter", handler.span());

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
+use crate::engine::Entering;
 use crate::engine::view::{CellRef, Family, decided_here, family};
 use crate::engine::{self, Permit};
 use crate::error::{CircuitBreakerOpen, StorageError};
@@ -257,14 +258,30 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: AsyncStorage,
     {
-        engine::enter_async(&self.handler, self.family(), self.key.as_deref(), "call").await
+        let storage = self.handler.storage();
+        engine::enter_async(
+            &self.handler,
+            storage,
+            self.family(),
+            self.key.as_deref(),
+            "call",
+        )
+        .admission()
+        .await
     }
 
     fn acquire_for(&self, method: &'static str) -> Result<Permit<'_, H>, CircuitBreakerOpen>
     where
         H::Storage: Storage,
     {
-        engine::enter(&self.handler, self.family(), self.key.as_deref(), method)
+        let storage = self.handler.storage();
+        engine::enter(
+            &self.handler,
+            storage,
+            self.family(),
+            self.key.as_deref(),
+            method,
+        )
     }
 
     /// Runs `body` under the breaker, as a guarded `async fn` would.
@@ -327,7 +344,15 @@ impl<H: CircuitBreaker> Breaker<H> {
         E: From<CircuitBreakerOpen>,
         F: Future<Output = Result<T, E>>,
     {
-        match self.acquire_async().await {
+        let storage = self.handler.storage();
+        let family = self.family();
+        let entering =
+            engine::enter_async(&self.handler, storage, family, self.key.as_deref(), "call");
+        let admission = match entering {
+            Entering::Decided(admission) => admission,
+            Entering::Asking(asking) => asking.await,
+        };
+        match admission {
             Ok(permit) => permit.run_async(body, is_failure).await,
             Err(rejection) => Err(E::from(rejection)),
         }

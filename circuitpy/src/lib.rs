@@ -67,7 +67,7 @@ pub mod testing;
 pub use breaker::Breaker;
 pub use clock::{Clock, ManualClock};
 pub use engine::view::MAX_PER_CALL_BREAKERS;
-pub use engine::{Outcome, Permit};
+pub use engine::{Outcome, Permit, RunAsync};
 pub use error::{CircuitBreakerOpen, Rejection, StorageError};
 pub use handler::{CircuitBreaker, State};
 pub use policy::{Config, FailurePolicy, MAX_DURATION, MAX_HALF_OPEN_TRIALS, OnStorageFailure};
@@ -152,6 +152,7 @@ pub mod __private {
     use crate::engine::{self, Permit};
     use crate::{AsyncStorage, CircuitBreaker, CircuitBreakerOpen, Storage};
 
+    pub use crate::engine::Entering;
     pub use crate::engine::view::Site;
 
     /// Checks that `H` is a handler with valid consts. The attribute evaluates it in a
@@ -180,22 +181,25 @@ pub mod __private {
         H: CircuitBreaker,
         H::Storage: Storage,
     {
-        engine::enter(handler, site.family::<H>(handler.storage()), key, method)
+        let storage = handler.storage();
+        engine::enter(handler, storage, site.family::<H>(storage), key, method)
     }
 
-    /// Admission for a guarded async function.
+    /// Admission for a guarded async function: decided at once where the storage decides
+    /// in this process, a future to await otherwise.
     #[inline(always)]
-    pub fn enter_async<'a, 'k, H>(
+    pub fn enter_async<'a, H>(
         handler: &'a H,
         site: &'a Site,
-        key: Option<&'k str>,
+        key: Option<&str>,
         method: &'static str,
-    ) -> impl std::future::Future<Output = Result<Permit<'a, H>, CircuitBreakerOpen>> + use<'a, 'k, H>
+    ) -> Entering<'a, H>
     where
         H: CircuitBreaker,
         H::Storage: AsyncStorage,
     {
-        engine::enter_async(handler, site.family::<H>(handler.storage()), key, method)
+        let storage = handler.storage();
+        engine::enter_async(handler, storage, site.family::<H>(storage), key, method)
     }
 
     /// The handler's own failure predicate, for a guarded function without `is_failure`.

@@ -12,6 +12,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
@@ -110,7 +111,8 @@ enum Role {
 #[must_use = "a permit records the call's outcome when given one"]
 pub struct Permit<'a, H: CircuitBreaker> {
     handler: &'a H,
-    cell: CellRef<'a>,
+    /// The breaker; taken only when the permit is consumed.
+    cell: Option<CellRef<'a>>,
     clock: &'a Clock,
     /// The word the call was admitted under (the trial word for in-process trials).
     admitted: Word,
@@ -124,17 +126,21 @@ pub struct Permit<'a, H: CircuitBreaker> {
 impl<H: CircuitBreaker> std::fmt::Debug for Permit<'_, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
-            .field("key", &self.cell.key.as_str())
+            .field("key", &self.key())
             .field("role", &self.role)
             .finish()
     }
 }
 
 impl<H: CircuitBreaker> Drop for Permit<'_, H> {
+    #[inline]
     fn drop(&mut self) {
         // Shared storages lease permits, and the lease lapses by itself.
-        if self.role == Role::Trial && decided_here::<H::Storage>() {
-            settle_here(self, Report::Abandoned);
+        if self.role == Role::Trial
+            && decided_here::<H::Storage>()
+            && let Some(cell) = &self.cell
+        {
+            abandon(self.handler, cell, self.clock, self.admitted);
         }
     }
 }
@@ -154,7 +160,7 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
         };
         Permit {
             handler,
-            cell,
+            cell: Some(cell),
             clock,
             admitted,
             role,
@@ -182,7 +188,7 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
     /// assert_eq!(breaker.acquire().unwrap().key(), "api:eu");
     /// ```
     pub fn key(&self) -> &str {
-        self.cell.key.as_str()
+        self.cell.as_deref().map_or("", |cell| cell.key.as_str())
     }
 
     /// Whether the call runs as a half-open trial.
@@ -207,21 +213,23 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
     }
 
     /// Records the call's outcome (blocking, on a blocking storage).
-    pub fn record(mut self, outcome: Outcome)
+    pub fn record(self, outcome: Outcome)
     where
         H::Storage: Storage,
     {
         let report = self.report_of(outcome);
-        ready(self.finish(&Blocking(self.handler.storage()), report));
+        let storage = self.handler.storage();
+        ready(self.finish(&Blocking(storage), report));
     }
 
     /// Records the call's outcome on an async storage.
-    pub async fn record_async(mut self, outcome: Outcome)
+    pub async fn record_async(self, outcome: Outcome)
     where
         H::Storage: AsyncStorage,
     {
         let report = self.report_of(outcome);
-        self.finish(&Async(self.handler.storage()), report).await;
+        let storage = self.handler.storage();
+        self.finish(&Async(storage), report).await;
     }
 
     fn report_of(&self, outcome: Outcome) -> Option<Report> {
@@ -269,11 +277,11 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
 
     /// Records `report` (`None`: not counted): in this process for the in-memory storage,
     /// on the storage otherwise.
-    async fn finish<B: Backend>(&mut self, backend: &B, report: Option<Report>) {
+    async fn finish<B: Backend>(mut self, backend: &B, report: Option<Report>) {
         if decided_here::<H::Storage>() {
             record_here(self, report);
         } else {
-            record_shared(self, backend, report).await;
+            record_shared(&mut self, backend, report).await;
         }
     }
 
@@ -281,7 +289,7 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
     /// failure and keeps unwinding. `is_failure` says which errors count.
     #[inline]
     pub fn run<T, E>(
-        mut self,
+        self,
         body: impl FnOnce() -> Result<T, E>,
         is_failure: impl FnOnce(&E) -> bool,
     ) -> Result<T, E>
@@ -291,31 +299,65 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
         if !decided_here::<H::Storage>() {
             let result = catch(body);
             let report = self.report_of_caught(&result, is_failure);
-            ready(self.finish(&Blocking(self.handler.storage()), report));
+            let storage = self.handler.storage();
+            ready(self.finish(&Blocking(storage), report));
             return result.unwrap_or_else(|panic| resume_unwind(panic));
         }
         // In memory the body runs uncaught: a panic is recorded as a failure while it
         // unwinds through here. Catching it would pass the body's result through the
         // memory of `catch_unwind`, whose read-back stalls on store forwarding.
-        /// Records a failure if dropped, that is, if the body unwinds.
-        struct Unwinding<'p, 'a, H: CircuitBreaker>(&'p mut Permit<'a, H>);
-        impl<H: CircuitBreaker> Drop for Unwinding<'_, '_, H> {
+        /// Records a failure if dropped holding the permit, that is, if the body unwinds.
+        struct Unwinding<'a, H: CircuitBreaker>(Option<Permit<'a, H>>);
+        impl<H: CircuitBreaker> Drop for Unwinding<'_, H> {
             fn drop(&mut self) {
-                record_here(self.0, Some(Report::Failure { trips: false }));
+                if let Some(permit) = self.0.take() {
+                    record_here(permit, Some(Report::Failure { trips: false }));
+                }
             }
         }
-        let unwinding = Unwinding(&mut self);
+        let mut unwinding = Unwinding(Some(self));
         let result = body();
+        let permit = unwinding.0.take();
         std::mem::forget(unwinding);
-        let report = self.report_of_result(&result, is_failure);
-        record_here(&mut self, report);
+        if let Some(permit) = permit {
+            let report = permit.report_of_result(&result, is_failure);
+            record_here(permit, report);
+        }
         result
     }
 
     /// Runs an async body under this permit and records how it ended; a panic in any of
-    /// its polls counts as a failure and keeps unwinding.
-    pub async fn run_async<T, E, F: Future<Output = Result<T, E>>>(
-        mut self,
+    /// its polls counts as a failure and keeps unwinding. Dropped before it ends (a
+    /// cancelled call), it records nothing, and a trial gives its permit back.
+    #[inline]
+    pub fn run_async<T, E, F, C>(
+        self,
+        body: F,
+        is_failure: C,
+    ) -> RunAsync<'a, H, F, C, impl Future<Output = Result<T, E>>>
+    where
+        H::Storage: AsyncStorage,
+        F: Future<Output = Result<T, E>>,
+        C: FnOnce(&E) -> bool,
+    {
+        let stage = if decided_here::<H::Storage>() {
+            Stage::Here {
+                body,
+                permit: Some(self),
+                is_failure: Some(is_failure),
+            }
+        } else {
+            Stage::Shared {
+                running: self.run_shared(body, is_failure),
+            }
+        };
+        RunAsync { stage }
+    }
+
+    /// [`run_async`](Self::run_async) on a shared storage: the panic is caught, recorded,
+    /// and resumed.
+    async fn run_shared<T, E, F: Future<Output = Result<T, E>>>(
+        self,
         body: F,
         is_failure: impl FnOnce(&E) -> bool,
     ) -> Result<T, E>
@@ -324,8 +366,80 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
     {
         let result = catch_async(body).await;
         let report = self.report_of_caught(&result, is_failure);
-        self.finish(&Async(self.handler.storage()), report).await;
+        let storage = self.handler.storage();
+        self.finish(&Async(storage), report).await;
         result.unwrap_or_else(|panic| resume_unwind(panic))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Permit::run_async`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct RunAsync<'a, H: CircuitBreaker, F, C, S> {
+        #[pin]
+        stage: Stage<'a, H, F, C, S>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StageProjection]
+    enum Stage<'a, H: CircuitBreaker, F, C, S> {
+        /// In memory the body runs uncaught, as in [`Permit::run`]: a panic in one of its
+        /// polls is recorded as a failure while it unwinds through `poll`, and the outcome
+        /// is recorded in the poll that ends the call, with no further future to run.
+        Here {
+            #[pin]
+            body: F,
+            permit: Option<Permit<'a, H>>,
+            is_failure: Option<C>,
+        },
+        /// On a shared storage.
+        Shared {
+            #[pin]
+            running: S,
+        },
+    }
+}
+
+impl<'a, H, T, E, F, C, S> Future for RunAsync<'a, H, F, C, S>
+where
+    H: CircuitBreaker,
+    F: Future<Output = Result<T, E>>,
+    C: FnOnce(&E) -> bool,
+    S: Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, E>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, context: &mut std::task::Context<'_>) -> Poll<Result<T, E>> {
+        let (body, permit, is_failure) = match self.project().stage.project() {
+            StageProjection::Here {
+                body,
+                permit,
+                is_failure,
+            } => (body, permit, is_failure),
+            StageProjection::Shared { running } => return running.poll(context),
+        };
+        /// Records a failure if dropped holding the permit, that is, if the body unwinds.
+        struct Unwinding<'p, 'a, H: CircuitBreaker>(&'p mut Option<Permit<'a, H>>);
+        impl<H: CircuitBreaker> Drop for Unwinding<'_, '_, H> {
+            fn drop(&mut self) {
+                if let Some(permit) = self.0.take() {
+                    record_here(permit, Some(Report::Failure { trips: false }));
+                }
+            }
+        }
+        let unwinding = Unwinding(&mut *permit);
+        let poll = body.poll(context);
+        std::mem::forget(unwinding);
+        let Poll::Ready(result) = poll else {
+            return Poll::Pending;
+        };
+        if let (Some(permit), Some(is_failure)) = (permit.take(), is_failure.take()) {
+            let report = permit.report_of_result(&result, is_failure);
+            record_here(permit, report);
+        }
+        Poll::Ready(result)
     }
 }
 
@@ -356,41 +470,19 @@ fn hook(call: impl FnOnce()) {
 
 // Admission.
 
-/// What the local view decides about a call: let it through or reject it here, or ask the
-/// storage.
+/// What a shared storage's local view decides about a call: let it through or reject it
+/// here, or ask the storage.
 pub(crate) enum Local<'a, H: CircuitBreaker> {
     Decided(Result<Permit<'a, H>, CircuitBreakerOpen>),
     Ask { cell: CellRef<'a>, sent: Word },
 }
 
-/// Admission, up to the point where the storage must be asked. Always inlined: where one
-/// handler guards several functions the compiler would otherwise share one out-of-line
-/// copy among them.
-#[inline(always)]
-pub(crate) fn admit_locally<'a, H: CircuitBreaker>(
-    handler: &'a H,
-    clock: &'a Clock,
-    family: &'a Family,
-    key: Option<&str>,
-    method: &'static str,
-) -> Local<'a, H> {
-    let cell = match family.cell(key) {
-        Ok(cell) => cell,
-        Err(error) => {
-            return Local::Decided(storage_failed(handler, None, clock, method, error));
-        }
-    };
-    if decided_here::<H::Storage>() {
-        Local::Decided(admit_here(handler, cell, clock, method))
-    } else {
-        admit_on_view(handler, cell, clock, method)
-    }
-}
-
-/// Admission for a blocking call.
+/// Admission for a blocking call. Always inlined: where one handler guards several
+/// functions the compiler would otherwise share one out-of-line copy among them.
 #[inline(always)]
 pub(crate) fn enter<'a, H>(
     handler: &'a H,
+    storage: &'a H::Storage,
     family: &'a Family,
     key: Option<&str>,
     method: &'static str,
@@ -399,9 +491,16 @@ where
     H: CircuitBreaker,
     H::Storage: Storage,
 {
-    let storage = handler.storage();
     let clock = Storage::clock(storage);
-    match admit_locally(handler, clock, family, key, method) {
+    let cell = match family.cell(key) {
+        Ok(cell) => cell,
+        Err(error) => return storage_failed(handler, None, clock, method, error),
+    };
+    // Decided here: no view, no storage, and no enum for the compiler to see through.
+    if decided_here::<H::Storage>() {
+        return admit_here(handler, cell, clock, method);
+    }
+    match admit_on_view(handler, cell, clock, method) {
         Local::Decided(decided) => decided,
         Local::Ask { cell, sent } => ready(ask_storage(
             handler,
@@ -414,24 +513,60 @@ where
     }
 }
 
-/// Admission for an async call: ready at once unless the storage must be asked.
-#[inline]
-pub(crate) async fn enter_async<'a, H>(
+/// Admission for an async call. On a storage decided in this process ([`decided_here`])
+/// the call is admitted or rejected here and now, with nothing to await; otherwise the
+/// storage is asked when the returned future is polled.
+#[inline(always)]
+pub(crate) fn enter_async<'a, H>(
     handler: &'a H,
+    storage: &'a H::Storage,
     family: &'a Family,
     key: Option<&str>,
     method: &'static str,
-) -> Result<Permit<'a, H>, CircuitBreakerOpen>
+) -> Entering<'a, H>
 where
     H: CircuitBreaker,
     H::Storage: AsyncStorage,
 {
-    let storage = handler.storage();
     let clock = AsyncStorage::clock(storage);
-    match admit_locally(handler, clock, family, key, method) {
-        Local::Decided(decided) => decided,
-        Local::Ask { cell, sent } => {
+    let cell = match family.cell(key) {
+        Ok(cell) => cell,
+        Err(error) => {
+            let rejected = storage_failed(handler, None, clock, method, error);
+            return Entering::Decided(rejected);
+        }
+    };
+    if decided_here::<H::Storage>() {
+        return Entering::Decided(admit_here(handler, cell, clock, method));
+    }
+    match admit_on_view(handler, cell, clock, method) {
+        Local::Decided(decided) => Entering::Decided(decided),
+        Local::Ask { cell, sent } => Entering::Asking(Box::pin(async move {
             ask_storage(handler, &Async(storage), clock, cell, sent, method).await
+        })),
+    }
+}
+
+/// An async call's admission (see `enter_async`): decided already, or to be awaited.
+/// A decision needs no future: awaiting one, even a ready one, moves the permit through
+/// the caller's future and back.
+pub enum Entering<'a, H: CircuitBreaker> {
+    /// Admitted or rejected.
+    Decided(Admission<'a, H>),
+    /// The storage is asked when this is polled.
+    Asking(Pin<Box<dyn Future<Output = Admission<'a, H>> + Send + 'a>>),
+}
+
+/// A permit for the call, or why it was rejected.
+pub type Admission<'a, H> = Result<Permit<'a, H>, CircuitBreakerOpen>;
+
+impl<'a, H: CircuitBreaker> Entering<'a, H> {
+    /// The admission, awaited if it must be.
+    #[inline(always)]
+    pub async fn admission(self) -> Admission<'a, H> {
+        match self {
+            Entering::Decided(admission) => admission,
+            Entering::Asking(asking) => asking.await,
         }
     }
 }
@@ -453,8 +588,7 @@ fn admit_here<'a, H: CircuitBreaker>(
     admit_here_slowly(handler, cell, clock, word, method)
 }
 
-#[cold]
-#[inline(never)]
+#[inline(always)]
 fn admit_here_slowly<'a, H: CircuitBreaker>(
     handler: &'a H,
     cell: CellRef<'a>,
@@ -465,7 +599,7 @@ fn admit_here_slowly<'a, H: CircuitBreaker>(
     let config = &H::CONFIG;
     loop {
         let now = clock.coarse_now();
-        match admit(word, now, config.half_open_trials, cell.lease(word)) {
+        match admit(word, now, config.half_open_trials, || cell.lease(word)) {
             Admit::Pass => {
                 let role = if word.phase() == State::Closed {
                     Role::Closed
@@ -697,27 +831,66 @@ pub(crate) fn adopt<H: CircuitBreaker>(
 
 // Recording.
 
-#[inline]
-fn record_here<H: CircuitBreaker>(permit: &mut Permit<'_, H>, report: Option<Report>) {
+/// Records an outcome in this process. Takes the permit apart and hands its parts on to
+/// the cold path by value, in registers, so that nothing of it outlives a call that might
+/// unwind: the common closed success then keeps the permit in registers, with no landing
+/// pad to spill it for. Always inlined, for the reason [`enter`] is.
+#[inline(always)]
+fn record_here<H: CircuitBreaker>(mut permit: Permit<'_, H>, report: Option<Report>) {
     let role = std::mem::replace(&mut permit.role, Role::Unrecorded);
-    match (role, report) {
-        (Role::Unrecorded, _) | (Role::Closed, None) => {}
+    let Some(cell) = permit.cell.take() else {
+        return;
+    };
+    let report = match (role, report) {
+        (Role::Unrecorded, _) | (Role::Closed, None) => return,
         // The common case: one load, no store, no clock.
         (Role::Closed, Some(Report::Success))
             if matches!(H::CONFIG.policy, FailurePolicy::Consecutive)
-                && closed_success_changes_nothing(permit.cell.load(), permit.admitted) => {}
-        (Role::Trial, None) => settle_here(permit, Report::Abandoned),
-        (_, Some(report)) => settle_here(permit, report),
-    }
+                && closed_success_changes_nothing(cell.load(), permit.admitted) =>
+        {
+            return;
+        }
+        (Role::Trial, None) => Report::Abandoned,
+        (_, Some(report)) => report,
+    };
+    let (handler, clock, admitted) = (permit.handler, permit.clock, permit.admitted);
+    // Emptied, the permit has nothing left to do when dropped; dropped before the call, it
+    // needs no landing pad.
+    drop(permit);
+    settle_owned(handler, cell, clock, admitted, report);
 }
 
 #[cold]
 #[inline(never)]
-fn settle_here<H: CircuitBreaker>(permit: &Permit<'_, H>, report: Report) {
+fn settle_owned<H: CircuitBreaker>(
+    handler: &H,
+    cell: CellRef<'_>,
+    clock: &Clock,
+    admitted: Word,
+    report: Report,
+) {
+    settle_here(handler, &cell, clock, admitted, report);
+}
+
+/// Gives an unrecorded in-process trial permit back.
+#[cold]
+#[inline(never)]
+fn abandon<H: CircuitBreaker>(handler: &H, cell: &Cell, clock: &Clock, admitted: Word) {
+    settle_here(handler, cell, clock, admitted, Report::Abandoned);
+}
+
+/// Applies an outcome to an in-process breaker.
+#[inline(always)]
+fn settle_here<H: CircuitBreaker>(
+    handler: &H,
+    cell: &Cell,
+    clock: &Clock,
+    admitted: Word,
+    report: Report,
+) {
     let config = &H::CONFIG;
-    let cell = &permit.cell;
     let failed = matches!(report, Report::Failure { .. });
-    let in_window = permit.admitted.phase() == State::Closed
+    let in_window = admitted.phase() == State::Closed
         && match config.policy {
             FailurePolicy::Consecutive => false,
             FailurePolicy::CountInWindow { .. } => failed,
@@ -726,13 +899,13 @@ fn settle_here<H: CircuitBreaker>(permit: &Permit<'_, H>, report: Report) {
     // Consecutive-policy successes read no clock; rate-policy successes the coarse one when
     // its buckets are wide. A failure may open the breaker, so it reads the precise clock.
     let now = if failed || (in_window && !config.coarse_successes()) {
-        permit.clock.now()
-    } else if in_window || permit.admitted.phase() == State::HalfOpen {
-        permit.clock.coarse_now()
+        clock.now()
+    } else if in_window || admitted.phase() == State::HalfOpen {
+        clock.coarse_now()
     } else {
         0
     };
-    if permit.admitted.phase() == State::HalfOpen
+    if admitted.phase() == State::HalfOpen
         && cell.lease(cell.load()).is_some_and(|lease| now >= lease)
     {
         // The round is over: nothing happened in it for a recovery timeout.
@@ -745,9 +918,7 @@ fn settle_here<H: CircuitBreaker>(permit: &Permit<'_, H>, report: Report) {
         let trips = {
             let mut window = cell.window();
             let current = cell.load();
-            if current.phase() == State::Closed
-                && current.generation() == permit.admitted.generation()
-            {
+            if current.phase() == State::Closed && current.generation() == admitted.generation() {
                 window.record(config, now, failed)
             } else {
                 false
@@ -763,7 +934,7 @@ fn settle_here<H: CircuitBreaker>(permit: &Permit<'_, H>, report: Report) {
         report
     };
     let mut word = cell.load();
-    while let Some(next) = settle(word, permit.admitted, report, config, now) {
+    while let Some(next) = settle(word, admitted, report, config, now) {
         match cell.compare_exchange(word, next) {
             Ok(_) => {
                 if next.phase() != word.phase() {
@@ -772,7 +943,7 @@ fn settle_here<H: CircuitBreaker>(permit: &Permit<'_, H>, report: Report) {
                     // Something happened in the round: its leases run again.
                     cell.set_lease(next, now.saturating_add(nanos(config.recovery_timeout)));
                 }
-                notify(permit.handler, cell, word, next);
+                notify(handler, cell, word, next);
                 return;
             }
             Err(actual) => word = actual,
@@ -802,7 +973,9 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
         (Role::Trial, None) => Op::ReleaseTrial,
         _ => return,
     };
-    let cell = &permit.cell;
+    let Some(cell) = permit.cell.as_deref() else {
+        return;
+    };
     let mut request = Request::new(cell.key.as_str(), op, config);
     if role == Role::Trial {
         request = request.in_round(permit.round);
@@ -824,7 +997,9 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
 /// reply is younger than the interval and left no failure count that this success must
 /// reset; the rate policy still needs it counted, so it is held back for the next report.
 fn hold_back_success<H: CircuitBreaker>(permit: &Permit<'_, H>, interval: Duration) -> bool {
-    let cell = &permit.cell;
+    let Some(cell) = permit.cell.as_deref() else {
+        return false;
+    };
     let word = cell.load();
     let policy = H::CONFIG.policy;
     if word.phase() != State::Closed

@@ -125,10 +125,16 @@ pub(crate) enum Admit {
     Reject(Rejection),
 }
 
-/// The admission rule of the authoritative (in-process) breaker. `lease` is when the
-/// current half-open round lapses, if known: the caller then starts a new one.
+/// The admission rule of the authoritative (in-process) breaker. `lease` gives when the
+/// current half-open round lapses, if known (read only for a half-open word): the caller
+/// then starts a new one.
 #[inline]
-pub(crate) fn admit(word: Word, now: Nanos, trials: u32, lease: Option<Nanos>) -> Admit {
+pub(crate) fn admit(
+    word: Word,
+    now: Nanos,
+    trials: u32,
+    lease: impl FnOnce() -> Option<Nanos>,
+) -> Admit {
     match word.phase() {
         State::Closed | State::ForcedClosed => Admit::Pass,
         State::ForcedOpen => Admit::Reject(Rejection::ForcedOpen),
@@ -138,7 +144,7 @@ pub(crate) fn admit(word: Word, now: Nanos, trials: u32, lease: Option<Nanos>) -
         },
         // A round in which nothing happened for a recovery timeout lapses, and the caller
         // starts a new one.
-        State::HalfOpen if lease.is_some_and(|lease| now >= lease) => {
+        State::HalfOpen if lease().is_some_and(|lease| now >= lease) => {
             Admit::Trial(word.new_round())
         }
         State::HalfOpen if word.permits() < trials => {
@@ -275,37 +281,37 @@ mod tests {
         let config = config(1, 2);
         let open = fail(Word::CLOSED, &config, 0);
         assert!(matches!(
-            admit(open, SECOND - 1, 2, None),
+            admit(open, SECOND - 1, 2, || None),
             Admit::Reject(Rejection::Open)
         ));
-        let Admit::Trial(first) = admit(open, SECOND + 1_100_000, 2, None) else {
+        let Admit::Trial(first) = admit(open, SECOND + 1_100_000, 2, || None) else {
             panic!("no trial")
         };
-        let Admit::Trial(second) = admit(first, SECOND + 1_100_000, 2, None) else {
+        let Admit::Trial(second) = admit(first, SECOND + 1_100_000, 2, || None) else {
             panic!("no second trial")
         };
         assert!(matches!(
-            admit(second, SECOND * 9, 2, None),
+            admit(second, SECOND * 9, 2, || None),
             Admit::Reject(Rejection::TrialsInProgress)
         ));
         // All permits are out; once the round's lease lapses a new round begins.
-        let Admit::Trial(new_round) = admit(second, SECOND * 9, 2, Some(SECOND * 8)) else {
+        let Admit::Trial(new_round) = admit(second, SECOND * 9, 2, || Some(SECOND * 8)) else {
             panic!("the lapsed round was not replaced")
         };
         assert_ne!(new_round.generation(), second.generation());
         // One trial abandons: its permit comes back.
         let released = settle(second, first, Report::Abandoned, &config, 0).unwrap();
-        assert!(matches!(admit(released, 0, 2, None), Admit::Trial(_)));
+        assert!(matches!(admit(released, 0, 2, || None), Admit::Trial(_)));
     }
 
     #[test]
     fn all_trials_succeeding_close_and_any_failure_reopens() {
         let config = config(1, 2);
         let open = fail(Word::CLOSED, &config, 0);
-        let Admit::Trial(one) = admit(open, 2 * SECOND, 2, None) else {
+        let Admit::Trial(one) = admit(open, 2 * SECOND, 2, || None) else {
             panic!()
         };
-        let Admit::Trial(two) = admit(one, 2 * SECOND, 2, None) else {
+        let Admit::Trial(two) = admit(one, 2 * SECOND, 2, || None) else {
             panic!()
         };
         let after_one = settle(two, one, Report::Success, &config, 0).unwrap();
@@ -332,7 +338,7 @@ mod tests {
         let one_failure = fail(closed, &config, 0);
         let open = fail(fail(one_failure, &config, 0), &config, 0);
         let reclosed = settle(open, open, Report::Success, &config, 0).unwrap_or(open);
-        let Admit::Trial(trial) = admit(open, 9 * SECOND, 1, None) else {
+        let Admit::Trial(trial) = admit(open, 9 * SECOND, 1, || None) else {
             panic!("no trial")
         };
         let closed_again = settle(trial, trial, Report::Success, &config, 0).unwrap();
