@@ -112,6 +112,7 @@ pub(crate) fn trips_on_rate(calls: u64, failures: u64, rate: f64, minimum_calls:
 }
 
 /// A duration in whole microseconds, saturating: the unit of the SQL storages.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing", test))]
 pub(crate) fn micros(duration: Duration) -> i64 {
     duration.as_micros().min(i64::MAX as u128) as i64
 }

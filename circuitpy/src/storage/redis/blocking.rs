@@ -143,6 +143,8 @@ trait Source {
 /// Why no connection could be had.
 enum StorageFailure {
     Redis(redis::RedisError),
+    /// An application's pool failed (r2d2).
+    #[cfg(feature = "r2d2")]
     Pool(String),
 }
 
@@ -168,6 +170,8 @@ impl Pooled<'_> {
     }
 
     /// The connection broke: it is not given back, nor are the idle ones to its server.
+    // Without `r2d2` there is one kind of pooled connection.
+    #[allow(irrefutable_let_patterns)]
     fn broke(mut self) {
         if let Pooled::Own {
             connection, pool, ..
@@ -258,6 +262,7 @@ fn run<T>(
             Ok(Some(pooled)) => pooled,
             Ok(None) => return Err(StorageError::timeout(key, timeout)),
             Err(StorageFailure::Redis(error)) => return Err(fail(error)),
+            #[cfg(feature = "r2d2")]
             Err(StorageFailure::Pool(why)) => {
                 return Err(StorageError::backend(
                     key,
