@@ -180,10 +180,13 @@ pub trait CircuitBreaker: Send + Sync + 'static {
 
 /// The state of a breaker.
 ///
+/// Non-exhaustive: a later version may add a state, so a `match` needs a catch-all arm.
+///
 /// ```
 /// assert_eq!(circuitpy::State::HalfOpen.to_string(), "half-open");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum State {
     /// Calls run; outcomes are counted.
     Closed,
@@ -191,9 +194,12 @@ pub enum State {
     Open,
     /// A limited number of trial calls run; the rest are rejected.
     HalfOpen,
-    /// Every call is rejected until [`Breaker::reset`](crate::Breaker::reset).
+    /// Every call is rejected until [`Breaker::reset`](crate::Breaker::reset), or, on a
+    /// shared storage, until [`FORCED_TTL`](crate::FORCED_TTL) after the last forcing.
     ForcedOpen,
-    /// Every call runs and nothing is recorded until [`Breaker::reset`](crate::Breaker::reset).
+    /// Every call runs and nothing is recorded until [`Breaker::reset`](crate::Breaker::reset),
+    /// or, on a shared storage, until [`FORCED_TTL`](crate::FORCED_TTL) after the last
+    /// forcing.
     ForcedClosed,
 }
 

@@ -9,7 +9,7 @@
 //! | the PL/pgSQL function | `storage/postgres/schema.sql` | PostgreSQL, one statement per operation |
 //! | the primitive protocol | `rules/primitive.rs` | any storage that implements only the three primitives |
 //!
-//! `tests/rules/differential.rs` feeds the same random operations and clock steps to every
+//! `tests/differential/` feeds the same random operations and clock steps to every
 //! one of them and requires the same states, permits and rejections.
 //!
 //! # The rules
