@@ -640,6 +640,23 @@ impl<F: Flavor> Run<'_, F> {
         })
     }
 
+    /// A call with `body` that must run or be rejected (`call.1`; `ran_when` says when),
+    /// then the state it must leave.
+    pub(crate) async fn call_then_expect<P: Profile>(
+        &mut self,
+        call: (Body<'_>, bool),
+        rule: &'static str,
+        breaker: &BreakerOf<F, P>,
+        ran_when: &str,
+        expected: State,
+        when: &str,
+    ) -> Result<(), Failure> {
+        let (body, expect_ran) = call;
+        self.expect_call(rule, breaker, body, expect_ran, ran_when)
+            .await?;
+        self.expect_state(rule, breaker, expected, when).await
+    }
+
     pub(crate) async fn expect_call<P: Profile>(
         &mut self,
         rule: &'static str,

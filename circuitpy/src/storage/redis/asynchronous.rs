@@ -150,12 +150,13 @@ impl<C: ConnectionLike + Clone + Send + Sync> Source for Given<'_, C> {
     }
 }
 
+/// `AsyncStorage` for a Redis type, through the `Source` that reaches its server.
 macro_rules! connection_storage {
-    ($type:ty, $doc:literal) => {
+    ($type:ty, $source:ident, $doc:literal) => {
         #[doc = $doc]
         impl AsyncStorage for $type {
             async fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
-                Given(self).increment_by(key, 1, ttl).await
+                $source(self).increment_by(key, 1, ttl).await
             }
 
             async fn increment_by(
@@ -164,19 +165,19 @@ macro_rules! connection_storage {
                 count: u64,
                 ttl: Duration,
             ) -> Result<u64, StorageError> {
-                Given(self).increment_by(key, count, ttl).await
+                $source(self).increment_by(key, count, ttl).await
             }
 
             async fn get_count(&self, key: &str) -> Result<u64, StorageError> {
-                Given(self).get_count(key).await
+                $source(self).get_count(key).await
             }
 
             async fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
-                Given(self).expire_after(key, ttl).await
+                $source(self).expire_after(key, ttl).await
             }
 
             async fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
-                Given(self).execute(request).await
+                $source(self).execute(request).await
             }
         }
     };
@@ -184,10 +185,12 @@ macro_rules! connection_storage {
 
 connection_storage!(
     MultiplexedConnection,
+    Given,
     "An async storage over one multiplexed connection (cloned per command, which is cheap)."
 );
 connection_storage!(
     ConnectionManager,
+    Given,
     "An async storage over a connection manager, which reconnects by itself.\n\n\
      ```no_run\n\
      use std::time::Duration;\n\
@@ -289,32 +292,10 @@ impl Source for SharedOf<'_> {
     }
 }
 
-/// An async storage shared by every process that reaches the same Redis server: one
-/// multiplexed connection per server, made on first use with the handler's storage timeout
-/// as its connection and response timeout.
-impl AsyncStorage for redis::Client {
-    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
-        SharedOf(self).increment_by(key, 1, ttl).await
-    }
-
-    async fn increment_by(
-        &self,
-        key: &str,
-        count: u64,
-        ttl: Duration,
-    ) -> Result<u64, StorageError> {
-        SharedOf(self).increment_by(key, count, ttl).await
-    }
-
-    async fn get_count(&self, key: &str) -> Result<u64, StorageError> {
-        SharedOf(self).get_count(key).await
-    }
-
-    async fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
-        SharedOf(self).expire_after(key, ttl).await
-    }
-
-    async fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
-        SharedOf(self).execute(request).await
-    }
-}
+connection_storage!(
+    redis::Client,
+    SharedOf,
+    "An async storage shared by every process that reaches the same Redis server: one \
+     multiplexed connection per server, made on first use with the handler's storage timeout \
+     as its connection and response timeout."
+);

@@ -33,10 +33,15 @@ impl<F: Flavor> Run<'_, F> {
         .await?;
 
         let rule = "consecutive-failures-trip-at-threshold";
-        self.expect_call(rule, &breaker, Body::Fail, true, "while closed")
-            .await?;
-        self.expect_state(rule, &breaker, State::Open, "after three failures in a row")
-            .await?;
+        self.call_then_expect(
+            (Body::Fail, true),
+            rule,
+            &breaker,
+            "while closed",
+            State::Open,
+            "after three failures in a row",
+        )
+        .await?;
 
         let rule = "open-rejects-without-running";
         let called = self
@@ -59,10 +64,15 @@ impl<F: Flavor> Run<'_, F> {
         .await?;
 
         let rule = "a-failed-trial-reopens";
-        self.expect_call(rule, &breaker, Body::Fail, true, "as the trial")
-            .await?;
-        self.expect_state(rule, &breaker, State::Open, "after the trial failed")
-            .await?;
+        self.call_then_expect(
+            (Body::Fail, true),
+            rule,
+            &breaker,
+            "as the trial",
+            State::Open,
+            "after the trial failed",
+        )
+        .await?;
         self.expect_call(
             rule,
             &breaker,
@@ -74,16 +84,15 @@ impl<F: Flavor> Run<'_, F> {
 
         let rule = "a-successful-trial-closes";
         self.wait(RECOVERY + RECOVERY / 4).await;
-        self.expect_call(
+        self.call_then_expect(
+            (Body::Succeed, true),
             rule,
             &breaker,
-            Body::Succeed,
-            true,
             "as the trial after reopening",
+            State::Closed,
+            "after the trial succeeded",
         )
         .await?;
-        self.expect_state(rule, &breaker, State::Closed, "after the trial succeeded")
-            .await?;
 
         let rule = "closing-clears-the-failure-count";
         for _ in 0..2 {
@@ -187,17 +196,11 @@ impl<F: Flavor> Run<'_, F> {
         )?;
         let rule = "forced-open-is-sticky";
         self.wait(RECOVERY + RECOVERY / 4).await;
-        self.expect_call(
+        self.call_then_expect(
+            (Body::Succeed, false),
             rule,
             &breaker,
-            Body::Succeed,
-            false,
             "a recovery timeout after force_open",
-        )
-        .await?;
-        self.expect_state(
-            rule,
-            &breaker,
             State::ForcedOpen,
             "a recovery timeout after force_open",
         )
@@ -238,11 +241,11 @@ impl<F: Flavor> Run<'_, F> {
             "after reset and two failures",
         )
         .await?;
-        self.expect_call(rule, &breaker, Body::Fail, true, "after reset")
-            .await?;
-        self.expect_state(
+        self.call_then_expect(
+            (Body::Fail, true),
             rule,
             &breaker,
+            "after reset",
             State::Open,
             "after reset and three failures",
         )
@@ -292,11 +295,11 @@ impl<F: Flavor> Run<'_, F> {
         let trials = Trials::TRIALS as usize;
 
         let rule = "half-open-admits-exactly-k-trials";
-        self.expect_call(rule, &breaker, Body::Fail, true, "while closed")
-            .await?;
-        self.expect_state(
+        self.call_then_expect(
+            (Body::Fail, true),
             rule,
             &breaker,
+            "while closed",
             State::Open,
             "after a failure with threshold 1",
         )
@@ -352,10 +355,15 @@ impl<F: Flavor> Run<'_, F> {
             .await?;
         }
         let rule = "any-failed-trial-reopens";
-        self.expect_call(rule, &breaker, Body::Fail, true, "as the last trial")
-            .await?;
-        self.expect_state(rule, &breaker, State::Open, "after the last trial failed")
-            .await?;
+        self.call_then_expect(
+            (Body::Fail, true),
+            rule,
+            &breaker,
+            "as the last trial",
+            State::Open,
+            "after the last trial failed",
+        )
+        .await?;
         Ok(())
     }
 
@@ -367,30 +375,30 @@ impl<F: Flavor> Run<'_, F> {
                 .await?;
         }
         self.wait(WINDOW + WINDOW / 2).await;
-        self.expect_call(rule, &breaker, Body::Fail, true, "after a quiet window")
-            .await?;
-        self.expect_state(
+        self.call_then_expect(
+            (Body::Fail, true),
             rule,
             &breaker,
+            "after a quiet window",
             State::Closed,
             "F F, a quiet window, F with threshold 3",
         )
         .await?;
         let rule = "count-in-window-trips-at-threshold";
-        self.expect_call(rule, &breaker, Body::Fail, true, "while closed")
-            .await?;
-        self.expect_state(
+        self.call_then_expect(
+            (Body::Fail, true),
             rule,
             &breaker,
+            "while closed",
             State::Closed,
             "after two failures in the window",
         )
         .await?;
-        self.expect_call(rule, &breaker, Body::Fail, true, "while closed")
-            .await?;
-        self.expect_state(
+        self.call_then_expect(
+            (Body::Fail, true),
             rule,
             &breaker,
+            "while closed",
             State::Open,
             "after three failures in the window",
         )
@@ -433,10 +441,15 @@ impl<F: Flavor> Run<'_, F> {
             )
             .await?;
         }
-        self.expect_call(rule, &breaker, Body::Fail, true, "while closed")
-            .await?;
-        self.expect_state(rule, &breaker, State::Open, "after 4 failures in 4 calls")
-            .await?;
+        self.call_then_expect(
+            (Body::Fail, true),
+            rule,
+            &breaker,
+            "while closed",
+            State::Open,
+            "after 4 failures in 4 calls",
+        )
+        .await?;
         Ok(())
     }
 }
