@@ -118,6 +118,32 @@ fn bare(x: u64) -> Result<u64, BenchError> {
     Ok(black_box(x))
 }
 
+/// What a real body calls: a client function, out of line, that can fail.
+#[inline(never)]
+fn client(x: u64) -> Result<u64, BenchError> {
+    if black_box(x) == u64::MAX {
+        Err(BenchError::Down)
+    } else {
+        Ok(x.wrapping_mul(3))
+    }
+}
+
+/// The user-style floor: a function whose body calls the client, unguarded.
+#[inline(never)]
+fn bare_user_style(x: u64) -> Result<u64, BenchError> {
+    let value = client(x)?;
+    Ok(value + 1)
+}
+
+/// The same body guarded, as an application writes it: the result of an out-of-line call
+/// has to survive around the breaker's work.
+#[inline(never)]
+#[circuit_breaker(handler = Consecutive)]
+fn guarded_user_style(x: u64) -> Result<u64, BenchError> {
+    let value = client(x)?;
+    Ok(value + 1)
+}
+
 #[inline(never)]
 #[circuit_breaker(handler = Consecutive)]
 fn guarded_consecutive(x: u64) -> Result<u64, BenchError> {
@@ -314,6 +340,12 @@ fn single_thread(c: &mut Criterion) {
     group.bench_function("circuitpy_rate", |b| {
         b.iter(|| value(guarded_rate(black_box(7))))
     });
+    group.bench_function("bare_user_style", |b| {
+        b.iter(|| value(bare_user_style(black_box(7))))
+    });
+    group.bench_function("circuitpy_user_style", |b| {
+        b.iter(|| value(guarded_user_style(black_box(7))))
+    });
     let failsafe = failsafe_breaker(5);
     group.bench_function("failsafe", |b| {
         b.iter(|| value(failsafe.call(|| bare(black_box(7)))))
@@ -462,6 +494,8 @@ fn counting_modes() -> bool {
             "bare_async" => Box::new(|i| poll_once(bare_async(i)).unwrap()),
             "async" => Box::new(|i| poll_once(guarded_async(i)).unwrap()),
             "static_key" => Box::new(|i| guarded_keyed_handler_static(i).unwrap()),
+            "bare_user_style" => Box::new(|i| bare_user_style(i).unwrap()),
+            "user_style" => Box::new(|i| guarded_user_style(i).unwrap()),
             other => panic!("unknown CIRCUITPY_BENCH_CASE {other:?}"),
         };
         let mut sum = 0u64;
