@@ -67,6 +67,21 @@ impl Rejection {
     pub fn is_open(&self) -> bool {
         !matches!(self, Rejection::StorageFailed(_))
     }
+
+    /// The reason as a label for logs and metrics: `open`, `trials_in_progress`,
+    /// `forced_open` or `storage_failed`.
+    ///
+    /// ```
+    /// assert_eq!(circuitpy::Rejection::TrialsInProgress.name(), "trials_in_progress");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rejection::Open => "open",
+            Rejection::TrialsInProgress => "trials_in_progress",
+            Rejection::ForcedOpen => "forced_open",
+            Rejection::StorageFailed(_) => "storage_failed",
+        }
+    }
 }
 
 impl CircuitBreakerOpen {

@@ -226,6 +226,24 @@ impl State {
     }
 }
 
+impl State {
+    /// The state as a label for logs and metrics: `closed`, `open`, `half_open`,
+    /// `forced_open` or `forced_closed`.
+    ///
+    /// ```
+    /// assert_eq!(circuitpy::State::HalfOpen.name(), "half_open");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+            State::ForcedOpen => "forced_open",
+            State::ForcedClosed => "forced_closed",
+        }
+    }
+}
+
 impl std::fmt::Display for State {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -2,6 +2,8 @@
 //! random sequences, many threads and tasks on one breaker, and local mode.
 
 mod concurrency;
+#[cfg(feature = "tracing")]
+mod events;
 mod local_mode;
 mod model;
 mod primitives;

@@ -768,7 +768,7 @@ fn storage_failed<'a, H: CircuitBreaker>(
     let key = cell
         .as_ref()
         .map_or(H::FAILURE_KEY, |cell| cell.key.as_str());
-    hook(|| handler.on_storage_error(key, &error));
+    storage_error(handler, key, &error);
     match H::CONFIG.on_storage_failure {
         OnStorageFailure::Allow => {
             // No cell for an unusable key: the call runs against a throwaway one.
@@ -806,14 +806,48 @@ fn reject<H: CircuitBreaker>(
         retry_at,
         reason,
     };
+    #[cfg(feature = "tracing")]
+    tracing::debug!(
+        circuitbreaker.name = rejection.key.as_str(),
+        circuitbreaker.method = rejection.method,
+        circuitbreaker.rejection = rejection.reason.name(),
+        "call rejected by the circuit breaker"
+    );
     hook(|| handler.on_rejected(&rejection));
     rejection
 }
 
 fn notify<H: CircuitBreaker>(handler: &H, cell: &Cell, from: Word, to: Word) {
     if from.phase() != to.phase() {
-        hook(|| handler.on_state_change(cell.key.as_str(), from.phase(), to.phase()));
+        state_changed(handler, cell.key.as_str(), from.phase(), to.phase());
     }
+}
+
+// The events: each goes to the handler's hook and, with the `tracing` feature, to a
+// `tracing` event named after the OpenTelemetry proposal for circuit breakers
+// (`circuitbreaker.name`, `circuitbreaker.state`). One path for both.
+
+/// A breaker changed state, as this process saw it.
+fn state_changed<H: CircuitBreaker>(handler: &H, key: &str, from: State, to: State) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        circuitbreaker.name = key,
+        circuitbreaker.state = to.name(),
+        circuitbreaker.previous_state = from.name(),
+        "circuit breaker changed state"
+    );
+    hook(|| handler.on_state_change(key, from, to));
+}
+
+/// A storage operation failed.
+fn storage_error<H: CircuitBreaker>(handler: &H, key: &str, error: &StorageError) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        circuitbreaker.name = key,
+        error = %error,
+        "circuit breaker storage failed"
+    );
+    hook(|| handler.on_storage_error(key, error));
 }
 
 /// Adopts a shared storage's reply to a request sent when the view was `sent`.
@@ -988,7 +1022,7 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
         Ok(snapshot) => adopt(permit.handler, cell, permit.clock.now(), sent, &snapshot),
         Err(error) => {
             cell.mark_failed(permit.clock.now(), &error);
-            hook(|| permit.handler.on_storage_error(cell.key.as_str(), &error));
+            storage_error(permit.handler, cell.key.as_str(), &error);
         }
     }
 }
@@ -1037,7 +1071,7 @@ pub(crate) fn control_here<H: CircuitBreaker>(handler: &H, cell: &Cell, op: Op) 
     let previous = cell.swap(current.next(state, 0));
     cell.clear_window();
     if previous.phase() != state {
-        hook(|| handler.on_state_change(cell.key.as_str(), previous.phase(), state));
+        state_changed(handler, cell.key.as_str(), previous.phase(), state);
     }
 }
 
