@@ -45,6 +45,43 @@ pub fn test_name_in(module_path: &str, test: &str) -> String {
     }
 }
 
+/// The environment variable that marks a test binary run by [`in_own_process`].
+const OWN_PROCESS: &str = "CIRCUITPY_TEST_IN_OWN_PROCESS";
+
+/// Runs the calling test in a process of its own: this test binary again, with only `test`
+/// (from [`test_name!`]) selected. In the parent it returns `false` once the child passed
+/// (and fails the test otherwise), passing on the child's standard error; in the child it
+/// returns `true`, and the test goes on. For tests whose subject is process-wide: the
+/// resident set, `tracing`'s per-site caches.
+///
+/// ```no_run
+/// # fn measured() {
+/// if !circuitpy_tests::in_own_process(&circuitpy_tests::test_name!(measured)) {
+///     return;
+/// }
+/// // ... the test itself ...
+/// # }
+/// ```
+pub fn in_own_process(test: &str) -> bool {
+    if std::env::var_os(OWN_PROCESS).is_some() {
+        return true;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(OWN_PROCESS, "1")
+        .output()
+        .expect("the test binary runs again");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprint!("{stderr}");
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{test} failed in its own process: {}\n{stdout}",
+        output.status
+    );
+    false
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -69,24 +69,9 @@ impl From<circuitpy::CircuitBreakerOpen> for Down {
 /// reaching a site first, on a thread with no subscriber, would hide it from this one's.
 #[test]
 fn transitions_and_rejections_are_tracing_events_with_the_breakers_fields() {
-    const CHILD: &str = "CIRCUITPY_EVENTS_CHILD";
-    if std::env::var_os(CHILD).is_none() {
-        let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "events::transitions_and_rejections_are_tracing_events_with_the_breakers_fields",
-                "--exact",
-                "--test-threads=1",
-            ])
-            .env(CHILD, "1")
-            .output()
-            .expect("the test binary runs again");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success() && stdout.contains("1 passed"),
-            "the test failed in its own process: {}\n{stdout}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
+    if !circuitpy_tests::in_own_process(&circuitpy_tests::test_name!(
+        transitions_and_rejections_are_tracing_events_with_the_breakers_fields
+    )) {
         return;
     }
     let collector = Collector::default();

@@ -122,25 +122,9 @@ impl CircuitBreaker for PerHost {
 /// test), so that the other tests running beside it do not count.
 #[test]
 fn a_million_failing_keys_stay_bounded() {
-    const CHILD: &str = "CIRCUITPY_MILLION_KEYS_CHILD";
-    if std::env::var_os(CHILD).is_none() {
-        let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "robustness::a_million_failing_keys_stay_bounded",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD, "1")
-            .output()
-            .expect("the test binary runs again");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        eprint!("{stderr}");
-        assert!(
-            output.status.success() && stderr.contains("a million failing keys:"),
-            "the measuring process failed: {}\n{stderr}",
-            output.status
-        );
+    if !circuitpy_tests::in_own_process(&circuitpy_tests::test_name!(
+        a_million_failing_keys_stay_bounded
+    )) {
         return;
     }
     let before = resident_kib();
