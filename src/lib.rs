@@ -45,6 +45,71 @@ pub fn test_name_in(module_path: &str, test: &str) -> String {
     }
 }
 
+/// A rate breaker (half of at least 10 calls in a minute) whose configuration the storage
+/// tests send; its storage is never used.
+pub struct Rated;
+
+impl circuitpy::CircuitBreaker for Rated {
+    const FAILURE_THRESHOLD: u32 = 1;
+    const RECOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    const FAILURE_KEY: &'static str = "rated";
+    const FAILURE_POLICY: circuitpy::FailurePolicy = circuitpy::FailurePolicy::Rate {
+        rate: 0.5,
+        window: std::time::Duration::from_secs(60),
+        minimum_calls: 10,
+    };
+    type Storage = circuitpy::MemoryStorage;
+    fn storage(&self) -> &circuitpy::MemoryStorage {
+        unimplemented!("only the configuration is used")
+    }
+}
+
+/// Local mode under the rate policy: one report standing for 50 held-back successes, then
+/// 10 failures (17 % of 60 calls), must leave a 50 % breaker on `storage` closed.
+pub fn assert_held_back_successes_count_in_full(storage: &impl circuitpy::Storage) {
+    use circuitpy::{Config, Op, Request, State};
+    let config = Config::of::<Rated>();
+    storage
+        .execute(&Request::new("held", Op::Success, &config).with_count(50))
+        .unwrap();
+    for _ in 0..10 {
+        storage
+            .execute(&Request::new("held", Op::Failure, &config))
+            .unwrap();
+    }
+    let state = storage
+        .execute(&Request::new("held", Op::Read, &config))
+        .unwrap()
+        .state;
+    assert_eq!(
+        state,
+        State::Closed,
+        "10 failures in 60 calls tripped a 50 % breaker"
+    );
+}
+
+/// Runs `call` on `threads` threads released at once; the longest any of them took.
+pub fn longest_of_concurrent(threads: usize, call: impl Fn() + Sync) -> std::time::Duration {
+    let barrier = std::sync::Barrier::new(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    barrier.wait();
+                    let started = std::time::Instant::now();
+                    call();
+                    started.elapsed()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().unwrap())
+            .max()
+            .unwrap()
+    })
+}
+
 /// The environment variable that marks a test binary run by [`in_own_process`].
 const OWN_PROCESS: &str = "CIRCUITPY_TEST_IN_OWN_PROCESS";
 

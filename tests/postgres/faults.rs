@@ -2,12 +2,9 @@
 //! an async runtime, and local-mode counts.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use circuitpy::{
-    Breaker, CircuitBreaker, Config, FailurePolicy, Op, PostgresOptions, PostgresStorage, Request,
-    State, Storage,
-};
+use circuitpy::{Breaker, CircuitBreaker, PostgresOptions, PostgresStorage, State};
 
 use circuitpy_tests::handlers::{Failed as E, leak};
 use circuitpy_tests::proxy::Proxy;
@@ -141,23 +138,8 @@ fn a_silent_server_costs_each_thread_one_storage_timeout() {
     proxy.go_silent();
     let timeout = Quick::<PostgresStorage>::STORAGE_TIMEOUT;
     for round in 0..3 {
-        let barrier = std::sync::Barrier::new(16);
-        let longest = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..16)
-                .map(|_| {
-                    scope.spawn(|| {
-                        barrier.wait();
-                        let started = Instant::now();
-                        let _ = breaker.call(|| Err::<(), E>(E::Down));
-                        started.elapsed()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|worker| worker.join().unwrap())
-                .max()
-                .unwrap()
+        let longest = circuitpy_tests::longest_of_concurrent(16, || {
+            let _ = breaker.call(|| Err::<(), E>(E::Down));
         });
         assert!(
             longest <= timeout + Duration::from_millis(20),
@@ -199,22 +181,6 @@ fn a_blocking_storage_inside_a_runtime_does_not_panic() {
     }
 }
 
-struct Rated;
-impl CircuitBreaker for Rated {
-    const FAILURE_THRESHOLD: u32 = 1;
-    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
-    const FAILURE_KEY: &'static str = "rated";
-    const FAILURE_POLICY: FailurePolicy = FailurePolicy::Rate {
-        rate: 0.5,
-        window: Duration::from_secs(60),
-        minimum_calls: 10,
-    };
-    type Storage = circuitpy::MemoryStorage;
-    fn storage(&self) -> &circuitpy::MemoryStorage {
-        unimplemented!()
-    }
-}
-
 /// 50 successes reported at once, then 10 failures (17 %), do not trip a 50 %
 /// breaker.
 #[test]
@@ -223,22 +189,5 @@ fn held_back_successes_count_in_full() {
     let table = fresh_table("rate");
     let storage =
         PostgresStorage::connect_with(&url, PostgresOptions::default().table(&table)).unwrap();
-    let config = Config::of::<Rated>();
-    storage
-        .execute(&Request::new("held", Op::Success, &config).with_count(50))
-        .unwrap();
-    for _ in 0..10 {
-        storage
-            .execute(&Request::new("held", Op::Failure, &config))
-            .unwrap();
-    }
-    let state = storage
-        .execute(&Request::new("held", Op::Read, &config))
-        .unwrap()
-        .state;
-    assert_eq!(
-        state,
-        State::Closed,
-        "10 failures in 60 calls tripped a 50 % breaker"
-    );
+    circuitpy_tests::assert_held_back_successes_count_in_full(&storage);
 }

@@ -6,8 +6,7 @@ use std::sync::Barrier;
 use std::time::Duration;
 
 use circuitpy::{
-    Breaker, CircuitBreaker, Clock, Config, FailurePolicy, ManualClock, MemoryStorage, Op, Request,
-    State, Storage, StorageError,
+    Breaker, CircuitBreaker, Clock, ManualClock, MemoryStorage, State, Storage, StorageError,
 };
 
 use circuitpy_tests::handlers::held_call;
@@ -45,46 +44,13 @@ impl Storage for Primitives {
     }
 }
 
-struct Rated;
-impl CircuitBreaker for Rated {
-    const FAILURE_THRESHOLD: u32 = 1;
-    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
-    const FAILURE_KEY: &'static str = "rated";
-    const FAILURE_POLICY: FailurePolicy = FailurePolicy::Rate {
-        rate: 0.5,
-        window: Duration::from_secs(60),
-        minimum_calls: 10,
-    };
-    type Storage = MemoryStorage;
-    fn storage(&self) -> &MemoryStorage {
-        unimplemented!()
-    }
-}
-
 /// 50 successes reported at once, then 10 failures (17 %), do not trip a 50 %
 /// breaker.
 #[test]
 fn held_back_successes_count_in_full() {
     let manual = ManualClock::new();
     let storage = Primitives::new(&manual);
-    let config = Config::of::<Rated>();
-    storage
-        .execute(&Request::new("held", Op::Success, &config).with_count(50))
-        .unwrap();
-    for _ in 0..10 {
-        storage
-            .execute(&Request::new("held", Op::Failure, &config))
-            .unwrap();
-    }
-    let state = storage
-        .execute(&Request::new("held", Op::Read, &config))
-        .unwrap()
-        .state;
-    assert_eq!(
-        state,
-        State::Closed,
-        "10 failures in 60 calls tripped a 50 % breaker"
-    );
+    circuitpy_tests::assert_held_back_successes_count_in_full(&storage);
 }
 
 /// Primitives whose deletions of the forced-mode key wait for each other, so that two
