@@ -270,6 +270,17 @@ impl<H: CircuitBreaker> Breaker<H> {
         .await
     }
 
+    /// Admission for an async call under the per-call key `key` (none: the breaker's own).
+    #[cfg(any(feature = "tower", feature = "reqwest"))]
+    pub(crate) fn entering<'a>(&'a self, key: Option<&str>, method: &'static str) -> Entering<'a, H>
+    where
+        H::Storage: AsyncStorage,
+    {
+        let storage = self.handler.storage();
+        let key = key.or(self.key.as_deref());
+        engine::enter_async(&self.handler, storage, self.family(), key, method)
+    }
+
     fn acquire_for(&self, method: &'static str) -> Result<Permit<'_, H>, CircuitBreakerOpen>
     where
         H::Storage: Storage,

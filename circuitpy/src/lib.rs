@@ -59,10 +59,14 @@ mod handler;
 pub mod health;
 mod key;
 mod policy;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
 mod rules;
 mod storage;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use breaker::Breaker;
 pub use clock::{Clock, ManualClock};
