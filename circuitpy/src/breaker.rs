@@ -272,6 +272,7 @@ impl<H: CircuitBreaker> Breaker<H> {
 
     /// Admission for an async call under the per-call key `key` (none: the breaker's own).
     #[cfg(any(feature = "tower", feature = "reqwest"))]
+    #[inline(always)]
     pub(crate) fn entering<'a>(&'a self, key: Option<&str>, method: &'static str) -> Entering<'a, H>
     where
         H::Storage: AsyncStorage,
@@ -279,6 +280,13 @@ impl<H: CircuitBreaker> Breaker<H> {
         let storage = self.handler.storage();
         let key = key.or(self.key.as_deref());
         engine::enter_async(&self.handler, storage, self.family(), key, method)
+    }
+
+    /// The handler and the breakers' family, to rebuild a permit from a ticket.
+    #[cfg(feature = "tower")]
+    #[inline]
+    pub(crate) fn parts(&self) -> (&H, &Family) {
+        (&self.handler, self.family())
     }
 
     fn acquire_for(&self, method: &'static str) -> Result<Permit<'_, H>, CircuitBreakerOpen>

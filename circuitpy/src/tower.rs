@@ -50,7 +50,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
-use std::panic::resume_unwind;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -59,7 +59,9 @@ use std::time::{Duration, SystemTime};
 use ::tower::{Layer, Service};
 
 use crate::breaker::Breaker;
-use crate::engine::{Entering, Outcome, catch_async};
+use crate::clock::Clock;
+use crate::engine::view::decided_here;
+use crate::engine::{Entering, Outcome, Permit, Ticket, catch_async};
 use crate::error::CircuitBreakerOpen;
 use crate::handler::CircuitBreaker;
 use crate::storage::AsyncStorage;
@@ -204,15 +206,12 @@ impl<S, H: CircuitBreaker, K, C> CircuitBreakerService<S, H, K, C> {
     }
 }
 
-/// The future of a [`CircuitBreakerService`]'s response.
-pub type ResponseFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, Error<E>>> + Send>>;
-
 impl<S, H, K, C, Request> Service<Request> for CircuitBreakerService<S, H, K, C>
 where
     S: Service<Request> + Clone + Send + 'static,
     S::Future: Send,
-    S::Response: Send,
-    S::Error: Send,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
     H: CircuitBreaker,
     H::Storage: AsyncStorage,
     K: RequestKey<Request>,
@@ -221,7 +220,7 @@ where
 {
     type Response = S::Response;
     type Error = Error<S::Error>;
-    type Future = ResponseFuture<S::Response, S::Error>;
+    type Future = ResponseFuture<S::Future, H, C, S::Response, S::Error>;
 
     /// The inner service's readiness; takes no permit.
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -229,17 +228,155 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        // The ready service goes with the request; a clone waits for the next poll_ready.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let key = self.key.key(&request);
+        let entering = self
+            .breaker
+            .entering(key.as_ref().map(AsRef::as_ref), "call");
+        let admission = match entering {
+            Entering::Decided(admission) => admission,
+            Entering::Asking(_) => {
+                // The storage must be asked before the request may go: the ready service
+                // goes with it, a clone waits for the next poll_ready.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let key = key.map(|key| key.as_ref().to_owned());
+                return ResponseFuture::asking(
+                    self.breaker.clone(),
+                    key,
+                    inner,
+                    request,
+                    self.classify.clone(),
+                );
+            }
+        };
+        let stage = match admission {
+            Ok(permit) => Stage::Calling {
+                held: Held {
+                    breaker: self.breaker.clone(),
+                    ticket: Some(permit.into_ticket()),
+                    clock: clock::<H>,
+                },
+                inner: self.inner.call(request),
+                classify: Some(self.classify.clone()),
+            },
+            Err(open) => Stage::Rejected {
+                open: Some(Box::new(open)),
+            },
+        };
+        ResponseFuture { stage }
+    }
+}
+
+type Panic = Box<dyn std::any::Any + Send>;
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The permit of a request under way, with its breaker: dropped unrecorded (the request
+/// was cancelled), it gives a trial permit back.
+struct Held<H: CircuitBreaker> {
+    breaker: Arc<Breaker<H>>,
+    ticket: Option<Ticket>,
+    /// The storage's clock (a function, so that dropping needs no bound on the storage).
+    clock: for<'a> fn(&'a H) -> &'a Clock,
+}
+
+fn clock<H: CircuitBreaker>(handler: &H) -> &Clock
+where
+    H::Storage: AsyncStorage,
+{
+    AsyncStorage::clock(handler.storage())
+}
+
+impl<H: CircuitBreaker> Held<H>
+where
+    H::Storage: AsyncStorage,
+{
+    /// Records `outcome`: at once in memory, else through the returned future.
+    #[inline]
+    fn record(&mut self, outcome: Outcome) -> Option<Boxed<()>> {
+        let ticket = self.ticket.take()?;
+        if decided_here::<H::Storage>() {
+            let (handler, family) = self.breaker.parts();
+            Permit::from_ticket(handler, family, clock(handler), ticket).record_here(outcome);
+            return None;
+        }
         let breaker = self.breaker.clone();
-        let classify = self.classify.clone();
-        let key = self.key.key(&request).map(|key| key.as_ref().to_owned());
-        Box::pin(async move {
-            let admission = match breaker.entering(key.as_deref(), "call") {
-                Entering::Decided(admission) => admission,
-                Entering::Asking(asking) => asking.await,
-            };
+        Some(Box::pin(async move {
+            let (handler, family) = breaker.parts();
+            let permit = Permit::from_ticket(handler, family, clock(handler), ticket);
+            permit.record_async(outcome).await;
+        }))
+    }
+}
+
+impl<H: CircuitBreaker> Drop for Held<H> {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            let (handler, family) = self.breaker.parts();
+            drop(Permit::from_ticket(
+                handler,
+                family,
+                (self.clock)(handler),
+                ticket,
+            ));
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a [`CircuitBreakerService`]'s response.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<F, H: CircuitBreaker, C, T, E> {
+        #[pin]
+        stage: Stage<F, H, C, T, E>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StageProjection]
+    enum Stage<F, H: CircuitBreaker, C, T, E> {
+        // Admitted: the inner service's future runs.
+        Calling {
+            #[pin]
+            inner: F,
+            held: Held<H>,
+            classify: Option<C>,
+        },
+        // The outcome goes to a shared storage; then the result (or the panic) is given.
+        Recording {
+            recording: Boxed<()>,
+            result: Option<Result<Result<T, E>, Panic>>,
+        },
+        // The storage is asked first.
+        Asking {
+            future: Boxed<Result<T, Error<E>>>,
+        },
+        Rejected {
+            open: Option<Box<CircuitBreakerOpen>>,
+        },
+    }
+}
+
+impl<F, H: CircuitBreaker, C, T, E> ResponseFuture<F, H, C, T, E>
+where
+    H::Storage: AsyncStorage,
+    C: Classify<T, E>,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    fn asking<S, Request>(
+        breaker: Arc<Breaker<H>>,
+        key: Option<String>,
+        mut inner: S,
+        request: Request,
+        classify: C,
+    ) -> Self
+    where
+        S: Service<Request, Response = T, Error = E, Future = F> + Send + 'static,
+        F: Future<Output = Result<T, E>> + Send,
+        Request: Send + 'static,
+    {
+        let future = Box::pin(async move {
+            let admission = breaker.entering(key.as_deref(), "call").admission().await;
             let permit = admission.map_err(Error::Open)?;
             let result = match catch_async(inner.call(request)).await {
                 Ok(result) => result,
@@ -250,7 +387,70 @@ where
             };
             permit.record_async(classify.classify(&result)).await;
             result.map_err(Error::Inner)
-        })
+        });
+        ResponseFuture {
+            stage: Stage::Asking { future },
+        }
+    }
+}
+
+impl<F, H, C, T, E> Future for ResponseFuture<F, H, C, T, E>
+where
+    F: Future<Output = Result<T, E>>,
+    H: CircuitBreaker,
+    H::Storage: AsyncStorage,
+    C: Classify<T, E>,
+{
+    type Output = Result<T, Error<E>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let mut stage = self.as_mut().project().stage;
+            match stage.as_mut().project() {
+                StageProjection::Calling {
+                    inner,
+                    held,
+                    classify,
+                } => {
+                    let caught = match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Ok(Poll::Ready(result)) => Ok(result),
+                        Err(panic) => Err(panic),
+                    };
+                    let outcome = match (&caught, classify.take()) {
+                        (Ok(result), Some(classify)) => classify.classify(result),
+                        _ => Outcome::Failure,
+                    };
+                    match held.record(outcome) {
+                        None => return Poll::Ready(finish(caught)),
+                        Some(recording) => stage.set(Stage::Recording {
+                            recording,
+                            result: Some(caught),
+                        }),
+                    }
+                }
+                StageProjection::Recording { recording, result } => {
+                    if recording.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    let result = result.take().expect("polled after completion");
+                    return Poll::Ready(finish(result));
+                }
+                StageProjection::Asking { future } => return future.as_mut().poll(cx),
+                StageProjection::Rejected { open } => {
+                    let open = open.take().expect("polled after completion");
+                    return Poll::Ready(Err(Error::Open(*open)));
+                }
+            }
+        }
+    }
+}
+
+/// The inner service's result, or its panic resumed.
+fn finish<T, E>(caught: Result<Result<T, E>, Panic>) -> Result<T, Error<E>> {
+    match caught {
+        Ok(result) => result.map_err(Error::Inner),
+        Err(panic) => resume_unwind(panic),
     }
 }
 

@@ -172,3 +172,31 @@ async fn a_panicking_service_counts_as_a_failure_and_keeps_unwinding() {
     assert!(unwound.unwrap_err().is_panic());
     assert_eq!(layer.breaker().state().unwrap(), State::Open);
 }
+
+handler!(Cancelled {
+    const FAILURE_THRESHOLD: u32 = 1;
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
+});
+
+#[tokio::test]
+async fn a_cancelled_trial_gives_its_permit_back() {
+    let layer = CircuitBreakerLayer::new(Cancelled);
+    let mut service = layer.layer(service_fn(|hang: bool| async move {
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        Err::<(), _>("down")
+    }));
+    let _ = service.ready().await.unwrap().call(false).await;
+    assert_eq!(layer.breaker().state().unwrap(), State::Open);
+    Cancelled::clock().advance(Duration::from_secs(30));
+    let hanging = service.ready().await.unwrap().call(true);
+    // The one trial is out: another request is rejected.
+    let rejected = service.ready().await.unwrap().call(false).await;
+    assert!(matches!(rejected, Err(Error::Open(_))), "{rejected:?}");
+    drop(hanging);
+    // Given back: the next request is the trial, and its failure reopens the breaker.
+    let trial = service.ready().await.unwrap().call(false).await;
+    assert!(matches!(trial, Err(Error::Inner("down"))), "{trial:?}");
+    assert_eq!(layer.breaker().state().unwrap(), State::Open);
+}

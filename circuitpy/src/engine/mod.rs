@@ -123,6 +123,19 @@ pub struct Permit<'a, H: CircuitBreaker> {
     started: Nanos,
 }
 
+/// A [`Permit`] without its references: the cell of a per-call key (none for the breaker's
+/// own), and how the call was admitted. Nothing happens when it is dropped; whoever holds
+/// one gives it back to [`Permit::from_ticket`] to record the outcome, or to drop it (a
+/// trial then gives its permit back).
+#[cfg(feature = "tower")]
+pub(crate) struct Ticket {
+    cell: Option<Arc<Cell>>,
+    admitted: Word,
+    role: Role,
+    round: u64,
+    started: Nanos,
+}
+
 impl<H: CircuitBreaker> std::fmt::Debug for Permit<'_, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Permit")
@@ -210,6 +223,49 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
     /// ```
     pub fn is_trial(&self) -> bool {
         self.role == Role::Trial
+    }
+
+    /// Takes the permit apart, for a future that cannot borrow its breaker (see [`Ticket`]).
+    #[cfg(feature = "tower")]
+    pub(crate) fn into_ticket(mut self) -> Ticket {
+        let cell = match self.cell.take() {
+            Some(CellRef::Shared(cell)) => Some(cell),
+            _ => None,
+        };
+        Ticket {
+            cell,
+            admitted: self.admitted,
+            role: std::mem::replace(&mut self.role, Role::Unrecorded),
+            round: self.round,
+            started: self.started,
+        }
+    }
+
+    /// The permit `ticket` was taken from, given back its breaker's parts.
+    #[cfg(feature = "tower")]
+    pub(crate) fn from_ticket(
+        handler: &'a H,
+        family: &'a Family,
+        clock: &'a Clock,
+        ticket: Ticket,
+    ) -> Self {
+        Permit {
+            handler,
+            cell: Some(ticket.cell.map_or_else(|| family.own(), CellRef::Shared)),
+            clock,
+            admitted: ticket.admitted,
+            role: ticket.role,
+            round: ticket.round,
+            started: ticket.started,
+        }
+    }
+
+    /// Records the outcome in this process, now: for a storage [`decided_here`].
+    #[cfg(feature = "tower")]
+    #[inline(always)]
+    pub(crate) fn record_here(self, outcome: Outcome) {
+        let report = self.report_of(outcome);
+        record_here(self, report);
     }
 
     /// Records the call's outcome (blocking, on a blocking storage).

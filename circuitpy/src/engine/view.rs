@@ -338,6 +338,12 @@ impl Family {
         }
     }
 
+    /// The handler's own breaker.
+    #[cfg(feature = "tower")]
+    pub(crate) fn own(&self) -> CellRef<'_> {
+        CellRef::Borrowed(&self.cell)
+    }
+
     /// The breakers of this family: the handler's own, then the per-call ones.
     pub(crate) fn cells(&self) -> Vec<CellRef<'_>> {
         let keyed = self.keyed.read().unwrap_or_else(PoisonError::into_inner);
