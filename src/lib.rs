@@ -156,3 +156,8 @@ mod tests {
         assert_eq!(super::test_name_in("a::b::c", "child"), "b::c::child");
     }
 }
+
+/// The README's Rust examples, compiled and run as doc tests (with the features they use).
+#[cfg(all(doctest, feature = "tower", feature = "reqwest", feature = "redis"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;
