@@ -47,7 +47,7 @@ use reqwest::{Request, Response};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::breaker::Breaker;
-use crate::engine::{Entering, Outcome};
+use crate::engine::{Entering, Outcome, call_span, instrument};
 use crate::handler::CircuitBreaker;
 use crate::storage::AsyncStorage;
 
@@ -141,7 +141,8 @@ where
             Entering::Asking(asking) => asking.await,
         };
         let permit = admission.map_err(reqwest_middleware::Error::middleware)?;
-        let result = next.run(request, extensions).await;
+        let span = call_span(permit.key(), permit.is_trial());
+        let result = instrument(next.run(request, extensions), span).await;
         permit.record_async((self.classify)(&result)).await;
         result
     }

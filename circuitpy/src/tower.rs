@@ -61,7 +61,9 @@ use ::tower::{Layer, Service};
 use crate::breaker::Breaker;
 use crate::clock::Clock;
 use crate::engine::view::decided_here;
-use crate::engine::{Entering, Outcome, Permit, Ticket, catch_async};
+use crate::engine::{
+    CallSpan, Entering, Outcome, Permit, Ticket, call_span, catch_async, in_span, instrument,
+};
 use crate::error::CircuitBreakerOpen;
 use crate::handler::CircuitBreaker;
 use crate::storage::AsyncStorage;
@@ -250,15 +252,19 @@ where
             }
         };
         let stage = match admission {
-            Ok(permit) => Stage::Calling {
-                held: Held {
-                    breaker: self.breaker.clone(),
-                    ticket: Some(permit.into_ticket()),
-                    clock: clock::<H>,
-                },
-                inner: self.inner.call(request),
-                classify: Some(self.classify.clone()),
-            },
+            Ok(permit) => {
+                let span = call_span(permit.key(), permit.is_trial());
+                Stage::Calling {
+                    held: Held {
+                        breaker: self.breaker.clone(),
+                        ticket: Some(permit.into_ticket()),
+                        clock: clock::<H>,
+                    },
+                    inner: in_span(&span, || self.inner.call(request)),
+                    classify: Some(self.classify.clone()),
+                    span,
+                }
+            }
             Err(open) => Stage::Rejected {
                 open: Some(Box::new(open)),
             },
@@ -340,6 +346,7 @@ pin_project_lite::pin_project! {
             inner: F,
             held: Held<H>,
             classify: Option<C>,
+            span: CallSpan,
         },
         // The outcome goes to a shared storage; then the result (or the panic) is given.
         Recording {
@@ -378,7 +385,9 @@ where
         let future = Box::pin(async move {
             let admission = breaker.entering(key.as_deref(), "call").admission().await;
             let permit = admission.map_err(Error::Open)?;
-            let result = match catch_async(inner.call(request)).await {
+            let span = call_span(permit.key(), permit.is_trial());
+            let calling = in_span(&span, || inner.call(request));
+            let result = match catch_async(instrument(calling, span)).await {
                 Ok(result) => result,
                 Err(panic) => {
                     permit.record_async(Outcome::Failure).await;
@@ -411,8 +420,11 @@ where
                     inner,
                     held,
                     classify,
+                    span,
                 } => {
-                    let caught = match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
+                    let polled =
+                        catch_unwind(AssertUnwindSafe(|| in_span(span, || inner.poll(cx))));
+                    let caught = match polled {
                         Ok(Poll::Pending) => return Poll::Pending,
                         Ok(Poll::Ready(result)) => Ok(result),
                         Err(panic) => Err(panic),

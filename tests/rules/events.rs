@@ -128,3 +128,112 @@ fn transitions_and_rejections_are_tracing_events_with_the_breakers_fields() {
         ]
     );
 }
+
+/// Records the spans made, and for each event the name and fields of the span it was in.
+#[derive(Clone, Default)]
+struct Spans {
+    made: Arc<Mutex<Vec<(String, Vec<String>)>>>,
+    entered: Arc<Mutex<Vec<u64>>>,
+    /// Per event: its message, and the span it happened in with that span's fields.
+    events: Arc<Mutex<Vec<(String, Option<(String, Vec<String>)>)>>>,
+}
+
+impl Subscriber for Spans {
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let mut fields = Fields(Vec::new());
+        span.record(&mut fields);
+        let mut made = self.made.lock().unwrap();
+        made.push((span.metadata().name().to_owned(), fields.0));
+        Id::from_u64(made.len() as u64)
+    }
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let mut fields = Fields(Vec::new());
+        event.record(&mut fields);
+        let current = self.entered.lock().unwrap().last().copied();
+        let span = current.map(|id| self.made.lock().unwrap()[id as usize - 1].clone());
+        self.events.lock().unwrap().push((fields.0.join(" "), span));
+    }
+    fn enter(&self, span: &Id) {
+        self.entered.lock().unwrap().push(span.into_u64());
+    }
+    fn exit(&self, _: &Id) {
+        self.entered.lock().unwrap().pop();
+    }
+}
+
+handler!(Spanned {
+    const FAILURE_THRESHOLD: u32 = 1;
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+});
+
+/// In a process of its own, for the reason the events test is.
+#[test]
+fn a_guarded_call_runs_in_a_trace_span_with_the_breakers_fields() {
+    if !circuitpy_tests::in_own_process(&circuitpy_tests::test_name!(
+        a_guarded_call_runs_in_a_trace_span_with_the_breakers_fields
+    )) {
+        return;
+    }
+    let spans = Spans::default();
+    let breaker = Breaker::new(Spanned);
+    tracing::subscriber::with_default(spans.clone(), || {
+        breaker
+            .call(|| {
+                tracing::info!("blocking body");
+                Ok::<(), Down>(())
+            })
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(breaker.call_async(async {
+                tracing::info!("async body");
+                Ok::<(), Down>(())
+            }))
+            .unwrap();
+        // A trial runs in a span that says so.
+        let _ = breaker.call(|| Err::<(), Down>(Down));
+        Spanned::clock().advance(Spanned::RECOVERY_TIMEOUT);
+        breaker
+            .call(|| {
+                tracing::info!("trial body");
+                Ok::<(), Down>(())
+            })
+            .unwrap();
+        tracing::info!("outside");
+    });
+    let span = |trial: bool| {
+        Some((
+            "circuit_breaker".to_owned(),
+            vec![
+                "circuitbreaker.name=Spanned".to_owned(),
+                format!("circuitbreaker.trial={trial}"),
+            ],
+        ))
+    };
+    let events: Vec<_> = spans
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(message, _)| {
+            message.starts_with("message=") && !message.contains("circuit breaker")
+        })
+        .cloned()
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            ("message=blocking body".to_owned(), span(false)),
+            ("message=async body".to_owned(), span(false)),
+            ("message=trial body".to_owned(), span(true)),
+            ("message=outside".to_owned(), None),
+        ]
+    );
+}

@@ -353,7 +353,8 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
         H::Storage: Storage,
     {
         if !decided_here::<H::Storage>() {
-            let result = catch(body);
+            let span = call_span(self.key(), self.is_trial());
+            let result = catch(|| in_span(&span, body));
             let report = self.report_of_caught(&result, is_failure);
             let storage = self.handler.storage();
             ready(self.finish(&Blocking(storage), report));
@@ -371,8 +372,9 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
                 }
             }
         }
+        let span = call_span(self.key(), self.is_trial());
         let mut unwinding = Unwinding(Some(self));
-        let result = body();
+        let result = in_span(&span, body);
         let permit = unwinding.0.take();
         std::mem::forget(unwinding);
         if let Some(permit) = permit {
@@ -398,6 +400,7 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
     {
         let stage = if decided_here::<H::Storage>() {
             Stage::Here {
+                span: call_span(self.key(), self.is_trial()),
                 body,
                 permit: Some(self),
                 is_failure: Some(is_failure),
@@ -420,7 +423,7 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
     where
         H::Storage: AsyncStorage,
     {
-        let result = catch_async(body).await;
+        let result = catch_async(instrument(body, call_span(self.key(), self.is_trial()))).await;
         let report = self.report_of_caught(&result, is_failure);
         let storage = self.handler.storage();
         self.finish(&Async(storage), report).await;
@@ -444,6 +447,7 @@ pin_project_lite::pin_project! {
         /// polls is recorded as a failure while it unwinds through `poll`, and the outcome
         /// is recorded in the poll that ends the call, with no further future to run.
         Here {
+            span: CallSpan,
             #[pin]
             body: F,
             permit: Option<Permit<'a, H>>,
@@ -468,12 +472,13 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, context: &mut std::task::Context<'_>) -> Poll<Result<T, E>> {
-        let (body, permit, is_failure) = match self.project().stage.project() {
+        let (span, body, permit, is_failure) = match self.project().stage.project() {
             StageProjection::Here {
+                span,
                 body,
                 permit,
                 is_failure,
-            } => (body, permit, is_failure),
+            } => (in_span_of(span), body, permit, is_failure),
             StageProjection::Shared { running } => return running.poll(context),
         };
         /// Records a failure if dropped holding the permit, that is, if the body unwinds.
@@ -486,7 +491,7 @@ where
             }
         }
         let unwinding = Unwinding(&mut *permit);
-        let poll = body.poll(context);
+        let poll = span.run(|| body.poll(context));
         std::mem::forget(unwinding);
         let Poll::Ready(result) = poll else {
             return Poll::Pending;
@@ -882,6 +887,68 @@ fn notify<H: CircuitBreaker>(handler: &H, cell: &Cell, from: Word, to: Word) {
 // The events: each goes to the handler's hook and, with the `tracing` feature, to a
 // `tracing` event named after the OpenTelemetry proposal for circuit breakers
 // (`circuitbreaker.name`, `circuitbreaker.state`). One path for both.
+
+/// The span a guarded call runs in, with the `tracing` feature: `circuit_breaker`, at the
+/// `trace` level (so it costs a level check unless a subscriber asks for it), with
+/// `circuitbreaker.name` and `circuitbreaker.trial`. Without the feature, nothing.
+#[cfg(feature = "tracing")]
+pub(crate) type CallSpan = tracing::Span;
+/// See the `tracing` flavour.
+#[cfg(not(feature = "tracing"))]
+#[derive(Debug)]
+pub(crate) struct CallSpan;
+
+#[inline(always)]
+pub(crate) fn call_span(key: &str, trial: bool) -> CallSpan {
+    #[cfg(feature = "tracing")]
+    {
+        tracing::trace_span!(
+            "circuit_breaker",
+            circuitbreaker.name = key,
+            circuitbreaker.trial = trial
+        )
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        let _ = (key, trial);
+        CallSpan
+    }
+}
+
+/// Runs `body` inside `span`.
+#[inline(always)]
+pub(crate) fn in_span<R>(span: &CallSpan, body: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "tracing")]
+    {
+        span.in_scope(body)
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        let _ = span;
+        body()
+    }
+}
+
+/// Enters `span` for one poll.
+pub(crate) struct InSpan<'s>(&'s CallSpan);
+
+impl InSpan<'_> {
+    #[inline(always)]
+    pub(crate) fn run<R>(&self, body: impl FnOnce() -> R) -> R {
+        in_span(self.0, body)
+    }
+}
+
+#[inline(always)]
+fn in_span_of(span: &mut CallSpan) -> InSpan<'_> {
+    InSpan(span)
+}
+
+/// `body`, entering `span` at each poll.
+pub(crate) async fn instrument<F: Future>(body: F, span: CallSpan) -> F::Output {
+    let mut body = std::pin::pin!(body);
+    std::future::poll_fn(move |context| in_span(&span, || body.as_mut().poll(context))).await
+}
 
 /// A breaker changed state, as this process saw it.
 fn state_changed<H: CircuitBreaker>(handler: &H, key: &str, from: State, to: State) {
