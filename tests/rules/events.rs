@@ -129,13 +129,16 @@ fn transitions_and_rejections_are_tracing_events_with_the_breakers_fields() {
     );
 }
 
+/// A span's name and fields.
+type Made = (String, Vec<String>);
+
 /// Records the spans made, and for each event the name and fields of the span it was in.
 #[derive(Clone, Default)]
 struct Spans {
-    made: Arc<Mutex<Vec<(String, Vec<String>)>>>,
+    made: Arc<Mutex<Vec<Made>>>,
     entered: Arc<Mutex<Vec<u64>>>,
-    /// Per event: its message, and the span it happened in with that span's fields.
-    events: Arc<Mutex<Vec<(String, Option<(String, Vec<String>)>)>>>,
+    /// Per event: its fields, and the span it happened in.
+    events: Arc<Mutex<Vec<(String, Option<Made>)>>>,
 }
 
 impl Subscriber for Spans {
