@@ -131,6 +131,8 @@ fn transitions_and_rejections_are_tracing_events_with_the_breakers_fields() {
 
 /// A span's name and fields.
 type Made = (String, Vec<String>);
+/// An event's fields, and the span it happened in.
+type InSpan = (String, Option<Made>);
 
 /// Records the spans made, and for each event the name and fields of the span it was in.
 #[derive(Clone, Default)]
@@ -138,7 +140,7 @@ struct Spans {
     made: Arc<Mutex<Vec<Made>>>,
     entered: Arc<Mutex<Vec<u64>>>,
     /// Per event: its fields, and the span it happened in.
-    events: Arc<Mutex<Vec<(String, Option<Made>)>>>,
+    events: Arc<Mutex<Vec<InSpan>>>,
 }
 
 impl Subscriber for Spans {
