@@ -135,6 +135,12 @@ impl<H: CircuitBreaker> std::fmt::Debug for Permit<'_, H> {
 impl<H: CircuitBreaker> Drop for Permit<'_, H> {
     #[inline]
     fn drop(&mut self) {
+        #[cfg(feature = "metrics")]
+        if self.role != Role::Unrecorded
+            && let Some(cell) = &self.cell
+        {
+            cell.meters().dropped();
+        }
         // Shared storages lease permits, and the lease lapses by itself.
         if self.role == Role::Trial
             && decided_here::<H::Storage>()
@@ -462,6 +468,24 @@ pub(crate) async fn catch_async<F: Future>(body: F) -> Result<F::Output, Panic> 
     .await
 }
 
+/// A shared storage's operation, timed for the round-trip histogram with the `metrics`
+/// feature; as it is without it.
+#[cfg(not(feature = "metrics"))]
+#[inline(always)]
+fn round_trip<F: Future>(_cell: &Cell, operation: F) -> F {
+    operation
+}
+
+/// A shared storage's operation, timed for the round-trip histogram with the `metrics`
+/// feature; as it is without it.
+#[cfg(feature = "metrics")]
+async fn round_trip<F: Future>(cell: &Cell, operation: F) -> F::Output {
+    let started = std::time::Instant::now();
+    let output = operation.await;
+    cell.meters().storage_round_trip(started.elapsed());
+    output
+}
+
 /// Runs a hook; a hook that panics is caught here, so that it cannot break the breaker.
 #[inline]
 fn hook(call: impl FnOnce()) {
@@ -604,6 +628,9 @@ fn admit_here_slowly<'a, H: CircuitBreaker>(
                 let role = if word.phase() == State::Closed {
                     Role::Closed
                 } else {
+                    // Forced closed: nothing is recorded.
+                    #[cfg(feature = "metrics")]
+                    cell.meters().unrecorded();
                     Role::Unrecorded
                 };
                 return Ok(Permit::new(handler, cell, clock, word, role));
@@ -612,7 +639,7 @@ fn admit_here_slowly<'a, H: CircuitBreaker>(
                 let (opened_at, retry_at) = open_times(word, config);
                 return Err(reject(
                     handler,
-                    cell.key.clone(),
+                    Some(&cell),
                     method,
                     rejection,
                     opened_at,
@@ -684,7 +711,7 @@ fn admit_on_view_slowly<'a, H: CircuitBreaker>(
         let (opened_at, retry_at) = open_times(word, &H::CONFIG);
         return Local::Decided(Err(reject(
             handler,
-            cell.key.clone(),
+            Some(&cell),
             method,
             rejection,
             opened_at,
@@ -710,9 +737,11 @@ pub(crate) async fn ask_storage<'a, H: CircuitBreaker, B: Backend>(
     method: &'static str,
 ) -> Result<Permit<'a, H>, CircuitBreakerOpen> {
     let config = &H::CONFIG;
-    match backend
-        .execute(&Request::new(cell.key.as_str(), Op::AcquireTrial, config))
-        .await
+    match round_trip(
+        &cell,
+        backend.execute(&Request::new(cell.key.as_str(), Op::AcquireTrial, config)),
+    )
+    .await
     {
         Ok(snapshot) => {
             let now = clock.now();
@@ -742,7 +771,7 @@ pub(crate) async fn ask_storage<'a, H: CircuitBreaker, B: Backend>(
             };
             Err(reject(
                 handler,
-                cell.key.clone(),
+                Some(&cell),
                 method,
                 rejection,
                 opened_at,
@@ -771,36 +800,45 @@ fn storage_failed<'a, H: CircuitBreaker>(
     storage_error(handler, key, &error);
     match H::CONFIG.on_storage_failure {
         OnStorageFailure::Allow => {
+            #[cfg(feature = "metrics")]
+            match &cell {
+                Some(cell) => cell.meters().unrecorded(),
+                None => crate::metrics::call_without_breaker(H::FAILURE_KEY, "unrecorded"),
+            }
             // No cell for an unusable key: the call runs against a throwaway one.
             let cell =
                 cell.unwrap_or_else(|| CellRef::Shared(Arc::new(Cell::detached(H::FAILURE_KEY))));
             let word = cell.load();
             Ok(Permit::new(handler, cell, clock, word, Role::Unrecorded))
         }
-        OnStorageFailure::Reject => {
-            let key = cell.map_or(Key::Static(H::FAILURE_KEY), |cell| cell.key.clone());
-            Err(reject(
-                handler,
-                key,
-                method,
-                Rejection::StorageFailed(Box::new(error)),
-                None,
-                None,
-            ))
-        }
+        OnStorageFailure::Reject => Err(reject(
+            handler,
+            cell.as_deref(),
+            method,
+            Rejection::StorageFailed(Box::new(error)),
+            None,
+            None,
+        )),
     }
 }
 
+/// A call rejected by `cell`'s breaker, or, with no cell, because its per-call key was
+/// unusable.
 fn reject<H: CircuitBreaker>(
     handler: &H,
-    key: Key,
+    cell: Option<&Cell>,
     method: &'static str,
     reason: Rejection,
     opened_at: Option<Nanos>,
     retry_at: Option<Nanos>,
 ) -> CircuitBreakerOpen {
+    #[cfg(feature = "metrics")]
+    match cell {
+        Some(cell) => cell.meters().rejected(),
+        None => crate::metrics::call_without_breaker(H::FAILURE_KEY, "rejected"),
+    }
     let rejection = CircuitBreakerOpen {
-        key,
+        key: cell.map_or(Key::Static(H::FAILURE_KEY), |cell| cell.key.clone()),
         method,
         opened_at,
         retry_at,
@@ -819,16 +857,25 @@ fn reject<H: CircuitBreaker>(
 
 fn notify<H: CircuitBreaker>(handler: &H, cell: &Cell, from: Word, to: Word) {
     if from.phase() != to.phase() {
-        state_changed(handler, cell.key.as_str(), from.phase(), to.phase());
+        state_changed(handler, cell, from.phase(), to.phase());
     }
 }
 
 // The events: each goes to the handler's hook and, with the `tracing` feature, to a
 // `tracing` event named after the OpenTelemetry proposal for circuit breakers
-// (`circuitbreaker.name`, `circuitbreaker.state`). One path for both.
+// (`circuitbreaker.name`, `circuitbreaker.state`), with the `metrics` feature to the
+// metrics of `crate::metrics`. One path for all three; the calls are counted where they
+// are recorded (`record_here`, `record_shared`), rejected (`reject`) or let through
+// unrecorded (`storage_failed`).
 
 /// A breaker changed state, as this process saw it.
-fn state_changed<H: CircuitBreaker>(handler: &H, key: &str, from: State, to: State) {
+fn state_changed<H: CircuitBreaker>(handler: &H, cell: &Cell, from: State, to: State) {
+    let key = cell.key.as_str();
+    #[cfg(feature = "metrics")]
+    {
+        cell.meters().show(to);
+        crate::metrics::transition(&cell.key, from, to);
+    }
     #[cfg(feature = "tracing")]
     tracing::warn!(
         circuitbreaker.name = key,
@@ -847,6 +894,8 @@ fn storage_error<H: CircuitBreaker>(handler: &H, key: &str, error: &StorageError
         error = %error,
         "circuit breaker storage failed"
     );
+    #[cfg(feature = "metrics")]
+    crate::metrics::storage_error(H::FAILURE_KEY, error.kind());
     hook(|| handler.on_storage_error(key, error));
 }
 
@@ -875,6 +924,11 @@ fn record_here<H: CircuitBreaker>(mut permit: Permit<'_, H>, report: Option<Repo
     let Some(cell) = permit.cell.take() else {
         return;
     };
+    // A cached handle's increment: no clock, no lookup.
+    #[cfg(feature = "metrics")]
+    if role != Role::Unrecorded {
+        cell.meters().recorded(report);
+    }
     let report = match (role, report) {
         (Role::Unrecorded, _) | (Role::Closed, None) => return,
         // The common case: one load, no store, no clock.
@@ -992,6 +1046,12 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
 ) {
     let config = &H::CONFIG;
     let role = std::mem::replace(&mut permit.role, Role::Unrecorded);
+    #[cfg(feature = "metrics")]
+    if role != Role::Unrecorded
+        && let Some(cell) = permit.cell.as_deref()
+    {
+        cell.meters().recorded(report);
+    }
     let op = match (role, report) {
         (Role::Closed, Some(Report::Success)) => {
             if let Some(interval) = config.sync_interval
@@ -1018,7 +1078,7 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
         request = request.with_count(1 + cell.held.swap(0, Ordering::Relaxed));
     }
     let sent = cell.load();
-    match backend.execute(&request).await {
+    match round_trip(cell, backend.execute(&request)).await {
         Ok(snapshot) => adopt(permit.handler, cell, permit.clock.now(), sent, &snapshot),
         Err(error) => {
             cell.mark_failed(permit.clock.now(), &error);
@@ -1071,7 +1131,7 @@ pub(crate) fn control_here<H: CircuitBreaker>(handler: &H, cell: &Cell, op: Op) 
     let previous = cell.swap(current.next(state, 0));
     cell.clear_window();
     if previous.phase() != state {
-        state_changed(handler, cell.key.as_str(), previous.phase(), state);
+        state_changed(handler, cell, previous.phase(), state);
     }
 }
 
@@ -1084,9 +1144,11 @@ pub(crate) async fn control_shared<H: CircuitBreaker, B: Backend>(
 ) -> Result<State, StorageError> {
     let sent = cell.load();
     let clock = backend.clock();
-    match backend
-        .execute(&Request::new(cell.key.as_str(), op, &H::CONFIG))
-        .await
+    match round_trip(
+        cell,
+        backend.execute(&Request::new(cell.key.as_str(), op, &H::CONFIG)),
+    )
+    .await
     {
         Ok(snapshot) => {
             adopt(handler, cell, clock.now(), sent, &snapshot);

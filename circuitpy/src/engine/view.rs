@@ -17,6 +17,8 @@ use crate::clock::{Clock, Nanos};
 use crate::error::StorageError;
 use crate::handler::{CircuitBreaker, State};
 use crate::key::{self, Key};
+#[cfg(feature = "metrics")]
+use crate::metrics::Meters;
 use crate::policy::Config;
 use crate::rules::nanos;
 use crate::rules::window::Window;
@@ -64,11 +66,25 @@ pub(crate) struct Cell {
     pub(crate) key: Key,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Extra {
     window: Mutex<Window>,
     /// The shared storage's last failure, reported to calls rejected while it lasts.
     failure: Mutex<Option<StorageError>>,
+    /// The breaker's metric handles, registered with the cell's first recorded call.
+    #[cfg(feature = "metrics")]
+    meters: Meters,
+}
+
+impl Extra {
+    fn new(#[cfg_attr(not(feature = "metrics"), allow(unused_variables))] cell: &Cell) -> Self {
+        Extra {
+            window: Mutex::default(),
+            failure: Mutex::default(),
+            #[cfg(feature = "metrics")]
+            meters: Meters::register(&cell.key, cell.load().phase()),
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,7 +109,15 @@ impl Cell {
     }
 
     fn extra(&self) -> &Extra {
-        self.extra.get_or_init(Box::default)
+        self.extra.get_or_init(|| Box::new(Extra::new(self)))
+    }
+
+    /// The breaker's metric handles: made with the cell's extra part, which a breaker
+    /// then has from its first recorded call on.
+    #[cfg(feature = "metrics")]
+    #[inline(always)]
+    pub(crate) fn meters(&self) -> &Meters {
+        &self.extra().meters
     }
 
     /// Closed with nothing counted and nothing held back: the same as a new cell.
