@@ -1,6 +1,7 @@
-//! Metrics through the [`metrics`](::metrics) facade (feature `metrics`): calls by outcome,
-//! each breaker's state, its transitions, storage errors and storage round trips, for any
-//! exporter the application installs (Prometheus, OpenTelemetry, StatsD, ...).
+//! Metrics through the [`metrics`](https://docs.rs/metrics/0.24) facade (feature
+//! `metrics`): calls by outcome, each breaker's state, its transitions, storage errors and
+//! storage round trips, for any exporter the application installs (Prometheus,
+//! OpenTelemetry, StatsD, ...).
 //!
 //! Names follow Prometheus conventions and the OpenTelemetry proposal for circuit breakers:
 //!
@@ -9,7 +10,7 @@
 //! | `circuitbreaker_calls_total` | counter | `circuitbreaker_name`, `outcome` | every guarded call: `success`, `failure`, `ignored` (an error that does not count, or a permit dropped without an outcome), `rejected`, `unrecorded` (let through without being recorded: the storage failed under `OnStorageFailure::Allow`, or the breaker is forced closed in memory) |
 //! | `circuitbreaker_state` | gauge | `circuitbreaker_name`, `state` | one series per state (`closed`, `open`, `half_open`, `forced_open`, `forced_closed`): 1 for the breaker's state, 0 for the others; set when a breaker is first used and on every transition |
 //! | `circuitbreaker_transitions_total` | counter | `circuitbreaker_name`, `from`, `to` | every transition this process sees |
-//! | `circuitbreaker_storage_errors_total` | counter | `circuitbreaker_name`, `kind` | every failed storage operation; `kind` is [`StorageError::kind`](crate::StorageError::kind) |
+//! | `circuitbreaker_storage_errors_total` | counter | `circuitbreaker_name`, `kind` | every storage error the [`on_storage_error`](crate::CircuitBreaker::on_storage_error) hook sees (a failed operation, and each call decided by `ON_STORAGE_FAILURE` while the storage is failing); `kind` is [`StorageError::kind`](crate::StorageError::kind) |
 //! | `circuitbreaker_storage_duration_seconds` | histogram | `circuitbreaker_name` | every round trip to a shared storage (Redis, SQL, a custom one), failed ones included |
 //!
 //! `circuitbreaker_name` is the handler's [`FAILURE_KEY`](crate::CircuitBreaker::FAILURE_KEY)
@@ -35,6 +36,8 @@ use ::metrics::{
     Counter, Gauge, Histogram, SharedString, Unit, counter, describe_counter, describe_gauge,
     describe_histogram, gauge, histogram,
 };
+
+use std::sync::OnceLock;
 
 use crate::handler::State;
 use crate::key::Key;
@@ -133,7 +136,9 @@ pub(crate) struct Meters {
     unrecorded: Counter,
     /// One gauge per state, in the order of [`STATES`].
     states: [Gauge; 5],
-    storage_duration: Histogram,
+    /// Registered on the first round trip: an in-memory breaker makes none, and shows none.
+    storage_duration: OnceLock<Histogram>,
+    handler: SharedString,
 }
 
 impl Meters {
@@ -151,7 +156,8 @@ impl Meters {
             unrecorded: calls("unrecorded"),
             states: STATES
                 .map(|state| gauge!(STATE, NAME => breaker.clone(), "state" => state.name())),
-            storage_duration: histogram!(STORAGE_DURATION, NAME => handler.clone()),
+            storage_duration: OnceLock::new(),
+            handler,
         };
         meters.show(state);
         meters
@@ -188,7 +194,9 @@ impl Meters {
     }
 
     pub(crate) fn storage_round_trip(&self, took: std::time::Duration) {
-        self.storage_duration.record(took);
+        self.storage_duration
+            .get_or_init(|| histogram!(STORAGE_DURATION, NAME => self.handler.clone()))
+            .record(took);
     }
 }
 

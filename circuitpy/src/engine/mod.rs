@@ -133,20 +133,27 @@ impl<H: CircuitBreaker> std::fmt::Debug for Permit<'_, H> {
 }
 
 impl<H: CircuitBreaker> Drop for Permit<'_, H> {
+    #[cfg(not(feature = "metrics"))]
     #[inline]
     fn drop(&mut self) {
-        #[cfg(feature = "metrics")]
-        if self.role != Role::Unrecorded
-            && let Some(cell) = &self.cell
-        {
-            cell.meters().dropped();
-        }
         // Shared storages lease permits, and the lease lapses by itself.
         if self.role == Role::Trial
             && decided_here::<H::Storage>()
             && let Some(cell) = &self.cell
         {
             abandon(self.handler, cell, self.clock, self.admitted);
+        }
+    }
+
+    /// As without the feature, and a permit dropped without an outcome is counted; one
+    /// test and one cold call, so that a recorded permit's drop still folds away.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    fn drop(&mut self) {
+        if self.role != Role::Unrecorded
+            && let Some(cell) = &self.cell
+        {
+            dropped(self.handler, cell, self.clock, self.admitted, self.role);
         }
     }
 }
@@ -924,26 +931,31 @@ fn record_here<H: CircuitBreaker>(mut permit: Permit<'_, H>, report: Option<Repo
     let Some(cell) = permit.cell.take() else {
         return;
     };
-    // A cached handle's increment: no clock, no lookup.
+    let (handler, clock, admitted) = (permit.handler, permit.clock, permit.admitted);
+    // A cached handle's increment: no clock, no lookup. The permit goes first, so that the
+    // increment, a call, needs no landing pad to drop it.
     #[cfg(feature = "metrics")]
-    if role != Role::Unrecorded {
-        cell.meters().recorded(report);
+    {
+        drop(permit);
+        if role != Role::Unrecorded {
+            cell.meters().recorded(report);
+        }
     }
     let report = match (role, report) {
         (Role::Unrecorded, _) | (Role::Closed, None) => return,
         // The common case: one load, no store, no clock.
         (Role::Closed, Some(Report::Success))
             if matches!(H::CONFIG.policy, FailurePolicy::Consecutive)
-                && closed_success_changes_nothing(cell.load(), permit.admitted) =>
+                && closed_success_changes_nothing(cell.load(), admitted) =>
         {
             return;
         }
         (Role::Trial, None) => Report::Abandoned,
         (_, Some(report)) => report,
     };
-    let (handler, clock, admitted) = (permit.handler, permit.clock, permit.admitted);
     // Emptied, the permit has nothing left to do when dropped; dropped before the call, it
     // needs no landing pad.
+    #[cfg(not(feature = "metrics"))]
     drop(permit);
     settle_owned(handler, cell, clock, admitted, report);
 }
@@ -958,6 +970,18 @@ fn settle_owned<H: CircuitBreaker>(
     report: Report,
 ) {
     settle_here(handler, &cell, clock, admitted, report);
+}
+
+/// A permit dropped without an outcome: counted, and a trial in process memory given back
+/// (shared storages lease permits, and the lease lapses by itself).
+#[cfg(feature = "metrics")]
+#[cold]
+#[inline(never)]
+fn dropped<H: CircuitBreaker>(handler: &H, cell: &Cell, clock: &Clock, admitted: Word, role: Role) {
+    cell.meters().dropped();
+    if role == Role::Trial && decided_here::<H::Storage>() {
+        abandon(handler, cell, clock, admitted);
+    }
 }
 
 /// Gives an unrecorded in-process trial permit back.
