@@ -644,13 +644,8 @@ fn admit_here_slowly<'a, H: CircuitBreaker>(
             }
             Admit::Reject(rejection) => {
                 let (opened_at, retry_at) = open_times(word, config);
-                return Err(reject(
-                    handler,
-                    Some(&cell),
-                    method,
-                    rejection,
-                    opened_at,
-                    retry_at,
+                return Err(reject_at(
+                    handler, &cell, method, rejection, opened_at, retry_at,
                 ));
             }
             Admit::Trial(next) => match cell.compare_exchange(word, next) {
@@ -716,13 +711,8 @@ fn admit_on_view_slowly<'a, H: CircuitBreaker>(
             Rejection::ForcedOpen
         };
         let (opened_at, retry_at) = open_times(word, &H::CONFIG);
-        return Local::Decided(Err(reject(
-            handler,
-            Some(&cell),
-            method,
-            rejection,
-            opened_at,
-            retry_at,
+        return Local::Decided(Err(reject_at(
+            handler, &cell, method, rejection, opened_at, retry_at,
         )));
     }
     if cell.failing() && !cell.claim_probe(clock.now(), probe_interval(&H::CONFIG)) {
@@ -776,13 +766,8 @@ pub(crate) async fn ask_storage<'a, H: CircuitBreaker, B: Backend>(
                 ),
                 _ => (None, None),
             };
-            Err(reject(
-                handler,
-                Some(&cell),
-                method,
-                rejection,
-                opened_at,
-                retry_at,
+            Err(reject_at(
+                handler, &cell, method, rejection, opened_at, retry_at,
             ))
         }
         Err(error) => {
@@ -818,34 +803,58 @@ fn storage_failed<'a, H: CircuitBreaker>(
             let word = cell.load();
             Ok(Permit::new(handler, cell, clock, word, Role::Unrecorded))
         }
-        OnStorageFailure::Reject => Err(reject(
-            handler,
-            cell.as_deref(),
-            method,
-            Rejection::StorageFailed(Box::new(error)),
-            None,
-            None,
-        )),
+        OnStorageFailure::Reject => {
+            #[cfg(feature = "metrics")]
+            match &cell {
+                Some(cell) => cell.meters().rejected(),
+                None => crate::metrics::call_without_breaker(H::FAILURE_KEY, "rejected"),
+            }
+            let key = cell.map_or(Key::Static(H::FAILURE_KEY), |cell| cell.key.clone());
+            Err(reject(
+                handler,
+                key,
+                method,
+                Rejection::StorageFailed(Box::new(error)),
+                None,
+                None,
+            ))
+        }
     }
 }
 
-/// A call rejected by `cell`'s breaker, or, with no cell, because its per-call key was
-/// unusable.
-fn reject<H: CircuitBreaker>(
+/// A call rejected by `cell`'s breaker: counted (with the `metrics` feature), then
+/// [`reject`]ed.
+#[inline(always)]
+fn reject_at<H: CircuitBreaker>(
     handler: &H,
-    cell: Option<&Cell>,
+    cell: &Cell,
     method: &'static str,
     reason: Rejection,
     opened_at: Option<Nanos>,
     retry_at: Option<Nanos>,
 ) -> CircuitBreakerOpen {
     #[cfg(feature = "metrics")]
-    match cell {
-        Some(cell) => cell.meters().rejected(),
-        None => crate::metrics::call_without_breaker(H::FAILURE_KEY, "rejected"),
-    }
+    cell.meters().rejected();
+    reject(
+        handler,
+        cell.key.clone(),
+        method,
+        reason,
+        opened_at,
+        retry_at,
+    )
+}
+
+fn reject<H: CircuitBreaker>(
+    handler: &H,
+    key: Key,
+    method: &'static str,
+    reason: Rejection,
+    opened_at: Option<Nanos>,
+    retry_at: Option<Nanos>,
+) -> CircuitBreakerOpen {
     let rejection = CircuitBreakerOpen {
-        key: cell.map_or(Key::Static(H::FAILURE_KEY), |cell| cell.key.clone()),
+        key,
         method,
         opened_at,
         retry_at,
@@ -864,25 +873,32 @@ fn reject<H: CircuitBreaker>(
 
 fn notify<H: CircuitBreaker>(handler: &H, cell: &Cell, from: Word, to: Word) {
     if from.phase() != to.phase() {
-        state_changed(handler, cell, from.phase(), to.phase());
+        changed(handler, cell, from.phase(), to.phase());
     }
 }
 
-// The events: each goes to the handler's hook and, with the `tracing` feature, to a
-// `tracing` event named after the OpenTelemetry proposal for circuit breakers
-// (`circuitbreaker.name`, `circuitbreaker.state`), with the `metrics` feature to the
-// metrics of `crate::metrics`. One path for all three; the calls are counted where they
-// are recorded (`record_here`, `record_shared`), rejected (`reject`) or let through
-// unrecorded (`storage_failed`).
-
-/// A breaker changed state, as this process saw it.
-fn state_changed<H: CircuitBreaker>(handler: &H, cell: &Cell, from: State, to: State) {
-    let key = cell.key.as_str();
+/// `cell`'s breaker changed state: its state gauge and transitions (with the `metrics`
+/// feature), then [`state_changed`].
+#[inline(always)]
+fn changed<H: CircuitBreaker>(handler: &H, cell: &Cell, from: State, to: State) {
     #[cfg(feature = "metrics")]
     {
         cell.meters().show(to);
         crate::metrics::transition(&cell.key, from, to);
     }
+    state_changed(handler, cell.key.as_str(), from, to);
+}
+
+// The events: each goes to the handler's hook and, with the `tracing` feature, to a
+// `tracing` event named after the OpenTelemetry proposal for circuit breakers
+// (`circuitbreaker.name`, `circuitbreaker.state`), with the `metrics` feature to the
+// metrics of `crate::metrics` (through `changed` and `reject_at`, which have the breaker's
+// cached handles). One path for all three; the calls are counted where they are recorded
+// (`record_here`, `record_shared`), rejected (`reject_at`, `storage_failed`) or let
+// through unrecorded (`storage_failed`).
+
+/// A breaker changed state, as this process saw it.
+fn state_changed<H: CircuitBreaker>(handler: &H, key: &str, from: State, to: State) {
     #[cfg(feature = "tracing")]
     tracing::warn!(
         circuitbreaker.name = key,
@@ -931,33 +947,56 @@ fn record_here<H: CircuitBreaker>(mut permit: Permit<'_, H>, report: Option<Repo
     let Some(cell) = permit.cell.take() else {
         return;
     };
-    let (handler, clock, admitted) = (permit.handler, permit.clock, permit.admitted);
-    // A cached handle's increment: no clock, no lookup. The permit goes first, so that the
-    // increment, a call, needs no landing pad to drop it.
     #[cfg(feature = "metrics")]
-    {
-        drop(permit);
-        if role != Role::Unrecorded {
-            cell.meters().recorded(report);
-        }
-    }
+    let permit = counted(permit, &cell, role, report);
     let report = match (role, report) {
         (Role::Unrecorded, _) | (Role::Closed, None) => return,
         // The common case: one load, no store, no clock.
         (Role::Closed, Some(Report::Success))
             if matches!(H::CONFIG.policy, FailurePolicy::Consecutive)
-                && closed_success_changes_nothing(cell.load(), admitted) =>
+                && closed_success_changes_nothing(cell.load(), permit.admitted) =>
         {
             return;
         }
         (Role::Trial, None) => Report::Abandoned,
         (_, Some(report)) => report,
     };
+    let (handler, clock, admitted) = (permit.handler, permit.clock, permit.admitted);
     // Emptied, the permit has nothing left to do when dropped; dropped before the call, it
     // needs no landing pad.
     #[cfg(not(feature = "metrics"))]
     drop(permit);
     settle_owned(handler, cell, clock, admitted, report);
+}
+
+/// What [`record_here`] still needs of a permit once it is emptied.
+#[cfg(feature = "metrics")]
+struct Emptied<'a, H> {
+    handler: &'a H,
+    clock: &'a Clock,
+    admitted: Word,
+}
+
+/// Counts a recorded call: a cached handle's increment, no clock, no lookup. The emptied
+/// permit is dropped first, so that the increment, a call, needs no landing pad for it.
+#[cfg(feature = "metrics")]
+#[inline(always)]
+fn counted<'a, H: CircuitBreaker>(
+    permit: Permit<'a, H>,
+    cell: &Cell,
+    role: Role,
+    report: Option<Report>,
+) -> Emptied<'a, H> {
+    let emptied = Emptied {
+        handler: permit.handler,
+        clock: permit.clock,
+        admitted: permit.admitted,
+    };
+    drop(permit);
+    if role != Role::Unrecorded {
+        cell.meters().recorded(report);
+    }
+    emptied
 }
 
 #[cold]
@@ -1155,7 +1194,7 @@ pub(crate) fn control_here<H: CircuitBreaker>(handler: &H, cell: &Cell, op: Op) 
     let previous = cell.swap(current.next(state, 0));
     cell.clear_window();
     if previous.phase() != state {
-        state_changed(handler, cell, previous.phase(), state);
+        changed(handler, cell, previous.phase(), state);
     }
 }
 

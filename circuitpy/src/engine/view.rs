@@ -61,12 +61,14 @@ pub(crate) struct Cell {
     stamp: AtomicU64,
     /// Shared views in local mode: successes not yet reported.
     pub(crate) held: AtomicU64,
-    /// Made on first use, by the windowed policies and by storage failures only.
+    /// Made on first use, by the windowed policies and by storage failures only; with the
+    /// `metrics` feature also by the breaker's first recorded call, for its metric handles.
     extra: OnceLock<Box<Extra>>,
     pub(crate) key: Key,
 }
 
 #[derive(Debug)]
+#[cfg_attr(not(feature = "metrics"), derive(Default))]
 struct Extra {
     window: Mutex<Window>,
     /// The shared storage's last failure, reported to calls rejected while it lasts.
@@ -76,12 +78,12 @@ struct Extra {
     meters: Meters,
 }
 
+#[cfg(feature = "metrics")]
 impl Extra {
-    fn new(#[cfg_attr(not(feature = "metrics"), allow(unused_variables))] cell: &Cell) -> Self {
+    fn new(cell: &Cell) -> Self {
         Extra {
             window: Mutex::default(),
             failure: Mutex::default(),
-            #[cfg(feature = "metrics")]
             meters: Meters::register(&cell.key, cell.load().phase()),
         }
     }
@@ -108,6 +110,12 @@ impl Cell {
         }
     }
 
+    #[cfg(not(feature = "metrics"))]
+    fn extra(&self) -> &Extra {
+        self.extra.get_or_init(Box::default)
+    }
+
+    #[cfg(feature = "metrics")]
     fn extra(&self) -> &Extra {
         self.extra.get_or_init(|| Box::new(Extra::new(self)))
     }
