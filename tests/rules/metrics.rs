@@ -253,3 +253,53 @@ fn a_failing_storage_is_counted_by_kind_timed_and_its_rejected_call_counted() {
     ]);
     assert_eq!(seen, expected);
 }
+
+shared_handler!(Remote {
+    const FAILURE_THRESHOLD: u32 = 1;
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+});
+
+#[test]
+fn calls_on_a_shared_storage_are_counted_and_each_round_trip_timed() {
+    let manual = circuitpy::ManualClock::new();
+    let breaker = Breaker::new(Remote(leak(crate::primitives::Primitives::new(&manual))));
+    let seen = recorded(|| {
+        // The view asks the storage once for a permit, then each outcome is one report.
+        breaker.call(|| Ok::<(), Error>(())).unwrap();
+        breaker.call(|| Ok::<(), Error>(())).unwrap();
+        let _ = breaker.call(|| Err::<(), Error>(Error::Down));
+    });
+    let mut expected = registered("Remote", "open");
+    expected.extend([
+        (calls("Remote", "success"), 2.0),
+        (calls("Remote", "failure"), 1.0),
+        (transition("Remote", "closed", "open"), 1.0),
+        (
+            format!("{STORAGE_DURATION}{{circuitbreaker_name=Remote}}"),
+            4.0,
+        ),
+    ]);
+    assert_eq!(seen, expected);
+}
+
+handler!(Pinned {
+    const FAILURE_THRESHOLD: u32 = 1;
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+});
+
+#[test]
+fn a_breaker_forced_closed_counts_its_calls_as_unrecorded() {
+    let breaker = Breaker::new(Pinned);
+    let seen = recorded(|| {
+        breaker.force_closed().unwrap();
+        let _ = breaker.call(|| Err::<(), Error>(Error::Down));
+        breaker.reset().unwrap();
+    });
+    let mut expected = registered("Pinned", "closed");
+    expected.extend([
+        (calls("Pinned", "unrecorded"), 1.0),
+        (transition("Pinned", "closed", "forced_closed"), 1.0),
+        (transition("Pinned", "forced_closed", "closed"), 1.0),
+    ]);
+    assert_eq!(seen, expected);
+}
