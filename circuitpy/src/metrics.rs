@@ -21,7 +21,10 @@
 //!
 //! The in-memory closed path stays a counter increment: each breaker registers its
 //! handles once, on first use, and a call then adds one to a cached handle, with no clock
-//! read and no allocation. Time is read only around storage round trips.
+//! read and no allocation. Time is read only around storage round trips. The handles live
+//! in the box a breaker otherwise allocates only for a window or a storage failure, so with
+//! the feature every breaker used allocates it (448 bytes), and the recorder keeps five
+//! state series per breaker: count per-call keys (`key = host`) with that in mind.
 //!
 //! Install the recorder before the first guarded call: as everywhere with `metrics`, a
 //! handle registered while no recorder is installed stays a no-op, and a breaker keeps the
