@@ -1,5 +1,7 @@
 //! The cost of a breaker around a call, against the bare call and against failsafe and
-//! recloser. `cargo bench --bench breaker`; see BENCHMARKS.md for the numbers.
+//! recloser. `cargo bench --bench breaker`; see BENCHMARKS.md for the numbers. With
+//! `--features metrics` the breakers also emit their metrics, to an installed Prometheus
+//! recorder.
 //!
 //! Every guarded function is `#[inline(never)]`, like the bare floor, so each case measures
 //! one real call plus whatever the breaker adds around it.
@@ -533,6 +535,12 @@ criterion_group! {
 }
 
 fn main() {
+    // With the `metrics` feature the breakers emit to a real exporter's recorder, installed
+    // before the first guarded call as an application would.
+    #[cfg(feature = "metrics")]
+    let _prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("no other recorder is installed");
     if counting_modes() {
         return;
     }

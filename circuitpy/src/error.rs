@@ -274,6 +274,22 @@ impl StorageError {
     pub fn is_timeout(&self) -> bool {
         matches!(self, StorageError::Timeout { .. })
     }
+
+    /// The kind of failure as a label for logs and metrics: `timeout`, `invalid_data`,
+    /// `invalid_key` or `backend`.
+    ///
+    /// ```
+    /// let e = circuitpy::StorageError::timeout("k", std::time::Duration::from_millis(50));
+    /// assert_eq!(e.kind(), "timeout");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StorageError::Timeout { .. } => "timeout",
+            StorageError::InvalidData { .. } => "invalid_data",
+            StorageError::InvalidKey { .. } => "invalid_key",
+            StorageError::Backend { .. } => "backend",
+        }
+    }
 }
 
 /// Formats a `SystemTime` as RFC 3339 in UTC with millisecond precision. RFC 3339 has

@@ -58,6 +58,8 @@ mod error;
 mod handler;
 pub mod health;
 mod key;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 mod policy;
 #[cfg(feature = "reqwest")]
 pub mod reqwest;

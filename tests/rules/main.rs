@@ -5,6 +5,8 @@ mod concurrency;
 #[cfg(feature = "tracing")]
 mod events;
 mod local_mode;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod model;
 mod primitives;
 mod robustness;

@@ -146,6 +146,7 @@ impl<H: CircuitBreaker> std::fmt::Debug for Permit<'_, H> {
 }
 
 impl<H: CircuitBreaker> Drop for Permit<'_, H> {
+    #[cfg(not(feature = "metrics"))]
     #[inline]
     fn drop(&mut self) {
         // Shared storages lease permits, and the lease lapses by itself.
@@ -154,6 +155,18 @@ impl<H: CircuitBreaker> Drop for Permit<'_, H> {
             && let Some(cell) = &self.cell
         {
             abandon(self.handler, cell, self.clock, self.admitted);
+        }
+    }
+
+    /// As without the feature, and a permit dropped without an outcome is counted; one
+    /// test and one cold call, so that a recorded permit's drop still folds away.
+    #[cfg(feature = "metrics")]
+    #[inline]
+    fn drop(&mut self) {
+        if self.role != Role::Unrecorded
+            && let Some(cell) = &self.cell
+        {
+            dropped(self.handler, cell, self.clock, self.admitted, self.role);
         }
     }
 }
@@ -523,6 +536,24 @@ pub(crate) async fn catch_async<F: Future>(body: F) -> Result<F::Output, Panic> 
     .await
 }
 
+/// A shared storage's operation, timed for the round-trip histogram with the `metrics`
+/// feature; as it is without it.
+#[cfg(not(feature = "metrics"))]
+#[inline(always)]
+fn round_trip<F: Future>(_cell: &Cell, operation: F) -> F {
+    operation
+}
+
+/// A shared storage's operation, timed for the round-trip histogram with the `metrics`
+/// feature; as it is without it.
+#[cfg(feature = "metrics")]
+async fn round_trip<F: Future>(cell: &Cell, operation: F) -> F::Output {
+    let started = std::time::Instant::now();
+    let output = operation.await;
+    cell.meters().storage_round_trip(started.elapsed());
+    output
+}
+
 /// Runs a hook; a hook that panics is caught here, so that it cannot break the breaker.
 #[inline]
 fn hook(call: impl FnOnce()) {
@@ -665,19 +696,17 @@ fn admit_here_slowly<'a, H: CircuitBreaker>(
                 let role = if word.phase() == State::Closed {
                     Role::Closed
                 } else {
+                    // Forced closed: nothing is recorded.
+                    #[cfg(feature = "metrics")]
+                    cell.meters().unrecorded();
                     Role::Unrecorded
                 };
                 return Ok(Permit::new(handler, cell, clock, word, role));
             }
             Admit::Reject(rejection) => {
                 let (opened_at, retry_at) = open_times(word, config);
-                return Err(reject(
-                    handler,
-                    cell.key.clone(),
-                    method,
-                    rejection,
-                    opened_at,
-                    retry_at,
+                return Err(reject_at(
+                    handler, &cell, method, rejection, opened_at, retry_at,
                 ));
             }
             Admit::Trial(next) => match cell.compare_exchange(word, next) {
@@ -743,13 +772,8 @@ fn admit_on_view_slowly<'a, H: CircuitBreaker>(
             Rejection::ForcedOpen
         };
         let (opened_at, retry_at) = open_times(word, &H::CONFIG);
-        return Local::Decided(Err(reject(
-            handler,
-            cell.key.clone(),
-            method,
-            rejection,
-            opened_at,
-            retry_at,
+        return Local::Decided(Err(reject_at(
+            handler, &cell, method, rejection, opened_at, retry_at,
         )));
     }
     if cell.failing() && !cell.claim_probe(clock.now(), probe_interval(&H::CONFIG)) {
@@ -771,9 +795,11 @@ pub(crate) async fn ask_storage<'a, H: CircuitBreaker, B: Backend>(
     method: &'static str,
 ) -> Result<Permit<'a, H>, CircuitBreakerOpen> {
     let config = &H::CONFIG;
-    match backend
-        .execute(&Request::new(cell.key.as_str(), Op::AcquireTrial, config))
-        .await
+    match round_trip(
+        &cell,
+        backend.execute(&Request::new(cell.key.as_str(), Op::AcquireTrial, config)),
+    )
+    .await
     {
         Ok(snapshot) => {
             let now = clock.now();
@@ -801,13 +827,8 @@ pub(crate) async fn ask_storage<'a, H: CircuitBreaker, B: Backend>(
                 ),
                 _ => (None, None),
             };
-            Err(reject(
-                handler,
-                cell.key.clone(),
-                method,
-                rejection,
-                opened_at,
-                retry_at,
+            Err(reject_at(
+                handler, &cell, method, rejection, opened_at, retry_at,
             ))
         }
         Err(error) => {
@@ -832,6 +853,11 @@ fn storage_failed<'a, H: CircuitBreaker>(
     storage_error(handler, key, &error);
     match H::CONFIG.on_storage_failure {
         OnStorageFailure::Allow => {
+            #[cfg(feature = "metrics")]
+            match &cell {
+                Some(cell) => cell.meters().unrecorded(),
+                None => crate::metrics::call_without_breaker(H::FAILURE_KEY, "unrecorded"),
+            }
             // No cell for an unusable key: the call runs against a throwaway one.
             let cell =
                 cell.unwrap_or_else(|| CellRef::Shared(Arc::new(Cell::detached(H::FAILURE_KEY))));
@@ -839,6 +865,11 @@ fn storage_failed<'a, H: CircuitBreaker>(
             Ok(Permit::new(handler, cell, clock, word, Role::Unrecorded))
         }
         OnStorageFailure::Reject => {
+            #[cfg(feature = "metrics")]
+            match &cell {
+                Some(cell) => cell.meters().rejected(),
+                None => crate::metrics::call_without_breaker(H::FAILURE_KEY, "rejected"),
+            }
             let key = cell.map_or(Key::Static(H::FAILURE_KEY), |cell| cell.key.clone());
             Err(reject(
                 handler,
@@ -850,6 +881,29 @@ fn storage_failed<'a, H: CircuitBreaker>(
             ))
         }
     }
+}
+
+/// A call rejected by `cell`'s breaker: counted (with the `metrics` feature), then
+/// [`reject`]ed.
+#[inline(always)]
+fn reject_at<H: CircuitBreaker>(
+    handler: &H,
+    cell: &Cell,
+    method: &'static str,
+    reason: Rejection,
+    opened_at: Option<Nanos>,
+    retry_at: Option<Nanos>,
+) -> CircuitBreakerOpen {
+    #[cfg(feature = "metrics")]
+    cell.meters().rejected();
+    reject(
+        handler,
+        cell.key.clone(),
+        method,
+        reason,
+        opened_at,
+        retry_at,
+    )
 }
 
 fn reject<H: CircuitBreaker>(
@@ -880,13 +934,29 @@ fn reject<H: CircuitBreaker>(
 
 fn notify<H: CircuitBreaker>(handler: &H, cell: &Cell, from: Word, to: Word) {
     if from.phase() != to.phase() {
-        state_changed(handler, cell.key.as_str(), from.phase(), to.phase());
+        changed(handler, cell, from.phase(), to.phase());
     }
+}
+
+/// `cell`'s breaker changed state: its state gauge and transitions (with the `metrics`
+/// feature), then [`state_changed`].
+#[inline(always)]
+fn changed<H: CircuitBreaker>(handler: &H, cell: &Cell, from: State, to: State) {
+    #[cfg(feature = "metrics")]
+    {
+        cell.meters().show(to);
+        crate::metrics::transition(&cell.key, from, to);
+    }
+    state_changed(handler, cell.key.as_str(), from, to);
 }
 
 // The events: each goes to the handler's hook and, with the `tracing` feature, to a
 // `tracing` event named after the OpenTelemetry proposal for circuit breakers
-// (`circuitbreaker.name`, `circuitbreaker.state`). One path for both.
+// (`circuitbreaker.name`, `circuitbreaker.state`), with the `metrics` feature to the
+// metrics of `crate::metrics` (through `changed` and `reject_at`, which have the breaker's
+// cached handles). One path for all three; the calls are counted where they are recorded
+// (`record_here`, `record_shared`), rejected (`reject_at`, `storage_failed`) or let
+// through unrecorded (`storage_failed`).
 
 /// The span a guarded call runs in, with the `tracing` feature: `circuit_breaker`, at the
 /// `trace` level (so it costs a level check unless a subscriber asks for it), with
@@ -970,6 +1040,8 @@ fn storage_error<H: CircuitBreaker>(handler: &H, key: &str, error: &StorageError
         error = %error,
         "circuit breaker storage failed"
     );
+    #[cfg(feature = "metrics")]
+    crate::metrics::storage_error(H::FAILURE_KEY, error.kind());
     hook(|| handler.on_storage_error(key, error));
 }
 
@@ -998,6 +1070,8 @@ fn record_here<H: CircuitBreaker>(mut permit: Permit<'_, H>, report: Option<Repo
     let Some(cell) = permit.cell.take() else {
         return;
     };
+    #[cfg(feature = "metrics")]
+    let permit = counted(permit, &cell, role, report);
     let report = match (role, report) {
         (Role::Unrecorded, _) | (Role::Closed, None) => return,
         // The common case: one load, no store, no clock.
@@ -1013,8 +1087,39 @@ fn record_here<H: CircuitBreaker>(mut permit: Permit<'_, H>, report: Option<Repo
     let (handler, clock, admitted) = (permit.handler, permit.clock, permit.admitted);
     // Emptied, the permit has nothing left to do when dropped; dropped before the call, it
     // needs no landing pad.
+    #[cfg(not(feature = "metrics"))]
     drop(permit);
     settle_owned(handler, cell, clock, admitted, report);
+}
+
+/// What [`record_here`] still needs of a permit once it is emptied.
+#[cfg(feature = "metrics")]
+struct Emptied<'a, H> {
+    handler: &'a H,
+    clock: &'a Clock,
+    admitted: Word,
+}
+
+/// Counts a recorded call: a cached handle's increment, no clock, no lookup. The emptied
+/// permit is dropped first, so that the increment, a call, needs no landing pad for it.
+#[cfg(feature = "metrics")]
+#[inline(always)]
+fn counted<'a, H: CircuitBreaker>(
+    permit: Permit<'a, H>,
+    cell: &Cell,
+    role: Role,
+    report: Option<Report>,
+) -> Emptied<'a, H> {
+    let emptied = Emptied {
+        handler: permit.handler,
+        clock: permit.clock,
+        admitted: permit.admitted,
+    };
+    drop(permit);
+    if role != Role::Unrecorded {
+        cell.meters().recorded(report);
+    }
+    emptied
 }
 
 #[cold]
@@ -1027,6 +1132,18 @@ fn settle_owned<H: CircuitBreaker>(
     report: Report,
 ) {
     settle_here(handler, &cell, clock, admitted, report);
+}
+
+/// A permit dropped without an outcome: counted, and a trial in process memory given back
+/// (shared storages lease permits, and the lease lapses by itself).
+#[cfg(feature = "metrics")]
+#[cold]
+#[inline(never)]
+fn dropped<H: CircuitBreaker>(handler: &H, cell: &Cell, clock: &Clock, admitted: Word, role: Role) {
+    cell.meters().dropped();
+    if role == Role::Trial && decided_here::<H::Storage>() {
+        abandon(handler, cell, clock, admitted);
+    }
 }
 
 /// Gives an unrecorded in-process trial permit back.
@@ -1115,6 +1232,12 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
 ) {
     let config = &H::CONFIG;
     let role = std::mem::replace(&mut permit.role, Role::Unrecorded);
+    #[cfg(feature = "metrics")]
+    if role != Role::Unrecorded
+        && let Some(cell) = permit.cell.as_deref()
+    {
+        cell.meters().recorded(report);
+    }
     let op = match (role, report) {
         (Role::Closed, Some(Report::Success)) => {
             if let Some(interval) = config.sync_interval
@@ -1141,7 +1264,7 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
         request = request.with_count(1 + cell.held.swap(0, Ordering::Relaxed));
     }
     let sent = cell.load();
-    match backend.execute(&request).await {
+    match round_trip(cell, backend.execute(&request)).await {
         Ok(snapshot) => adopt(permit.handler, cell, permit.clock.now(), sent, &snapshot),
         Err(error) => {
             cell.mark_failed(permit.clock.now(), &error);
@@ -1194,7 +1317,7 @@ pub(crate) fn control_here<H: CircuitBreaker>(handler: &H, cell: &Cell, op: Op) 
     let previous = cell.swap(current.next(state, 0));
     cell.clear_window();
     if previous.phase() != state {
-        state_changed(handler, cell.key.as_str(), previous.phase(), state);
+        changed(handler, cell, previous.phase(), state);
     }
 }
 
@@ -1207,9 +1330,11 @@ pub(crate) async fn control_shared<H: CircuitBreaker, B: Backend>(
 ) -> Result<State, StorageError> {
     let sent = cell.load();
     let clock = backend.clock();
-    match backend
-        .execute(&Request::new(cell.key.as_str(), op, &H::CONFIG))
-        .await
+    match round_trip(
+        cell,
+        backend.execute(&Request::new(cell.key.as_str(), op, &H::CONFIG)),
+    )
+    .await
     {
         Ok(snapshot) => {
             adopt(handler, cell, clock.now(), sent, &snapshot);

@@ -17,6 +17,8 @@ use crate::clock::{Clock, Nanos};
 use crate::error::StorageError;
 use crate::handler::{CircuitBreaker, State};
 use crate::key::{self, Key};
+#[cfg(feature = "metrics")]
+use crate::metrics::Meters;
 use crate::policy::Config;
 use crate::rules::nanos;
 use crate::rules::window::Window;
@@ -59,16 +61,32 @@ pub(crate) struct Cell {
     stamp: AtomicU64,
     /// Shared views in local mode: successes not yet reported.
     pub(crate) held: AtomicU64,
-    /// Made on first use, by the windowed policies and by storage failures only.
+    /// Made on first use, by the windowed policies and by storage failures only; with the
+    /// `metrics` feature also by the breaker's first recorded call, for its metric handles.
     extra: OnceLock<Box<Extra>>,
     pub(crate) key: Key,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
+#[cfg_attr(not(feature = "metrics"), derive(Default))]
 struct Extra {
     window: Mutex<Window>,
     /// The shared storage's last failure, reported to calls rejected while it lasts.
     failure: Mutex<Option<StorageError>>,
+    /// The breaker's metric handles, registered with the cell's first recorded call.
+    #[cfg(feature = "metrics")]
+    meters: Meters,
+}
+
+#[cfg(feature = "metrics")]
+impl Extra {
+    fn new(cell: &Cell) -> Self {
+        Extra {
+            window: Mutex::default(),
+            failure: Mutex::default(),
+            meters: Meters::register(&cell.key, cell.load().phase()),
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -92,8 +110,22 @@ impl Cell {
         }
     }
 
+    #[cfg(not(feature = "metrics"))]
     fn extra(&self) -> &Extra {
         self.extra.get_or_init(Box::default)
+    }
+
+    #[cfg(feature = "metrics")]
+    fn extra(&self) -> &Extra {
+        self.extra.get_or_init(|| Box::new(Extra::new(self)))
+    }
+
+    /// The breaker's metric handles: made with the cell's extra part, which a breaker
+    /// then has from its first recorded call on.
+    #[cfg(feature = "metrics")]
+    #[inline(always)]
+    pub(crate) fn meters(&self) -> &Meters {
+        &self.extra().meters
     }
 
     /// Closed with nothing counted and nothing held back: the same as a new cell.
