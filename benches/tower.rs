@@ -5,7 +5,9 @@
 //! once; every future is ready on its first poll, so no runtime takes part.
 //!
 //! `CIRCUITPY_BENCH_CALLS=N CIRCUITPY_BENCH_CASE=name` makes N calls of one case and exits
-//! (for callgrind, as in `breaker.rs`): `bare`, `consecutive`, `rate`, `resilience`.
+//! (for callgrind, as in `breaker.rs`): `bare`, `consecutive`, `rate`, `resilience`. With
+//! `--features tower,metrics` the breakers also emit their metrics to an installed
+//! Prometheus recorder.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -143,6 +145,12 @@ criterion_group! {
 }
 
 fn main() {
+    // With the `metrics` feature the breakers emit to a real exporter's recorder, installed
+    // before the first call as an application would.
+    #[cfg(feature = "metrics")]
+    let _prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("no other recorder is installed");
     if let Ok(calls) = std::env::var("CIRCUITPY_BENCH_CALLS") {
         let case = std::env::var("CIRCUITPY_BENCH_CASE").unwrap_or_default();
         run(&case, calls.parse().expect("a number of calls"));

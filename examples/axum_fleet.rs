@@ -1,6 +1,7 @@
 //! An axum service whose calls to a dependency go through one breaker shared by every copy
 //! of the service through Redis; while it is open, requests get `503 Service Unavailable`
-//! with a `Retry-After` header, and `/ready` reports the service degraded.
+//! with a `Retry-After` header, `/ready` reports the service degraded, and `/metrics` serves
+//! the breakers' metrics in Prometheus's text format.
 //!
 //! ```sh
 //! REDIS_URL=redis://127.0.0.1:6379 cargo run --example axum_fleet --features tower
@@ -26,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use circuitpy::tower::{CircuitBreakerLayer, Error, ServerErrorsFail, unavailable};
 use circuitpy::{Breaker, CircuitBreaker, health};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower::ServiceBuilder;
 
 static REDIS: LazyLock<redis::Client> = LazyLock::new(|| {
@@ -84,7 +86,7 @@ async fn ready() -> (StatusCode, String) {
     }
 }
 
-fn app() -> Router {
+fn app(prometheus: PrometheusHandle) -> Router {
     let guarded = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(rejected))
         .layer(CircuitBreakerLayer::new(Inventory).classify(ServerErrorsFail));
@@ -92,14 +94,22 @@ fn app() -> Router {
         .route("/stock/{item}", get(stock))
         .layer(guarded)
         .route("/ready", get(ready))
+        .route("/metrics", get(move || async move { prometheus.render() }))
 }
 
 async fn serve(address: &str) {
+    // Installed before the first guarded call, so that every breaker reports to it.
+    let prometheus = PrometheusBuilder::new()
+        .install_recorder()
+        .expect("no other recorder is installed");
+    circuitpy::metrics::describe();
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .expect("the address is free");
     println!("LISTENING {}", listener.local_addr().unwrap());
-    axum::serve(listener, app()).await.expect("serves");
+    axum::serve(listener, app(prometheus))
+        .await
+        .expect("serves");
 }
 
 /// A copy of this program serving on a free port, stopped when dropped.
@@ -175,6 +185,23 @@ async fn main() {
     assert_eq!(status, 503);
     let status = get_and_show(&client, "two", &format!("{}/ready", two.url)).await;
     assert_eq!(status, 503);
+    let scrape = client
+        .get(format!("{}/metrics", two.url))
+        .send()
+        .await
+        .and_then(|response| response.error_for_status())
+        .expect("the metrics are served");
+    let scrape = scrape.text().await.unwrap_or_default();
+    println!("two GET {}/metrics (the breaker's lines):", two.url);
+    for line in scrape
+        .lines()
+        .filter(|line| line.starts_with("circuitbreaker_"))
+    {
+        println!("    {line}");
+    }
+    assert!(scrape.contains(
+        r#"circuitbreaker_calls_total{circuitbreaker_name="inventory",outcome="rejected"} 1"#
+    ));
 
     // After the recovery timeout, one request is the trial; the item it asks for is fine.
     tokio::time::sleep(Inventory::RECOVERY_TIMEOUT).await;
