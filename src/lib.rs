@@ -1,6 +1,7 @@
 //! What the integration tests of circuitpy share: the handler helpers of the in-memory tests
 //! ([`handlers`], [`handler!`]), the external servers the storage tests run against
-//! ([`redis`], [`postgres`], [`sqlite`]) and a proxy that fails in front of them on demand
+//! ([`redis`], [`postgres`], [`sqlite`], and with their features `redis_cluster` and
+//! `redis_sentinel`) and a proxy that fails in front of them on demand
 //! ([`proxy`]), and the one rule for a missing server
 //! ([`services`]): a loud notice and a skip, or a failure under
 //! `CIRCUITPY_REQUIRE_SERVICES=1`.
@@ -14,6 +15,8 @@ pub mod postgres;
 pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis-cluster")]
+pub mod redis_cluster;
 pub mod services;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
