@@ -114,7 +114,7 @@ fn a_killed_primary_fails_over_and_a_tripped_breaker_survives() {
     let Some(cluster) = RedisCluster::start() else {
         return;
     };
-    CLIENT.set(cluster.client()).ok().expect("set once");
+    assert!(CLIENT.set(cluster.client()).is_ok(), "set once");
     let config = Config::of::<Failover>();
 
     // The tripped breaker, and a load breaker on the same primary.

@@ -47,7 +47,7 @@ fn three_hundred_breakers_spread_over_every_primary_and_each_works() {
     let Some(cluster) = RedisCluster::shared() else {
         return;
     };
-    CLIENT.set(cluster.client()).ok().expect("set once");
+    assert!(CLIENT.set(cluster.client()).is_ok(), "set once");
     let run = std::process::id();
     let keys: Vec<String> = (0..BREAKERS).map(|i| format!("{run}-{i}")).collect();
 
@@ -59,7 +59,7 @@ fn three_hundred_breakers_spread_over_every_primary_and_each_works() {
                     let breaker = Breaker::keyed(Spread, key);
                     let index: usize = key.rsplit('-').next().unwrap().parse().unwrap();
                     for _ in 0..2 {
-                        if index % 2 == 0 {
+                        if index.is_multiple_of(2) {
                             let _ = breaker.call(|| Err::<(), E>(E::Down));
                         } else {
                             breaker.call(|| Ok::<(), E>(())).unwrap();
@@ -87,7 +87,7 @@ fn three_hundred_breakers_spread_over_every_primary_and_each_works() {
             .find(|node| node.primary && node.serves(slot))
             .expect("an owner");
         *per_primary.entry(owner.port).or_default() += 1;
-        let tripped = index % 2 == 0;
+        let tripped = index.is_multiple_of(2);
         // A tripped breaker's hash is on the primary owning its slot (a closed breaker that
         // never failed writes nothing).
         let exists: bool = redis::cmd("EXISTS")
