@@ -1,7 +1,7 @@
 //! What the integration tests of circuitpy share: the handler helpers of the in-memory tests
 //! ([`handlers`], [`handler!`]), the external servers the storage tests run against
-//! ([`redis`], [`postgres`], [`sqlite`], and with their features `redis_cluster` and
-//! `redis_sentinel`) and a proxy that fails in front of them on demand
+//! ([`redis`], [`postgres`], [`sqlite`]; with their features, a Redis Cluster in
+//! `redis_cluster` and a Sentinel-watched primary in `redis_sentinel`) and a proxy that fails in front of them on demand
 //! ([`proxy`]), and the one rule for a missing server
 //! ([`services`]): a loud notice and a skip, or a failure under
 //! `CIRCUITPY_REQUIRE_SERVICES=1`.
@@ -17,6 +17,8 @@ pub mod proxy;
 pub mod redis;
 #[cfg(feature = "redis-cluster")]
 pub mod redis_cluster;
+#[cfg(feature = "redis-sentinel")]
+pub mod redis_sentinel;
 pub mod services;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
