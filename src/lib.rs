@@ -163,6 +163,13 @@ mod tests {
 }
 
 /// The README's Rust examples, compiled and run as doc tests (with the features they use).
-#[cfg(all(doctest, feature = "tower", feature = "reqwest", feature = "redis"))]
+#[cfg(all(
+    doctest,
+    feature = "tower",
+    feature = "reqwest",
+    feature = "redis",
+    feature = "redis-cluster",
+    feature = "redis-sentinel"
+))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExamples;
