@@ -65,7 +65,9 @@ pub struct SentinelStorage {
 }
 
 /// How often the sentinels are asked again while calls succeed: the longest that breaker
-/// writes may go to a primary the sentinels have replaced, before it is demoted.
+/// writes may go to a primary the sentinels have replaced, before it is demoted. The call
+/// that asks pays for it: one `SENTINEL MASTERS` on a kept connection to a sentinel, and a
+/// new connection to the named primary to check its `ROLE` (redis-rs's `SentinelClient`).
 ///
 /// ```
 /// assert_eq!(circuitpy::redis::RECHECK, std::time::Duration::from_secs(1));
