@@ -55,15 +55,31 @@ impl SentinelSetup {
     /// A primary, its replica (in sync) and three sentinels that know both, or `None` after a
     /// loud notice when `redis-server` is missing.
     pub fn start() -> Option<SentinelSetup> {
-        let primary = RedisServer::start()?;
-        let replica =
-            RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()])?;
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "circuitpy-sentinel-{}-{}",
             std::process::id(),
-            primary.port()
+            STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
+        // The replica's first sync writes an RDB file into its directory: not the caller's.
+        let in_dir = |name: &str| {
+            let dir = dir.join(name);
+            std::fs::create_dir_all(&dir).expect("a temporary directory");
+            dir.to_string_lossy().into_owned()
+        };
+        let Some(primary) = RedisServer::start_with(&["--dir", &in_dir("primary")]) else {
+            let _ = std::fs::remove_dir_all(&dir);
+            return None;
+        };
+        let replica = RedisServer::start_with(&[
+            "--dir",
+            &in_dir("replica"),
+            "--replicaof",
+            "127.0.0.1",
+            &primary.port().to_string(),
+        ])
+        .expect("redis-server ran for the primary");
         let mut setup = SentinelSetup {
             primary,
             replica,
