@@ -7,15 +7,17 @@
 //! (made on first use, shared by all threads), driven by a private one-thread tokio runtime,
 //! and each call waits for its command with the same [`Source`] code as the async storages:
 //! bounded by the storage timeout with tokio's timer, whatever redis-rs retries behind it.
+//! The client's own settings (timeouts, retries, TLS) are those of the connection.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{FromRedisValue, RedisResult};
+use redis::{FromRedisValue, RedisError, RedisResult};
+use tokio::sync::OnceCell;
 
 use super::asynchronous::{Command, Given, Source};
 use super::{RedisFailure, tls_provider};
@@ -34,35 +36,36 @@ static RUNTIME: LazyLock<std::io::Result<tokio::runtime::Runtime>> = LazyLock::n
 
 /// One async connection per `ClusterClient`, by the client's address: a handler's client
 /// lives as long as the handler (typically in a `static`).
-static SHARED: LazyLock<Mutex<HashMap<usize, ClusterConnection>>> = LazyLock::new(Mutex::default);
+static SHARED: LazyLock<Mutex<HashMap<usize, Arc<OnceCell<ClusterConnection>>>>> =
+    LazyLock::new(Mutex::default);
 
-/// The shared connection of a `ClusterClient`, made on first use (on the private runtime)
-/// with the first caller's storage timeout as its connection and response timeout.
+/// The shared connection of a `ClusterClient`, made on first use with the client's own
+/// settings, in a task of the private runtime: it is made even when the calls waiting for
+/// it give up at their storage timeout, so a slow first connection does not fail every call.
 struct SharedCluster<'a>(&'a ClusterClient);
 
 impl SharedCluster<'_> {
-    async fn connection(&self, timeout: Duration) -> RedisResult<ClusterConnection> {
+    async fn connection(&self) -> RedisResult<ClusterConnection> {
         let id = self.0 as *const ClusterClient as usize;
-        let cached = SHARED
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
-            .cloned();
-        if let Some(connection) = cached {
-            return Ok(connection);
-        }
-        tls_provider();
-        let config = ClusterConfig::new()
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout);
-        let connection = self.0.get_async_connection_with_config(config).await?;
-        // Two first callers may both connect: the first connection stored is kept.
-        Ok(SHARED
+        let cell = SHARED
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .entry(id)
-            .or_insert(connection)
-            .clone())
+            .or_default()
+            .clone();
+        if let Some(connection) = cell.get() {
+            return Ok(connection.clone());
+        }
+        tls_provider();
+        let client = self.0.clone();
+        // One task connects; the others wait for it (and try again if it failed).
+        tokio::spawn(async move {
+            cell.get_or_try_init(|| client.get_async_connection())
+                .await
+                .cloned()
+        })
+        .await
+        .map_err(|error| RedisError::from(std::io::Error::other(error.to_string())))?
     }
 }
 
@@ -72,7 +75,7 @@ impl Source for SharedCluster<'_> {
         command: Command<'_>,
         timeout: Duration,
     ) -> RedisResult<T> {
-        let connection = self.connection(timeout).await?;
+        let connection = self.connection().await?;
         Given(&connection).send(command, timeout).await
     }
 
