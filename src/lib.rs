@@ -1,6 +1,7 @@
 //! What the integration tests of circuitpy share: the handler helpers of the in-memory tests
 //! ([`handlers`], [`handler!`]), the external servers the storage tests run against
-//! ([`redis`], [`postgres`], [`sqlite`]) and a proxy that fails in front of them on demand
+//! ([`redis`], [`postgres`], [`sqlite`]; with their features, a Redis Cluster in
+//! `redis_cluster` and a Sentinel-watched primary in `redis_sentinel`) and a proxy that fails in front of them on demand
 //! ([`proxy`]), and the one rule for a missing server
 //! ([`services`]): a loud notice and a skip, or a failure under
 //! `CIRCUITPY_REQUIRE_SERVICES=1`.
@@ -14,6 +15,10 @@ pub mod postgres;
 pub mod proxy;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis-cluster")]
+pub mod redis_cluster;
+#[cfg(feature = "redis-sentinel")]
+pub mod redis_sentinel;
 pub mod services;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -158,6 +163,13 @@ mod tests {
 }
 
 /// The README's Rust examples, compiled and run as doc tests (with the features they use).
-#[cfg(all(doctest, feature = "tower", feature = "reqwest", feature = "redis"))]
+#[cfg(all(
+    doctest,
+    feature = "tower",
+    feature = "reqwest",
+    feature = "redis",
+    feature = "redis-cluster",
+    feature = "redis-sentinel"
+))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExamples;

@@ -1,5 +1,6 @@
-//! `AsyncStorage` for `redis::aio::MultiplexedConnection`, `redis::aio::ConnectionManager`
-//! and `redis::Client`. Each command is bounded by the handler's storage timeout with
+//! `AsyncStorage` for `redis::aio::MultiplexedConnection`, `redis::aio::ConnectionManager`,
+//! `redis::Client` and (feature `redis-cluster`) `redis::cluster_async::ClusterConnection`.
+//! Each command is bounded by the handler's storage timeout with
 //! `tokio::time::timeout`, whatever response timeout the connection was built with.
 
 use std::collections::HashMap;
@@ -22,7 +23,7 @@ const PRIMITIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A command, over any async connection.
 #[derive(Clone, Copy)]
-enum Command<'a> {
+pub(super) enum Command<'a> {
     Increment(&'a str, u64, Duration),
     Get(&'a str),
     Expire(&'a str, Duration),
@@ -71,7 +72,7 @@ async fn bounded<T>(
 }
 
 /// The storage operations over a source of connections, each bounded by its timeout.
-trait Source: Sync {
+pub(super) trait Source: Sync {
     fn send<T: FromRedisValue>(
         &self,
         command: Command<'_>,
@@ -136,7 +137,7 @@ trait Source: Sync {
 
 /// A connection the application made: one command on a clone of it (which is cheap). A
 /// `ConnectionManager` reconnects by itself; neither is sent a command twice.
-struct Given<'a, C>(&'a C);
+pub(super) struct Given<'a, C>(pub(super) &'a C);
 
 impl<C: ConnectionLike + Clone + Send + Sync> Source for Given<'_, C> {
     async fn send<T: FromRedisValue>(&self, command: Command<'_>, _: Duration) -> RedisResult<T> {
@@ -209,6 +210,40 @@ connection_storage!(
      \x20       REDIS.get().expect(\"connected at startup\")\n\
      \x20   }\n\
      }\n\
+     ```"
+);
+
+#[cfg(feature = "redis-cluster")]
+connection_storage!(
+    redis::cluster_async::ClusterConnection,
+    Given,
+    "An async storage over a Redis Cluster (feature `redis-cluster`): each operation is one \
+     `EVALSHA` on the one key of its breaker, which redis-rs routes to the primary owning that \
+     key's slot, following `MOVED`/`ASK` redirections and reloading the script after \
+     `NOSCRIPT` on every node. The connection reconnects and refreshes its slot map by itself.\n\n\
+     ```no_run\n\
+     use std::time::Duration;\n\
+     use circuitpy::CircuitBreaker;\n\
+     use redis::cluster_async::ClusterConnection;\n\
+     use tokio::sync::OnceCell;\n\
+     \n\
+     static CLUSTER: OnceCell<ClusterConnection> = OnceCell::const_new();\n\
+     \n\
+     struct Search;\n\
+     impl CircuitBreaker for Search {\n\
+     \x20   const FAILURE_THRESHOLD: u32 = 5;\n\
+     \x20   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);\n\
+     \x20   const FAILURE_KEY: &'static str = \"search\";\n\
+     \x20   type Storage = ClusterConnection;\n\
+     \x20   fn storage(&self) -> &ClusterConnection {\n\
+     \x20       CLUSTER.get().expect(\"connected at startup\")\n\
+     \x20   }\n\
+     }\n\
+     \n\
+     # async fn connect() -> redis::RedisResult<()> {\n\
+     let client = redis::cluster::ClusterClient::new([\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"])?;\n\
+     CLUSTER.get_or_try_init(|| client.get_async_connection()).await?;\n\
+     # Ok(()) }\n\
      ```"
 );
 

@@ -6,7 +6,14 @@
 //!   server, at most [`POOL_SIZE`] of them, so a call never opens a connection of its own);
 //! - [`AsyncStorage`](crate::AsyncStorage) for `redis::Client` (one multiplexed connection
 //!   per server, created on first use), `redis::aio::MultiplexedConnection` and
-//!   `redis::aio::ConnectionManager`.
+//!   `redis::aio::ConnectionManager`;
+//! - with feature `redis-cluster`, [`Storage`](crate::Storage) for
+//!   `redis::cluster::ClusterClient` and [`AsyncStorage`](crate::AsyncStorage) for
+//!   `redis::cluster_async::ClusterConnection`: the same script on the same one key per
+//!   breaker, which is in one slot (its name is hash-tagged), so a cluster runs it on the
+//!   primary owning that slot;
+//! - with feature `redis-sentinel`, [`Storage`](crate::Storage) for [`SentinelStorage`]: the
+//!   `redis::Client` storage on the primary Redis Sentinel names, asked again after a failure.
 //!
 //! Every breaker operation is one `EVALSHA` of `script.lua`: the read, the decision and the
 //! writes happen atomically on the server, by the server's clock. One breaker is one hash,
@@ -33,8 +40,14 @@ use crate::storage::{Op, Request, Snapshot};
 
 mod asynchronous;
 mod blocking;
+#[cfg(feature = "redis-cluster")]
+mod cluster;
+#[cfg(feature = "redis-sentinel")]
+mod sentinel;
 
 pub use blocking::POOL_SIZE;
+#[cfg(feature = "redis-sentinel")]
+pub use sentinel::{RECHECK, SentinelStorage};
 
 /// The breaker operation, one round trip.
 static EXECUTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("script.lua")));
