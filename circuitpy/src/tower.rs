@@ -15,7 +15,8 @@
 //!   responses.
 //!
 //! The handler's storage must be an [`AsyncStorage`]: [`MemoryStorage`](crate::MemoryStorage),
-//! the async Redis connections (`redis::aio`), `AsyncPostgresStorage`.
+//! the async Redis connections (`redis::aio`, a cluster connection) and `redis::Client`,
+//! `AsyncPostgresStorage`, `SqliteStorage`.
 //!
 //! ```
 //! use std::sync::LazyLock;

@@ -1,7 +1,7 @@
 //! The SQLite storage: the conformance kit, and the deletion of expired rows.
 
 use circuitpy::SqliteStorage;
-use circuitpy::testing::{Options, check_storage};
+use circuitpy::testing::{Options, check_async_storage, check_storage};
 use circuitpy_tests::sqlite::fresh_database;
 
 #[test]
@@ -16,6 +16,17 @@ fn sqlite_storage_passes_the_kit() {
         report.rules.len(),
         report.elapsed
     );
+}
+
+#[tokio::test]
+async fn sqlite_storage_passes_the_kit_from_async_code() {
+    let storage: &'static SqliteStorage = Box::leak(Box::new(
+        SqliteStorage::open(fresh_database("kit-async")).unwrap(),
+    ));
+    let report = check_async_storage(storage, Options::default())
+        .await
+        .unwrap_or_else(|f| panic!("{f}"));
+    assert!(report.rules.contains(&"half-open-admits-exactly-k-trials"));
 }
 
 #[test]

@@ -334,3 +334,55 @@ connection_storage!(
      multiplexed connection per server, made on first use with the handler's storage timeout \
      as its connection and response timeout."
 );
+
+/// The application's deadpool-redis pool: one connection taken from it per command, the
+/// wait for it included in the command's time bound.
+#[cfg(feature = "deadpool-redis")]
+struct Pooled<'a>(&'a deadpool_redis::Pool);
+
+#[cfg(feature = "deadpool-redis")]
+impl Source for Pooled<'_> {
+    async fn send<T: FromRedisValue>(&self, command: Command<'_>, _: Duration) -> RedisResult<T> {
+        let mut connection = self.0.get().await.map_err(|error| {
+            let kind = match error {
+                deadpool_redis::PoolError::Backend(error) => return error,
+                _ => redis::ErrorKind::Io,
+            };
+            redis::RedisError::from((kind, "no connection from the pool", error.to_string()))
+        })?;
+        let value = command.run(&mut connection).await?;
+        redis::from_redis_value(value).map_err(Into::into)
+    }
+
+    fn secret(&self) -> Option<String> {
+        None
+    }
+}
+
+#[cfg(feature = "deadpool-redis")]
+connection_storage!(
+    deadpool_redis::Pool,
+    Pooled,
+    "An async storage over the application's deadpool-redis pool (feature `deadpool-redis`): \
+     each operation takes a connection from the pool, and waiting for one counts towards the \
+     handler's `STORAGE_TIMEOUT`. A command is never sent twice.\n\n\
+     ```no_run\n\
+     use std::time::Duration;\n\
+     use circuitpy::CircuitBreaker;\n\
+     \n\
+     static POOL: std::sync::LazyLock<deadpool_redis::Pool> = std::sync::LazyLock::new(|| {\n\
+     \x20   deadpool_redis::Config::from_url(\"redis://127.0.0.1/\")\n\
+     \x20       .create_pool(Some(deadpool_redis::Runtime::Tokio1))\n\
+     \x20       .expect(\"a valid configuration\")\n\
+     });\n\
+     \n\
+     struct Payments;\n\
+     impl CircuitBreaker for Payments {\n\
+     \x20   const FAILURE_THRESHOLD: u32 = 5;\n\
+     \x20   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);\n\
+     \x20   const FAILURE_KEY: &'static str = \"payments\";\n\
+     \x20   type Storage = deadpool_redis::Pool;\n\
+     \x20   fn storage(&self) -> &deadpool_redis::Pool { &POOL }\n\
+     }\n\
+     ```"
+);
