@@ -211,6 +211,15 @@ pub enum StorageError {
         /// Why it is unusable.
         detail: &'static str,
     },
+    /// An operator's actor or reason for forcing a breaker is too long
+    /// ([`MAX_AUDIT_BYTES`](crate::admin::MAX_AUDIT_BYTES)).
+    #[error("{what} is {len} bytes long, at most {max} are kept", max = crate::admin::MAX_AUDIT_BYTES)]
+    AuditTooLong {
+        /// `"actor"` or `"reason"`.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
     /// The storage's own client failed (connection refused, protocol error, ...).
     #[error("storage failed (key \"{key}\"): {source}")]
     Backend {

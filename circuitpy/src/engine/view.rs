@@ -69,6 +69,8 @@ struct Extra {
     window: Mutex<Window>,
     /// The shared storage's last failure, reported to calls rejected while it lasts.
     failure: Mutex<Option<StorageError>>,
+    /// In-process breakers: the audit trail of the last forcing, until a reset.
+    forced: Mutex<Option<crate::admin::Forced>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -136,6 +138,20 @@ impl Cell {
         if let Some(extra) = self.extra.get() {
             lock(&extra.window).clear();
         }
+    }
+
+    /// In-process breakers: keeps (or with `None` forgets) the last forcing's audit trail.
+    pub(crate) fn set_forced(&self, forced: Option<crate::admin::Forced>) {
+        if forced.is_some() || self.extra.get().is_some() {
+            *lock(&self.extra().forced) = forced;
+        }
+    }
+
+    /// The last forcing's audit trail, if one is kept.
+    pub(crate) fn forced(&self) -> Option<crate::admin::Forced> {
+        self.extra
+            .get()
+            .and_then(|extra| lock(&extra.forced).clone())
     }
 
     // In-process trial leases.
@@ -326,6 +342,11 @@ impl Family {
             keyed: RwLock::default(),
             sweeps: AtomicU32::new(0),
         }
+    }
+
+    /// The handler's key.
+    pub(crate) fn key(&self) -> &str {
+        self.cell.key.as_str()
     }
 
     /// Small enough to inline, so the handler's own key costs no call even where the same

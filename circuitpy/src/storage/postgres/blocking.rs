@@ -4,6 +4,10 @@
 use std::time::Duration;
 
 use super::{Db, Done, PostgresOptions, Work};
+use crate::admin::{
+    ADMIN_TIMEOUT, Action, Admin, Audit, BreakerInfo, Listing, breaker_key, check_key,
+    config as admin_config, describe,
+};
 use crate::error::StorageError;
 use crate::storage::{Request, Snapshot, Storage};
 
@@ -181,5 +185,58 @@ impl Storage for PostgresStorage {
         let key = work.key().to_owned();
         self.perform(work, request.config.storage_timeout)?
             .snapshot(&key)
+    }
+}
+
+/// The breakers under a prefix, as operators see them: one query over the table.
+impl Admin for PostgresStorage {
+    fn list(&self, prefix: &str) -> Result<Listing, StorageError> {
+        let stem = format!("{prefix}:{{");
+        let (now, rows) = self
+            .perform(Work::List { stem: stem.clone() }, ADMIN_TIMEOUT)?
+            .rows(&stem)?;
+        let mut listing = Listing::default();
+        for (stored, expires_at, row) in rows {
+            match breaker_key(prefix, &stored, "") {
+                Some(key) => listing
+                    .breakers
+                    .push(describe(key, &row, now, Some(expires_at))),
+                None => listing.invalid.push(StorageError::invalid_data(
+                    stored,
+                    "not a breaker key (`{prefix}:{key}`)",
+                )),
+            }
+        }
+        Ok(listing)
+    }
+
+    fn inspect(&self, prefix: &str, key: &str) -> Result<Option<BreakerInfo>, StorageError> {
+        check_key(prefix, key)?;
+        let stored = format!("{prefix}:{{{key}}}");
+        let (now, rows) = self
+            .perform(
+                Work::Inspect {
+                    key: stored.clone(),
+                },
+                ADMIN_TIMEOUT,
+            )?
+            .rows(&stored)?;
+        Ok(rows
+            .first()
+            .map(|(_, expires_at, row)| describe(key, row, now, Some(*expires_at))))
+    }
+
+    fn act(
+        &self,
+        prefix: &str,
+        key: &str,
+        action: Action,
+        audit: Audit<'_>,
+    ) -> Result<Option<BreakerInfo>, StorageError> {
+        check_key(prefix, key)?;
+        audit.check()?;
+        let config = admin_config(prefix);
+        self.execute(&Request::new(key, action.op(), &config).with_audit(audit))?;
+        self.inspect(prefix, key)
     }
 }
