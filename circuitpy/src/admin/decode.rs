@@ -130,6 +130,7 @@ pub(crate) fn describe(key: &str, row: &Row, now: i64, expires_at: Option<i64>) 
 /// A Redis breaker hash as the row: every field validated as the script validates it.
 /// `now` and `ttl` are the server's, in milliseconds; a hash without an expiry was not
 /// written by circuitpy.
+#[cfg(any(feature = "redis", test))]
 pub(crate) fn row_of_hash(
     key: &str,
     fields: &[(Vec<u8>, Vec<u8>)],
