@@ -63,6 +63,17 @@ pub(crate) use decode::*;
 /// ```
 pub const MAX_AUDIT_BYTES: usize = 256;
 
+/// `time` as RFC 3339 in UTC with milliseconds (`2026-11-26T10:00:00.000Z`), as breaker
+/// errors print times.
+///
+/// ```
+/// let epoch = std::time::UNIX_EPOCH;
+/// assert_eq!(circuitpy::admin::rfc3339(epoch).to_string(), "1970-01-01T00:00:00.000Z");
+/// ```
+pub fn rfc3339(time: SystemTime) -> impl std::fmt::Display {
+    crate::error::Rfc3339(time)
+}
+
 /// Who forces a breaker and why: free text, each at most [`MAX_AUDIT_BYTES`], stored with
 /// the breaker together with the time (on the storage's clock).
 ///

@@ -207,6 +207,8 @@ impl Admin for PostgresStorage {
                 )),
             }
         }
+        // By breaker key: storage keys sort `a:{x:y}` before `a:{x}`.
+        listing.breakers.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(listing)
     }
 

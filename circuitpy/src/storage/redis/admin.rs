@@ -131,6 +131,8 @@ impl Admin for redis::Client {
                 }
             }
         }
+        // By breaker key: storage keys sort `a:{x:y}` before `a:{x}`.
+        listing.breakers.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(listing)
     }
 
