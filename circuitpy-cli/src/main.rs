@@ -172,9 +172,20 @@ fn is_glob(key: &str) -> bool {
 /// A failure of the command: one line for stderr.
 struct Failure(String);
 
-impl<E: std::fmt::Display> From<E> for Failure {
+impl<E: std::error::Error> From<E> for Failure {
+    /// The error and its causes, each once: a client's own text is often only "error
+    /// connecting to server", with the reason in its source.
     fn from(error: E) -> Self {
-        Failure(error.to_string())
+        let mut text = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text = format!("{text}: {cause_text}");
+            }
+            source = cause.source();
+        }
+        Failure(text)
     }
 }
 

@@ -33,8 +33,12 @@ impl Connected {
                 if let Some(table) = table {
                     options = options.table(table);
                 }
-                let storage = PostgresStorage::connect_with(url, options)
-                    .map_err(|error| Failure(format!("cannot reach PostgreSQL: {error}")))?;
+                let storage = PostgresStorage::connect_with(url, options).map_err(|error| {
+                    Failure(format!(
+                        "cannot reach PostgreSQL: {}",
+                        Failure::from(error).0
+                    ))
+                })?;
                 Ok(Connected::Postgres(Box::new(storage)))
             }
             "sqlite" => {
