@@ -5,8 +5,7 @@ use std::collections::HashSet;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{BreakerInfo, Forced, MAX_AUDIT_BYTES, RateWindow};
-use crate::error::StorageError;
+use super::{BreakerInfo, Forced, RateWindow};
 use crate::handler::State;
 use crate::policy::{Config, FailurePolicy, OnStorageFailure};
 use crate::rules::BUCKETS;
@@ -136,8 +135,8 @@ pub(crate) fn row_of_hash(
     fields: &[(Vec<u8>, Vec<u8>)],
     now_ms: i64,
     ttl_ms: i64,
-) -> Result<Row, StorageError> {
-    let invalid = |detail: String| StorageError::invalid_data(key, detail);
+) -> Result<Row, crate::error::StorageError> {
+    let invalid = |detail: String| crate::error::StorageError::invalid_data(key, detail);
     let mut counts = std::collections::HashMap::new();
     let mut row = Row::default();
     for (field, value) in fields {
@@ -152,7 +151,7 @@ pub(crate) fn row_of_hash(
             "fb" | "fr" => {
                 let text = std::str::from_utf8(value)
                     .ok()
-                    .filter(|text| text.len() <= MAX_AUDIT_BYTES)
+                    .filter(|text| text.len() <= super::MAX_AUDIT_BYTES)
                     .ok_or_else(|| invalid(format!("field {field} holds {:?}", shown())))?;
                 if field == "fb" {
                     row.forced_by = Some(text.to_owned());
@@ -248,6 +247,7 @@ pub(crate) fn row_of_hash(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::StorageError;
 
     fn hash(pairs: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
         pairs

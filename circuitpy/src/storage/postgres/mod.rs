@@ -233,8 +233,8 @@ enum Work {
         count: u64,
         round: Option<u64>,
         at: Option<Duration>,
-        actor: Option<String>,
-        reason: Option<String>,
+        /// A forcing's actor and reason, when it names either (boxed: rarely there).
+        audit: Option<Box<(Option<String>, Option<String>)>>,
     },
     /// The admin's reads: every breaker whose key starts with `stem`, or the one at `key`.
     List {
@@ -257,11 +257,14 @@ enum Work {
     },
 }
 
+/// The admin's reads: the database's clock, and each row with its key and expiry.
+type Found = (i64, Vec<(String, i64, Row)>);
+
 /// What an operation returned.
 enum Done {
     Snapshot(Snapshot),
     /// The admin's reads: the database's clock, and each row with its key and expiry.
-    Rows(i64, Vec<(String, i64, Row)>),
+    Rows(Found),
     Count(u64),
     Nothing,
 }
@@ -275,8 +278,12 @@ impl Work {
             count: request.count,
             round: request.round,
             at: request.at,
-            actor: request.audit.actor.map(str::to_owned),
-            reason: request.audit.reason.map(str::to_owned),
+            audit: (request.audit.actor.is_some() || request.audit.reason.is_some()).then(|| {
+                Box::new((
+                    request.audit.actor.map(str::to_owned),
+                    request.audit.reason.map(str::to_owned),
+                ))
+            }),
         }
     }
 
@@ -513,9 +520,9 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
             count,
             round,
             at,
-            actor,
-            reason,
+            audit,
         } => {
+            let (actor, reason) = audit.as_deref().cloned().unwrap_or_default();
             let statement = object.prepare_cached(&sql.op).await?;
             let (policy, window, rate, minimum_calls) = config.policy.flatten();
             let row = object
@@ -537,8 +544,8 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
                         &round.map(|round| round.min(i64::MAX as u64) as i64),
                         &at.map(micros),
                         &lock_wait(config.storage_timeout),
-                        actor,
-                        reason,
+                        &actor,
+                        &reason,
                     ],
                 )
                 .await?;
@@ -629,7 +636,7 @@ fn rows_of(rows: &[tokio_postgres::Row]) -> Result<Done, Failed> {
         };
         found.push((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?, row));
     }
-    Ok(Done::Rows(now, found))
+    Ok(Done::Rows((now, found)))
 }
 
 fn snapshot_of(key: &str, row: &tokio_postgres::Row) -> Result<Snapshot, Failed> {
@@ -668,9 +675,9 @@ impl Done {
         }
     }
 
-    fn rows(self, key: &str) -> Result<(i64, Vec<(String, i64, Row)>), StorageError> {
+    fn rows(self, key: &str) -> Result<Found, StorageError> {
         match self {
-            Done::Rows(now, rows) => Ok((now, rows)),
+            Done::Rows(found) => Ok(found),
             _ => Err(StorageError::invalid_data(key, "no rows in the reply")),
         }
     }
