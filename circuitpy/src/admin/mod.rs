@@ -39,6 +39,7 @@
 //! assert_eq!(STORAGE.list("circuitpy").unwrap().breakers.len(), 1);
 //! ```
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use crate::error::StorageError;
@@ -253,6 +254,30 @@ pub trait Admin {
         action: Action,
         audit: Audit<'_>,
     ) -> Result<Option<BreakerInfo>, StorageError>;
+}
+
+/// [`Admin`] without blocking, for async code: implemented by
+/// [`AsyncPostgresStorage`](crate::AsyncPostgresStorage). (For Redis, call the blocking
+/// [`Admin`] of `redis::Client` on a blocking thread.)
+pub trait AsyncAdmin {
+    /// See [`Admin::list`].
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Listing, StorageError>> + Send;
+
+    /// See [`Admin::inspect`].
+    fn inspect(
+        &self,
+        prefix: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<BreakerInfo>, StorageError>> + Send;
+
+    /// See [`Admin::act`].
+    fn act(
+        &self,
+        prefix: &str,
+        key: &str,
+        action: Action,
+        audit: Audit<'_>,
+    ) -> impl Future<Output = Result<Option<BreakerInfo>, StorageError>> + Send;
 }
 
 /// Checks what an operator typed as a breaker key and a prefix: no braces (they would

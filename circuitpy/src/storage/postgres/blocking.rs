@@ -4,10 +4,7 @@
 use std::time::Duration;
 
 use super::{Db, Done, PostgresOptions, Work};
-use crate::admin::{
-    ADMIN_TIMEOUT, Action, Admin, Audit, BreakerInfo, Listing, breaker_key, check_key,
-    config as admin_config, describe,
-};
+use crate::admin::{ADMIN_TIMEOUT, Action, Admin, Audit, BreakerInfo, Listing};
 use crate::error::StorageError;
 use crate::storage::{Request, Snapshot, Storage};
 
@@ -125,12 +122,12 @@ impl PostgresStorage {
         )
     }
 
-    fn wait(
+    fn wait<T: Send + 'static>(
         &self,
         key: &str,
         timeout: Duration,
-        work: impl Future<Output = Result<Done, StorageError>> + Send + 'static,
-    ) -> Result<Done, StorageError> {
+        work: impl Future<Output = Result<T, StorageError>> + Send + 'static,
+    ) -> Result<T, StorageError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return self.runtime.block_on(work);
         }
@@ -191,41 +188,15 @@ impl Storage for PostgresStorage {
 /// The breakers under a prefix, as operators see them: one query over the table.
 impl Admin for PostgresStorage {
     fn list(&self, prefix: &str) -> Result<Listing, StorageError> {
-        let stem = format!("{prefix}:{{");
-        let (now, rows) = self
-            .perform(Work::List { stem: stem.clone() }, ADMIN_TIMEOUT)?
-            .rows(&stem)?;
-        let mut listing = Listing::default();
-        for (stored, expires_at, row) in rows {
-            match breaker_key(prefix, &stored, "") {
-                Some(key) => listing
-                    .breakers
-                    .push(describe(key, &row, now, Some(expires_at))),
-                None => listing.invalid.push(StorageError::invalid_data(
-                    stored,
-                    "not a breaker key (`{prefix}:{key}`)",
-                )),
-            }
-        }
-        // By breaker key: storage keys sort `a:{x:y}` before `a:{x}`.
-        listing.breakers.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(listing)
+        let (db, prefix) = (self.db.clone(), prefix.to_owned());
+        self.wait("list", ADMIN_TIMEOUT, async move { db.list(&prefix).await })
     }
 
     fn inspect(&self, prefix: &str, key: &str) -> Result<Option<BreakerInfo>, StorageError> {
-        check_key(prefix, key)?;
-        let stored = format!("{prefix}:{{{key}}}");
-        let (now, rows) = self
-            .perform(
-                Work::Inspect {
-                    key: stored.clone(),
-                },
-                ADMIN_TIMEOUT,
-            )?
-            .rows(&stored)?;
-        Ok(rows
-            .first()
-            .map(|(_, expires_at, row)| describe(key, row, now, Some(*expires_at))))
+        let (db, prefix, owned) = (self.db.clone(), prefix.to_owned(), key.to_owned());
+        self.wait(key, ADMIN_TIMEOUT, async move {
+            db.inspect(&prefix, &owned).await
+        })
     }
 
     fn act(
@@ -235,10 +206,21 @@ impl Admin for PostgresStorage {
         action: Action,
         audit: Audit<'_>,
     ) -> Result<Option<BreakerInfo>, StorageError> {
-        check_key(prefix, key)?;
         audit.check()?;
-        let config = admin_config(prefix);
-        self.execute(&Request::new(key, action.op(), &config).with_audit(audit))?;
-        self.inspect(prefix, key)
+        let (db, prefix, owned) = (self.db.clone(), prefix.to_owned(), key.to_owned());
+        let (actor, reason) = (
+            audit.actor.map(str::to_owned),
+            audit.reason.map(str::to_owned),
+        );
+        self.wait(key, ADMIN_TIMEOUT * 2, async move {
+            let mut audit = Audit::NONE;
+            if let Some(actor) = actor.as_deref() {
+                audit = Audit::by(actor);
+            }
+            if let Some(reason) = reason.as_deref() {
+                audit = audit.because(reason);
+            }
+            db.act(&prefix, &owned, action, audit).await
+        })
     }
 }

@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
+use crate::admin::{
+    ADMIN_TIMEOUT, Action, Audit, BreakerInfo, Listing, breaker_key, check_key,
+    config as admin_config, describe,
+};
 use crate::error::StorageError;
 use crate::handler::State;
 use crate::policy::Config;
@@ -414,6 +418,59 @@ impl Db {
             Ok(result) => result,
             Err(_) => Err(StorageError::timeout(table.clone(), timeout)),
         }
+    }
+
+    /// Every breaker under `prefix`: one query.
+    async fn list(&self, prefix: &str) -> Result<Listing, StorageError> {
+        let stem = format!("{prefix}:{{");
+        let work = Work::List { stem: stem.clone() };
+        let (now, rows) = self.perform(work, ADMIN_TIMEOUT).await?.rows(&stem)?;
+        let mut listing = Listing::default();
+        for (stored, expires_at, row) in rows {
+            match breaker_key(prefix, &stored, "") {
+                Some(key) => listing
+                    .breakers
+                    .push(describe(key, &row, now, Some(expires_at))),
+                None => listing.invalid.push(StorageError::invalid_data(
+                    stored,
+                    "not a breaker key (`{prefix}:{key}`)",
+                )),
+            }
+        }
+        // By breaker key: storage keys sort `a:{x:y}` before `a:{x}`.
+        listing.breakers.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listing)
+    }
+
+    /// One breaker, if stored: one query.
+    async fn inspect(&self, prefix: &str, key: &str) -> Result<Option<BreakerInfo>, StorageError> {
+        check_key(prefix, key)?;
+        let stored = format!("{prefix}:{{{key}}}");
+        let work = Work::Inspect {
+            key: stored.clone(),
+        };
+        let (now, rows) = self.perform(work, ADMIN_TIMEOUT).await?.rows(&stored)?;
+        Ok(rows
+            .first()
+            .map(|(_, expires_at, row)| describe(key, row, now, Some(*expires_at))))
+    }
+
+    /// Forces or resets through the breaker's function, then reads the breaker back.
+    async fn act(
+        &self,
+        prefix: &str,
+        key: &str,
+        action: Action,
+        audit: Audit<'_>,
+    ) -> Result<Option<BreakerInfo>, StorageError> {
+        check_key(prefix, key)?;
+        audit.check()?;
+        let config = admin_config(prefix);
+        let request = Request::new(key, action.op(), &config).with_audit(audit);
+        let work = Work::execute(&request);
+        let stored = work.key().to_owned();
+        self.perform(work, ADMIN_TIMEOUT).await?.snapshot(&stored)?;
+        self.inspect(prefix, key).await
     }
 
     /// Runs `work` within `timeout`: a connection is taken from the pool (opened on a task
