@@ -8,6 +8,7 @@
 //!
 //! The tests themselves are grouped by subject, one binary each, under `tests/<subject>/`.
 
+pub mod admin;
 pub mod handlers;
 #[cfg(feature = "postgres")]
 pub mod postgres;

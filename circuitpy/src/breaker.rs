@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
+use crate::admin::Audit;
 use crate::engine::Entering;
 use crate::engine::view::{CellRef, Family, decided_here, family};
 use crate::engine::{self, Permit};
@@ -398,7 +399,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: Storage,
     {
-        self.control(Op::Read)
+        self.control(Op::Read, Audit::NONE)
     }
 
     /// [`Breaker::state`] for an async storage.
@@ -423,7 +424,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: AsyncStorage,
     {
-        self.control_async(Op::Read).await
+        self.control_async(Op::Read, Audit::NONE).await
     }
 
     /// Rejects every call until [`Breaker::reset`] (on a shared storage, for at most
@@ -449,7 +450,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: Storage,
     {
-        self.control(Op::ForceOpen).map(drop)
+        self.control(Op::ForceOpen, Audit::NONE).map(drop)
     }
 
     /// Admits every call and records nothing until [`Breaker::reset`].
@@ -474,7 +475,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: Storage,
     {
-        self.control(Op::ForceClosed).map(drop)
+        self.control(Op::ForceClosed, Audit::NONE).map(drop)
     }
 
     /// Back to closed with every count cleared.
@@ -500,7 +501,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: Storage,
     {
-        self.control(Op::Reset).map(drop)
+        self.control(Op::Reset, Audit::NONE).map(drop)
     }
 
     /// [`Breaker::force_open`] for an async storage.
@@ -527,7 +528,9 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: AsyncStorage,
     {
-        self.control_async(Op::ForceOpen).await.map(drop)
+        self.control_async(Op::ForceOpen, Audit::NONE)
+            .await
+            .map(drop)
     }
 
     /// [`Breaker::force_closed`] for an async storage.
@@ -554,7 +557,9 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: AsyncStorage,
     {
-        self.control_async(Op::ForceClosed).await.map(drop)
+        self.control_async(Op::ForceClosed, Audit::NONE)
+            .await
+            .map(drop)
     }
 
     /// [`Breaker::reset`] for an async storage.
@@ -581,25 +586,133 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: AsyncStorage,
     {
-        self.control_async(Op::Reset).await.map(drop)
+        self.control_async(Op::Reset, Audit::NONE).await.map(drop)
+    }
+
+    /// [`Breaker::force_open`], storing who forced it and why (each at most
+    /// [`MAX_AUDIT_BYTES`](crate::admin::MAX_AUDIT_BYTES)) and when with the breaker, for
+    /// [`admin`](crate::admin) to show.
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// use circuitpy::Audit;
+    /// let breaker = Breaker::keyed(Api, "drill");
+    /// breaker.force_open_by(Audit::by("alice").because("failover drill")).unwrap();
+    /// assert_eq!(breaker.state().unwrap(), State::ForcedOpen);
+    /// ```
+    pub fn force_open_by(&self, audit: Audit<'_>) -> Result<(), StorageError>
+    where
+        H::Storage: Storage,
+    {
+        self.control(Op::ForceOpen, audit).map(drop)
+    }
+
+    /// [`Breaker::force_closed`] with an audit trail (see [`Breaker::force_open_by`]).
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// use circuitpy::Audit;
+    /// let breaker = Breaker::keyed(Api, "kept-closed-by");
+    /// breaker.force_closed_by(Audit::by("bob")).unwrap();
+    /// assert_eq!(breaker.state().unwrap(), State::ForcedClosed);
+    /// ```
+    pub fn force_closed_by(&self, audit: Audit<'_>) -> Result<(), StorageError>
+    where
+        H::Storage: Storage,
+    {
+        self.control(Op::ForceClosed, audit).map(drop)
+    }
+
+    /// [`Breaker::force_open_by`] for an async storage.
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// # async fn run() {
+    /// let breaker = Breaker::keyed(Api, "drill-async");
+    /// breaker.force_open_by_async(circuitpy::Audit::by("alice")).await.unwrap();
+    /// assert_eq!(breaker.state_async().await.unwrap(), State::ForcedOpen);
+    /// # }
+    /// ```
+    pub async fn force_open_by_async(&self, audit: Audit<'_>) -> Result<(), StorageError>
+    where
+        H::Storage: AsyncStorage,
+    {
+        self.control_async(Op::ForceOpen, audit).await.map(drop)
+    }
+
+    /// [`Breaker::force_closed_by`] for an async storage.
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// # async fn run() {
+    /// let breaker = Breaker::keyed(Api, "kept-closed-by-async");
+    /// breaker.force_closed_by_async(circuitpy::Audit::by("bob")).await.unwrap();
+    /// assert_eq!(breaker.state_async().await.unwrap(), State::ForcedClosed);
+    /// # }
+    /// ```
+    pub async fn force_closed_by_async(&self, audit: Audit<'_>) -> Result<(), StorageError>
+    where
+        H::Storage: AsyncStorage,
+    {
+        self.control_async(Op::ForceClosed, audit).await.map(drop)
     }
 
     /// Reads (`Op::Read`), forces or resets the breaker: in this process for the in-memory
     /// storage, on the storage otherwise.
-    fn control(&self, op: Op) -> Result<State, StorageError>
+    fn control(&self, op: Op, audit: Audit<'_>) -> Result<State, StorageError>
     where
         H::Storage: Storage,
     {
         let storage = self.handler.storage();
-        ready(self.control_on(&Blocking(storage), Storage::clock(storage), op))
+        ready(self.control_on(&Blocking(storage), Storage::clock(storage), op, audit))
     }
 
-    async fn control_async(&self, op: Op) -> Result<State, StorageError>
+    async fn control_async(&self, op: Op, audit: Audit<'_>) -> Result<State, StorageError>
     where
         H::Storage: AsyncStorage,
     {
         let storage = self.handler.storage();
-        self.control_on(&Async(storage), AsyncStorage::clock(storage), op)
+        self.control_on(&Async(storage), AsyncStorage::clock(storage), op, audit)
             .await
     }
 
@@ -608,13 +721,15 @@ impl<H: CircuitBreaker> Breaker<H> {
         backend: &B,
         clock: &crate::Clock,
         op: Op,
+        audit: Audit<'_>,
     ) -> Result<State, StorageError> {
+        audit.check()?;
         let cell = self.cell()?;
         if !decided_here::<H::Storage>() {
-            return engine::control_shared(&self.handler, backend, &cell, op).await;
+            return engine::control_shared(&self.handler, backend, &cell, op, audit).await;
         }
         if op != Op::Read {
-            engine::control_here(&self.handler, &cell, op);
+            engine::control_here(&self.handler, &cell, op, audit);
         }
         Ok(engine::state_here(&cell, clock))
     }

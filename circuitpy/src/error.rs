@@ -211,6 +211,15 @@ pub enum StorageError {
         /// Why it is unusable.
         detail: &'static str,
     },
+    /// An operator's actor or reason for forcing a breaker is too long
+    /// ([`MAX_AUDIT_BYTES`](crate::admin::MAX_AUDIT_BYTES)).
+    #[error("{what} is {len} bytes long, at most {max} are kept", max = crate::admin::MAX_AUDIT_BYTES)]
+    AuditTooLong {
+        /// `"actor"` or `"reason"`.
+        what: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
     /// The storage's own client failed (connection refused, protocol error, ...).
     #[error("storage failed (key \"{key}\"): {source}")]
     Backend {
@@ -276,7 +285,7 @@ impl StorageError {
     }
 
     /// The kind of failure as a label for logs and metrics: `timeout`, `invalid_data`,
-    /// `invalid_key` or `backend`.
+    /// `invalid_key`, `audit_too_long` or `backend`.
     ///
     /// ```
     /// let e = circuitpy::StorageError::timeout("k", std::time::Duration::from_millis(50));
@@ -287,6 +296,7 @@ impl StorageError {
             StorageError::Timeout { .. } => "timeout",
             StorageError::InvalidData { .. } => "invalid_data",
             StorageError::InvalidKey { .. } => "invalid_key",
+            StorageError::AuditTooLong { .. } => "audit_too_long",
             StorageError::Backend { .. } => "backend",
         }
     }

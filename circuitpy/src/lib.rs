@@ -51,6 +51,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 mod breaker;
 mod clock;
 mod engine;
@@ -70,6 +71,7 @@ pub mod testing;
 #[cfg(feature = "tower")]
 pub mod tower;
 
+pub use admin::Audit;
 pub use breaker::Breaker;
 pub use clock::{Clock, ManualClock};
 pub use engine::view::MAX_PER_CALL_BREAKERS;

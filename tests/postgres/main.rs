@@ -3,6 +3,7 @@
 //! its own. An unreachable server skips the tests with a notice, or fails them under
 //! `CIRCUITPY_REQUIRE_SERVICES=1`.
 
+mod admin;
 mod faults;
 mod fleet;
 mod storage;

@@ -3,6 +3,7 @@
 //! storage, the conformance kit, faults (server killed, paused, restarted) and several
 //! processes sharing one breaker.
 
+mod admin;
 mod faults;
 mod fleet;
 mod kit;

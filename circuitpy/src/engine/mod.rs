@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::admin::Audit;
 use crate::clock::{Clock, Nanos};
 use crate::error::{CircuitBreakerOpen, Rejection, StorageError};
 use crate::handler::{CircuitBreaker, State};
@@ -1307,7 +1308,16 @@ pub(crate) fn state_here(cell: &Cell, clock: &Clock) -> State {
 }
 
 /// Forces or resets an in-process breaker.
-pub(crate) fn control_here<H: CircuitBreaker>(handler: &H, cell: &Cell, op: Op) {
+pub(crate) fn control_here<H: CircuitBreaker>(handler: &H, cell: &Cell, op: Op, audit: Audit<'_>) {
+    let (previous, state) = control_cell(cell, op, audit);
+    if previous != state {
+        changed(handler, cell, previous, state);
+    }
+}
+
+/// Forces or resets an in-process breaker's cell, keeping the forcing's audit trail beside
+/// it (a reset forgets it); the state before and after.
+pub(crate) fn control_cell(cell: &Cell, op: Op, audit: Audit<'_>) -> (State, State) {
     let state = match op {
         Op::ForceOpen => State::ForcedOpen,
         Op::ForceClosed => State::ForcedClosed,
@@ -1316,9 +1326,12 @@ pub(crate) fn control_here<H: CircuitBreaker>(handler: &H, cell: &Cell, op: Op) 
     let current = cell.load();
     let previous = cell.swap(current.next(state, 0));
     cell.clear_window();
-    if previous.phase() != state {
-        changed(handler, cell, previous.phase(), state);
-    }
+    cell.set_forced((state != State::Closed).then(|| crate::admin::Forced {
+        at: Some(std::time::SystemTime::now()),
+        by: audit.actor.map(str::to_owned),
+        reason: audit.reason.map(str::to_owned),
+    }));
+    (previous.phase(), state)
 }
 
 /// Runs `op` on a shared storage and adopts the reply.
@@ -1327,12 +1340,13 @@ pub(crate) async fn control_shared<H: CircuitBreaker, B: Backend>(
     backend: &B,
     cell: &Cell,
     op: Op,
+    audit: Audit<'_>,
 ) -> Result<State, StorageError> {
     let sent = cell.load();
     let clock = backend.clock();
     match round_trip(
         cell,
-        backend.execute(&Request::new(cell.key.as_str(), op, &H::CONFIG)),
+        backend.execute(&Request::new(cell.key.as_str(), op, &H::CONFIG).with_audit(audit)),
     )
     .await
     {

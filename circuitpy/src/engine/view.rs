@@ -73,6 +73,8 @@ struct Extra {
     window: Mutex<Window>,
     /// The shared storage's last failure, reported to calls rejected while it lasts.
     failure: Mutex<Option<StorageError>>,
+    /// In-process breakers: the audit trail of the last forcing, until a reset.
+    forced: Mutex<Option<crate::admin::Forced>>,
     /// The breaker's metric handles, registered with the cell's first recorded call.
     #[cfg(feature = "metrics")]
     meters: Meters,
@@ -84,6 +86,7 @@ impl Extra {
         Extra {
             window: Mutex::default(),
             failure: Mutex::default(),
+            forced: Mutex::default(),
             meters: Meters::register(&cell.key, cell.load().phase()),
         }
     }
@@ -168,6 +171,20 @@ impl Cell {
         if let Some(extra) = self.extra.get() {
             lock(&extra.window).clear();
         }
+    }
+
+    /// In-process breakers: keeps (or with `None` forgets) the last forcing's audit trail.
+    pub(crate) fn set_forced(&self, forced: Option<crate::admin::Forced>) {
+        if forced.is_some() || self.extra.get().is_some() {
+            *lock(&self.extra().forced) = forced;
+        }
+    }
+
+    /// The last forcing's audit trail, if one is kept.
+    pub(crate) fn forced(&self) -> Option<crate::admin::Forced> {
+        self.extra
+            .get()
+            .and_then(|extra| lock(&extra.forced).clone())
     }
 
     // In-process trial leases.
@@ -358,6 +375,11 @@ impl Family {
             keyed: RwLock::default(),
             sweeps: AtomicU32::new(0),
         }
+    }
+
+    /// The handler's key.
+    pub(crate) fn key(&self) -> &str {
+        self.cell.key.as_str()
     }
 
     /// Small enough to inline, so the handler's own key costs no call even where the same

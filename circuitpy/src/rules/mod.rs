@@ -50,8 +50,11 @@
 //! **Forced.** `ForceOpen` rejects every call
 //! ([`Rejection::ForcedOpen`](crate::Rejection::ForcedOpen)), `ForceClosed` runs every call
 //! and records nothing; both clear every count and last until `Reset` (on a shared storage,
-//! at most [`FORCED_TTL`] after the last forcing, then the breaker is closed). `Reset`
-//! closes the breaker with every count cleared.
+//! at most [`FORCED_TTL`] after the last forcing, then the breaker is closed). Forcing
+//! stores its audit trail with the breaker: the time (on the storage's clock) and, when the
+//! request names them ([`Request::audit`](crate::Request::audit)), who forced it and why;
+//! forcing again replaces the trail. `Reset` closes the breaker with every count and the
+//! trail cleared.
 //!
 //! **Expiry** (shared storages): everything a breaker writes expires. A consecutive count
 //! is forgotten [`retention`] after the last failure, a windowed count `window` after it,
@@ -70,7 +73,12 @@ use std::time::Duration;
 use crate::policy::Config;
 
 pub(crate) mod primitive;
-#[cfg(any(feature = "sqlite", feature = "testing", test))]
+// The admin decodes every shared storage's state through the row; only SQLite and the
+// reference run its machine.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "testing", test)),
+    allow(dead_code)
+)]
 pub(crate) mod row;
 pub(crate) mod window;
 pub(crate) mod word;
@@ -112,7 +120,6 @@ pub(crate) fn trips_on_rate(calls: u64, failures: u64, rate: f64, minimum_calls:
 }
 
 /// A duration in whole microseconds, saturating: the unit of the SQL storages.
-#[cfg(any(feature = "sqlite", feature = "postgres", feature = "testing", test))]
 pub(crate) fn micros(duration: Duration) -> i64 {
     duration.as_micros().min(i64::MAX as u128) as i64
 }

@@ -40,6 +40,12 @@ pub(crate) struct Row {
     pub(crate) round_until: i64,
     /// Rate buckets: (bucket number, calls, failures), slot = number % 10.
     pub(crate) buckets: [(i64, i64, i64); BUCKETS],
+    /// The last forcing's audit trail: when (0 if never), by whom and why, as the request
+    /// said. Written by `ForceOpen` and `ForceClosed`, cleared with the rest of the row by a
+    /// reset, a trip or a close; it means something only while the row is forced.
+    pub(crate) forced_at: i64,
+    pub(crate) forced_by: Option<String>,
+    pub(crate) forced_reason: Option<String>,
 }
 
 /// What an operation does to the stored row.
@@ -183,6 +189,9 @@ pub(crate) fn apply(row: &mut Row, now: i64, request: &Request<'_>) -> (Change, 
                 mode,
                 mode_until: now + micros(FORCED_TTL),
                 round: row.round,
+                forced_at: now,
+                forced_by: request.audit.actor.map(str::to_owned),
+                forced_reason: request.audit.reason.map(str::to_owned),
                 ..Row::default()
             };
             (true, Snapshot::forced(forced))
@@ -353,6 +362,27 @@ mod tests {
         );
         assert_eq!(row.state(38 * SECOND), State::HalfOpen);
         assert_eq!(row.passed, 0);
+    }
+
+    #[test]
+    fn forcing_records_who_why_and_when_and_a_reset_forgets_it() {
+        let config = config(1);
+        let mut row = Row::default();
+        let audit = crate::Audit::by("alice").because("failover drill");
+        let request = Request::new("k", Op::ForceOpen, &config).with_audit(audit);
+        apply(&mut row, 5 * SECOND, &request);
+        assert_eq!(row.state(6 * SECOND), State::ForcedOpen);
+        assert_eq!(row.forced_at, 5 * SECOND);
+        assert_eq!(row.forced_by.as_deref(), Some("alice"));
+        assert_eq!(row.forced_reason.as_deref(), Some("failover drill"));
+        // Forcing again without an actor replaces the trail.
+        run(&mut row, 7 * SECOND, Op::ForceClosed, None, &config);
+        assert_eq!(
+            (row.forced_at, row.forced_by.as_deref()),
+            (7 * SECOND, None)
+        );
+        run(&mut row, 8 * SECOND, Op::Reset, None, &config);
+        assert_eq!(row, Row::default());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::admin::Audit;
 use crate::clock::Clock;
 use crate::error::StorageError;
 use crate::handler::State;
@@ -200,6 +201,9 @@ pub struct Request<'a> {
     /// keeps to: tests set it to drive a storage by a [`ManualClock`](crate::ManualClock).
     /// The engine never sets it. A storage that keeps its own clock honours it.
     pub at: Option<Duration>,
+    /// For [`Op::ForceOpen`] and [`Op::ForceClosed`]: who forced the breaker and why, stored
+    /// with it together with the time (see [`crate::admin`]). Empty otherwise.
+    pub audit: Audit<'a>,
 }
 
 impl<'a> Request<'a> {
@@ -218,7 +222,21 @@ impl<'a> Request<'a> {
             count: 1,
             round: None,
             at: None,
+            audit: Audit::NONE,
         }
+    }
+
+    /// A forcing request carrying who forces the breaker and why (see [`Request::audit`]).
+    ///
+    /// ```
+    /// # fn f(config: &circuitpy::Config) {
+    /// let audit = circuitpy::Audit::by("alice").because("failover drill");
+    /// let request = circuitpy::Request::new("k", circuitpy::Op::ForceOpen, config).with_audit(audit);
+    /// assert_eq!(request.audit.actor, Some("alice"));
+    /// # }
+    /// ```
+    pub fn with_audit(self, audit: Audit<'a>) -> Self {
+        Request { audit, ..self }
     }
 
     /// A request reporting `count` calls at once (see [`Request::count`]).

@@ -15,6 +15,10 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{AsyncStorage, Op, Request, Snapshot, Storage};
+use crate::admin::{
+    ADMIN_TIMEOUT, Action, Admin, Audit, BreakerInfo, Listing, breaker_key, check_key,
+    config as admin_config, describe,
+};
 use crate::error::StorageError;
 use crate::rules::row::{self, Change, Row};
 use crate::rules::{BUCKETS, micros};
@@ -103,6 +107,9 @@ impl SqliteStorage {
                     passed INTEGER NOT NULL DEFAULT 0,
                     round_until INTEGER NOT NULL DEFAULT 0,
                     buckets TEXT NOT NULL DEFAULT '',
+                    forced_at INTEGER NOT NULL DEFAULT 0,
+                    forced_by TEXT,
+                    forced_reason TEXT,
                     expires_at INTEGER NOT NULL
                  ) WITHOUT ROWID;
                  CREATE INDEX IF NOT EXISTS {table}_expires ON {table} (expires_at);
@@ -127,6 +134,26 @@ impl SqliteStorage {
             connection
                 .execute_batch(&format!(
                     "ALTER TABLE {table} ADD COLUMN round INTEGER NOT NULL DEFAULT 0"
+                ))
+                .map_err(fail)?;
+        }
+        // A table made before forcing kept its audit trail gains the columns.
+        let has_audit: bool = connection
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM pragma_table_info('{table}') WHERE name = 'forced_at'"
+                ),
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(fail)?
+            > 0;
+        if !has_audit {
+            connection
+                .execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN forced_at INTEGER NOT NULL DEFAULT 0;
+                     ALTER TABLE {table} ADD COLUMN forced_by TEXT;
+                     ALTER TABLE {table} ADD COLUMN forced_reason TEXT;"
                 ))
                 .map_err(fail)?;
         }
@@ -302,11 +329,7 @@ impl Storage for SqliteStorage {
         let key = request.namespaced_key();
         let table = &self.table;
         self.with(&key, request.config.storage_timeout, |connection| {
-            let select = format!(
-                "SELECT mode, mode_until, open_until, opened_at, tripped_until, failures,
-                        failures_until, round, trials, passed, round_until, buckets
-                 FROM {table} WHERE key = ?1"
-            );
+            let select = format!("SELECT {COLUMNS} FROM {table} WHERE key = ?1");
             if request.op == Op::Read {
                 let mut row = read_row(connection, &select, &key)?.unwrap_or_default();
                 return Ok(row::apply(&mut row, now(request.at), request).1);
@@ -325,8 +348,10 @@ impl Storage for SqliteStorage {
                         .prepare_cached(&format!(
                             "INSERT OR REPLACE INTO {table} (key, mode, mode_until, open_until,
                                 opened_at, tripped_until, failures, failures_until, round,
-                                trials, passed, round_until, buckets, expires_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                                trials, passed, round_until, buckets, expires_at, forced_at,
+                                forced_by, forced_reason)
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                                ?15, ?16, ?17)"
                         ))?
                         .execute(params![
                             key,
@@ -342,7 +367,10 @@ impl Storage for SqliteStorage {
                             row.passed,
                             row.round_until,
                             encode_buckets(&row.buckets),
-                            expires_at
+                            expires_at,
+                            row.forced_at,
+                            row.forced_by,
+                            row.forced_reason
                         ])?;
                     if !existed {
                         transaction
@@ -365,27 +393,119 @@ impl Storage for SqliteStorage {
     }
 }
 
+/// The columns [`row_of`] reads, in its order.
+const COLUMNS: &str = "mode, mode_until, open_until, opened_at, tripped_until, failures,
+    failures_until, round, trials, passed, round_until, buckets, forced_at, forced_by,
+    forced_reason, expires_at, key";
+
+fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    let buckets: String = r.get(11)?;
+    Ok(Row {
+        mode: r.get(0)?,
+        mode_until: r.get(1)?,
+        open_until: r.get(2)?,
+        opened_at: r.get(3)?,
+        tripped_until: r.get(4)?,
+        failures: r.get(5)?,
+        failures_until: r.get(6)?,
+        round: r.get(7)?,
+        trials: r.get(8)?,
+        passed: r.get(9)?,
+        round_until: r.get(10)?,
+        buckets: decode_buckets(&buckets),
+        forced_at: r.get(12)?,
+        forced_by: r.get(13)?,
+        forced_reason: r.get(14)?,
+    })
+}
+
 fn read_row(connection: &Connection, select: &str, key: &str) -> rusqlite::Result<Option<Row>> {
     connection
         .prepare_cached(select)?
-        .query_row(params![key], |r| {
-            let buckets: String = r.get(11)?;
-            Ok(Row {
-                mode: r.get(0)?,
-                mode_until: r.get(1)?,
-                open_until: r.get(2)?,
-                opened_at: r.get(3)?,
-                tripped_until: r.get(4)?,
-                failures: r.get(5)?,
-                failures_until: r.get(6)?,
-                round: r.get(7)?,
-                trials: r.get(8)?,
-                passed: r.get(9)?,
-                round_until: r.get(10)?,
-                buckets: decode_buckets(&buckets),
-            })
-        })
+        .query_row(params![key], row_of)
         .optional()
+}
+
+/// The breakers under a prefix, as operators see them.
+impl Admin for SqliteStorage {
+    fn list(&self, prefix: &str) -> Result<Listing, StorageError> {
+        let table = &self.table;
+        let stem = format!("{prefix}:{{");
+        let rows = self.with(&stem, ADMIN_TIMEOUT, |connection| {
+            let now = now(None);
+            let mut statement = connection.prepare(&format!(
+                "SELECT {COLUMNS} FROM {table}
+                 WHERE substr(key, 1, length(?1)) = ?1 AND expires_at > ?2 ORDER BY key"
+            ))?;
+            let rows = statement
+                .query_map(params![stem, now], |r| {
+                    Ok((r.get::<_, String>(16)?, r.get::<_, i64>(15)?, row_of(r)))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((now, rows))
+        })?;
+        let (now, rows) = rows;
+        let mut listing = Listing::default();
+        for (stored, expires_at, row) in rows {
+            match (breaker_key(prefix, &stored, ""), row) {
+                (Some(key), Ok(row)) => {
+                    listing
+                        .breakers
+                        .push(describe(key, &row, now, Some(expires_at)));
+                }
+                (_, Err(error)) => listing
+                    .invalid
+                    .push(StorageError::invalid_data(stored, error.to_string())),
+                (None, _) => listing.invalid.push(StorageError::invalid_data(
+                    stored,
+                    "not a breaker key (`{prefix}:{key}`)",
+                )),
+            }
+        }
+        // By breaker key: storage keys sort `a:{x:y}` before `a:{x}`.
+        listing.breakers.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listing)
+    }
+
+    fn inspect(&self, prefix: &str, key: &str) -> Result<Option<BreakerInfo>, StorageError> {
+        check_key(prefix, key)?;
+        let table = &self.table;
+        let stored = format!("{prefix}:{{{key}}}");
+        self.with(&stored, ADMIN_TIMEOUT, |connection| {
+            let now = now(None);
+            let found = connection
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM {table} WHERE key = ?1 AND expires_at > ?2"
+                ))?
+                .query_row(params![stored, now], |r| {
+                    Ok((r.get::<_, i64>(15)?, row_of(r)))
+                })
+                .optional()?;
+            Ok((now, found))
+        })
+        .and_then(|(now, found)| match found {
+            None => Ok(None),
+            Some((expires_at, Ok(row))) => Ok(Some(describe(key, &row, now, Some(expires_at)))),
+            Some((_, Err(error))) => Err(StorageError::invalid_data(stored, error.to_string())),
+        })
+    }
+
+    fn act(
+        &self,
+        prefix: &str,
+        key: &str,
+        action: Action,
+        audit: Audit<'_>,
+    ) -> Result<Option<BreakerInfo>, StorageError> {
+        check_key(prefix, key)?;
+        audit.check()?;
+        let config = admin_config(prefix);
+        Storage::execute(
+            self,
+            &Request::new(key, action.op(), &config).with_audit(audit),
+        )?;
+        self.inspect(prefix, key)
+    }
 }
 
 fn delete_row(connection: &Connection, table: &str, key: &str) -> rusqlite::Result<()> {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::{Db, Done, PostgresOptions, Work};
+use crate::admin::{Action, AsyncAdmin, Audit, BreakerInfo, Listing};
 use crate::error::StorageError;
 use crate::storage::{AsyncStorage, Request, Snapshot};
 
@@ -120,5 +121,27 @@ impl AsyncStorage for AsyncPostgresStorage {
         self.perform(work, request.config.storage_timeout)
             .await?
             .snapshot(&key)
+    }
+}
+
+/// The breakers under a prefix, as operators see them, without blocking: the same queries
+/// as [`PostgresStorage`](crate::PostgresStorage)'s.
+impl AsyncAdmin for AsyncPostgresStorage {
+    async fn list(&self, prefix: &str) -> Result<Listing, StorageError> {
+        self.db.list(prefix).await
+    }
+
+    async fn inspect(&self, prefix: &str, key: &str) -> Result<Option<BreakerInfo>, StorageError> {
+        self.db.inspect(prefix, key).await
+    }
+
+    async fn act(
+        &self,
+        prefix: &str,
+        key: &str,
+        action: Action,
+        audit: Audit<'_>,
+    ) -> Result<Option<BreakerInfo>, StorageError> {
+        self.db.act(prefix, key, action, audit).await
     }
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::{Db, Done, PostgresOptions, Work};
+use crate::admin::{ADMIN_TIMEOUT, Action, Admin, Audit, BreakerInfo, Listing};
 use crate::error::StorageError;
 use crate::storage::{Request, Snapshot, Storage};
 
@@ -121,12 +122,12 @@ impl PostgresStorage {
         )
     }
 
-    fn wait(
+    fn wait<T: Send + 'static>(
         &self,
         key: &str,
         timeout: Duration,
-        work: impl Future<Output = Result<Done, StorageError>> + Send + 'static,
-    ) -> Result<Done, StorageError> {
+        work: impl Future<Output = Result<T, StorageError>> + Send + 'static,
+    ) -> Result<T, StorageError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return self.runtime.block_on(work);
         }
@@ -181,5 +182,45 @@ impl Storage for PostgresStorage {
         let key = work.key().to_owned();
         self.perform(work, request.config.storage_timeout)?
             .snapshot(&key)
+    }
+}
+
+/// The breakers under a prefix, as operators see them: one query over the table.
+impl Admin for PostgresStorage {
+    fn list(&self, prefix: &str) -> Result<Listing, StorageError> {
+        let (db, prefix) = (self.db.clone(), prefix.to_owned());
+        self.wait("list", ADMIN_TIMEOUT, async move { db.list(&prefix).await })
+    }
+
+    fn inspect(&self, prefix: &str, key: &str) -> Result<Option<BreakerInfo>, StorageError> {
+        let (db, prefix, owned) = (self.db.clone(), prefix.to_owned(), key.to_owned());
+        self.wait(key, ADMIN_TIMEOUT, async move {
+            db.inspect(&prefix, &owned).await
+        })
+    }
+
+    fn act(
+        &self,
+        prefix: &str,
+        key: &str,
+        action: Action,
+        audit: Audit<'_>,
+    ) -> Result<Option<BreakerInfo>, StorageError> {
+        audit.check()?;
+        let (db, prefix, owned) = (self.db.clone(), prefix.to_owned(), key.to_owned());
+        let (actor, reason) = (
+            audit.actor.map(str::to_owned),
+            audit.reason.map(str::to_owned),
+        );
+        self.wait(key, ADMIN_TIMEOUT * 2, async move {
+            let mut audit = Audit::NONE;
+            if let Some(actor) = actor.as_deref() {
+                audit = Audit::by(actor);
+            }
+            if let Some(reason) = reason.as_deref() {
+                audit = audit.because(reason);
+            }
+            db.act(&prefix, &owned, action, audit).await
+        })
     }
 }

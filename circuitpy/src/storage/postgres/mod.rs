@@ -22,10 +22,15 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
+use crate::admin::{
+    ADMIN_TIMEOUT, Action, Audit, BreakerInfo, Listing, breaker_key, check_key,
+    config as admin_config, describe,
+};
 use crate::error::StorageError;
 use crate::handler::State;
 use crate::policy::Config;
-use crate::rules::{FORCED_TTL, micros, retention};
+use crate::rules::row::Row;
+use crate::rules::{BUCKETS, FORCED_TTL, micros, retention};
 use crate::storage::{Op, Request, Snapshot};
 
 mod asynchronous;
@@ -119,6 +124,8 @@ struct Sql {
     get: String,
     expire: String,
     delete: String,
+    list: String,
+    inspect: String,
 }
 
 fn check_table_name(table: &str) -> Result<(), StorageError> {
@@ -157,7 +164,7 @@ impl Sql {
             table: t.to_owned(),
             schema,
             op: format!(
-                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
             ),
             increment: format!(
                 "WITH gone AS (
@@ -179,6 +186,13 @@ impl Sql {
                  WHERE key = $1 AND expires_at > {NOW_US}"
             ),
             delete: format!("DELETE FROM {t}_counts WHERE key = $1"),
+            list: format!(
+                "SELECT {ADMIN_COLUMNS}, {NOW_US} FROM {t}
+                 WHERE left(key, length($1)) = $1 AND expires_at > {NOW_US} ORDER BY key"
+            ),
+            inspect: format!(
+                "SELECT {ADMIN_COLUMNS}, {NOW_US} FROM {t} WHERE key = $1 AND expires_at > {NOW_US}"
+            ),
         })
     }
 
@@ -223,6 +237,15 @@ enum Work {
         count: u64,
         round: Option<u64>,
         at: Option<Duration>,
+        /// A forcing's actor and reason, when it names either (boxed: rarely there).
+        audit: Option<Box<(Option<String>, Option<String>)>>,
+    },
+    /// The admin's reads: every breaker whose key starts with `stem`, or the one at `key`.
+    List {
+        stem: String,
+    },
+    Inspect {
+        key: String,
     },
     Increment {
         key: String,
@@ -238,9 +261,14 @@ enum Work {
     },
 }
 
+/// The admin's reads: the database's clock, and each row with its key and expiry.
+type Found = (i64, Vec<(String, i64, Row)>);
+
 /// What an operation returned.
 enum Done {
     Snapshot(Snapshot),
+    /// The admin's reads: the database's clock, and each row with its key and expiry.
+    Rows(Found),
     Count(u64),
     Nothing,
 }
@@ -254,12 +282,20 @@ impl Work {
             count: request.count,
             round: request.round,
             at: request.at,
+            audit: (request.audit.actor.is_some() || request.audit.reason.is_some()).then(|| {
+                Box::new((
+                    request.audit.actor.map(str::to_owned),
+                    request.audit.reason.map(str::to_owned),
+                ))
+            }),
         }
     }
 
     fn key(&self) -> &str {
         match self {
             Work::Execute { key, .. }
+            | Work::List { stem: key }
+            | Work::Inspect { key }
             | Work::Increment { key, .. }
             | Work::Get { key }
             | Work::Expire { key, .. } => key,
@@ -384,6 +420,59 @@ impl Db {
         }
     }
 
+    /// Every breaker under `prefix`: one query.
+    async fn list(&self, prefix: &str) -> Result<Listing, StorageError> {
+        let stem = format!("{prefix}:{{");
+        let work = Work::List { stem: stem.clone() };
+        let (now, rows) = self.perform(work, ADMIN_TIMEOUT).await?.rows(&stem)?;
+        let mut listing = Listing::default();
+        for (stored, expires_at, row) in rows {
+            match breaker_key(prefix, &stored, "") {
+                Some(key) => listing
+                    .breakers
+                    .push(describe(key, &row, now, Some(expires_at))),
+                None => listing.invalid.push(StorageError::invalid_data(
+                    stored,
+                    "not a breaker key (`{prefix}:{key}`)",
+                )),
+            }
+        }
+        // By breaker key: storage keys sort `a:{x:y}` before `a:{x}`.
+        listing.breakers.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(listing)
+    }
+
+    /// One breaker, if stored: one query.
+    async fn inspect(&self, prefix: &str, key: &str) -> Result<Option<BreakerInfo>, StorageError> {
+        check_key(prefix, key)?;
+        let stored = format!("{prefix}:{{{key}}}");
+        let work = Work::Inspect {
+            key: stored.clone(),
+        };
+        let (now, rows) = self.perform(work, ADMIN_TIMEOUT).await?.rows(&stored)?;
+        Ok(rows
+            .first()
+            .map(|(_, expires_at, row)| describe(key, row, now, Some(*expires_at))))
+    }
+
+    /// Forces or resets through the breaker's function, then reads the breaker back.
+    async fn act(
+        &self,
+        prefix: &str,
+        key: &str,
+        action: Action,
+        audit: Audit<'_>,
+    ) -> Result<Option<BreakerInfo>, StorageError> {
+        check_key(prefix, key)?;
+        audit.check()?;
+        let config = admin_config(prefix);
+        let request = Request::new(key, action.op(), &config).with_audit(audit);
+        let work = Work::execute(&request);
+        let stored = work.key().to_owned();
+        self.perform(work, ADMIN_TIMEOUT).await?.snapshot(&stored)?;
+        self.inspect(prefix, key).await
+    }
+
     /// Runs `work` within `timeout`: a connection is taken from the pool (opened on a task
     /// of its own if none is idle), then the statement runs.
     async fn perform(&self, work: Work, timeout: Duration) -> Result<Done, StorageError> {
@@ -488,7 +577,9 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
             count,
             round,
             at,
+            audit,
         } => {
+            let (actor, reason) = audit.as_deref().cloned().unwrap_or_default();
             let statement = object.prepare_cached(&sql.op).await?;
             let (policy, window, rate, minimum_calls) = config.policy.flatten();
             let row = object
@@ -510,10 +601,22 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
                         &round.map(|round| round.min(i64::MAX as u64) as i64),
                         &at.map(micros),
                         &lock_wait(config.storage_timeout),
+                        &actor,
+                        &reason,
                     ],
                 )
                 .await?;
             Ok(Done::Snapshot(snapshot_of(key, &row)?))
+        }
+        Work::List { stem } => {
+            let statement = object.prepare_cached(&sql.list).await?;
+            let rows = object.query(&statement, &[stem]).await?;
+            rows_of(&rows)
+        }
+        Work::Inspect { key } => {
+            let statement = object.prepare_cached(&sql.inspect).await?;
+            let rows = object.query(&statement, &[key]).await?;
+            rows_of(&rows)
         }
         Work::Increment { key, count, ttl } => {
             let statement = object.prepare_cached(&sql.increment).await?;
@@ -550,6 +653,49 @@ fn lock_wait(timeout: Duration) -> i32 {
     (timeout.as_millis() * 9 / 10).clamp(1, i32::MAX as u128) as i32
 }
 
+/// The columns [`rows_of`] reads, in its order, and the clock.
+const ADMIN_COLUMNS: &str = "key, expires_at, mode, mode_until, open_until, opened_at,
+    tripped_until, failures, failures_until, round, trials, passed, round_until, b_ids,
+    b_calls, b_errs, forced_at, forced_by, forced_reason";
+
+/// The admin's rows, as the rules' rows.
+fn rows_of(rows: &[tokio_postgres::Row]) -> Result<Done, Failed> {
+    let mut now = 0;
+    let mut found = Vec::with_capacity(rows.len());
+    for r in rows {
+        now = r.try_get::<_, i64>(19)?;
+        let (ids, calls, errs): (Vec<i64>, Vec<i64>, Vec<i64>) =
+            (r.try_get(13)?, r.try_get(14)?, r.try_get(15)?);
+        let mut buckets = [(0, 0, 0); BUCKETS];
+        for (slot, bucket) in buckets.iter_mut().enumerate() {
+            *bucket = (
+                ids.get(slot).copied().unwrap_or(0),
+                calls.get(slot).copied().unwrap_or(0),
+                errs.get(slot).copied().unwrap_or(0),
+            );
+        }
+        let row = Row {
+            mode: i64::from(r.try_get::<_, i16>(2)?),
+            mode_until: r.try_get(3)?,
+            open_until: r.try_get(4)?,
+            opened_at: r.try_get(5)?,
+            tripped_until: r.try_get(6)?,
+            failures: r.try_get(7)?,
+            failures_until: r.try_get(8)?,
+            round: r.try_get(9)?,
+            trials: i64::from(r.try_get::<_, i32>(10)?),
+            passed: i64::from(r.try_get::<_, i32>(11)?),
+            round_until: r.try_get(12)?,
+            buckets,
+            forced_at: r.try_get(16)?,
+            forced_by: r.try_get(17)?,
+            forced_reason: r.try_get(18)?,
+        };
+        found.push((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?, row));
+    }
+    Ok(Done::Rows((now, found)))
+}
+
 fn snapshot_of(key: &str, row: &tokio_postgres::Row) -> Result<Snapshot, Failed> {
     let state: i32 = row.try_get(0)?;
     let permit: bool = row.try_get(1)?;
@@ -583,6 +729,13 @@ impl Done {
                 key,
                 "no breaker state in the reply",
             )),
+        }
+    }
+
+    fn rows(self, key: &str) -> Result<Found, StorageError> {
+        match self {
+            Done::Rows(found) => Ok(found),
+            _ => Err(StorageError::invalid_data(key, "no rows in the reply")),
         }
     }
 

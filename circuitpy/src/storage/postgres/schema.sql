@@ -7,6 +7,10 @@
 -- microseconds since the Unix epoch by the database's clock (`clock_timestamp()`), or the
 -- time a test gives (`p_at_us`). A deadline at or before now means what it bounds is over.
 --
+-- The last forcing's audit trail (forced_at, forced_by, forced_reason) is written by the
+-- force ops from p_actor and p_reason (NULL when not given) and cleared with the rest of the
+-- row by a trip, a close or a reset, as rules/row.rs does.
+--
 -- Op codes: 0 read, 1 success, 2 failure, 3 acquire trial, 4 trial success, 5 trial
 -- failure, 6 force open, 7 force closed, 8 reset, 9 release trial. Policies: 0 consecutive,
 -- 1 count in window, 2 rate. States: 0 closed, 1 open, 2 half-open, 3 forced open, 4
@@ -47,6 +51,10 @@ CREATE TABLE IF NOT EXISTS {t} (
     expires_at bigint NOT NULL
 );
 CREATE INDEX IF NOT EXISTS {bare}_expires ON {t} (expires_at);
+-- The audit trail of the last forcing (who, why, when), written by force ops only.
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS forced_at bigint NOT NULL DEFAULT 0;
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS forced_by text;
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS forced_reason text;
 
 CREATE TABLE IF NOT EXISTS {t}_counts (
     key text PRIMARY KEY,
@@ -59,12 +67,14 @@ DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer,
     double precision, integer, bigint, bigint);
 DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
     double precision, integer, bigint, bigint, bigint, bigint, bigint);
+DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
+    double precision, integer, bigint, bigint, bigint, bigint, bigint, integer);
 
 CREATE OR REPLACE FUNCTION {t}_op(
     p_key text, p_op integer, p_threshold integer, p_recovery_us bigint, p_trials integer,
     p_policy integer, p_window_us bigint, p_rate double precision, p_min_calls integer,
     p_retention_us bigint, p_forced_us bigint, p_count bigint, p_round bigint,
-    p_at_us bigint, p_lock_ms integer)
+    p_at_us bigint, p_lock_ms integer, p_actor text, p_reason text)
 RETURNS TABLE (state integer, permit boolean, retry_in_us bigint, open_since_us bigint,
     failures bigint, round bigint)
 LANGUAGE plpgsql AS $fn$
@@ -145,6 +155,8 @@ BEGIN
         r.b_ids := array_fill(0::bigint, ARRAY[10]);
         r.b_calls := array_fill(0::bigint, ARRAY[10]);
         r.b_errs := array_fill(0::bigint, ARRAY[10]);
+        -- Forcing again replaces the whole trail.
+        r.forced_at := now_; r.forced_by := p_actor; r.forced_reason := p_reason;
         st := CASE WHEN p_op = 6 THEN 3 ELSE 4 END;
         changed := true;
     ELSIF st = 0 AND p_op IN (1, 2) AND p_policy = 2 THEN
@@ -208,6 +220,7 @@ BEGIN
             r.b_ids := array_fill(0::bigint, ARRAY[10]);
             r.b_calls := array_fill(0::bigint, ARRAY[10]);
             r.b_errs := array_fill(0::bigint, ARRAY[10]);
+            r.forced_at := 0; r.forced_by := NULL; r.forced_reason := NULL;
             st := 0;
             f := 0;
         ELSE
@@ -232,6 +245,7 @@ BEGIN
         r.b_ids := array_fill(0::bigint, ARRAY[10]);
         r.b_calls := array_fill(0::bigint, ARRAY[10]);
         r.b_errs := array_fill(0::bigint, ARRAY[10]);
+        r.forced_at := 0; r.forced_by := NULL; r.forced_reason := NULL;
         st := 1;
         f := 0;
         changed := true;
@@ -254,7 +268,8 @@ BEGIN
                 opened_at = r.opened_at, tripped_until = r.tripped_until,
                 failures = r.failures, failures_until = r.failures_until, round = r.round,
                 trials = r.trials, passed = r.passed, round_until = r.round_until,
-                b_ids = r.b_ids, b_calls = r.b_calls, b_errs = r.b_errs, expires_at = expires
+                b_ids = r.b_ids, b_calls = r.b_calls, b_errs = r.b_errs, expires_at = expires,
+                forced_at = r.forced_at, forced_by = r.forced_by, forced_reason = r.forced_reason
             WHERE key = p_key;
         END IF;
     ELSIF inserted THEN

@@ -37,7 +37,7 @@ const PRIMITIVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The connections to one server.
 #[derive(Default)]
-struct Pool {
+pub(super) struct Pool {
     state: Mutex<Connections>,
     freed: Condvar,
 }
@@ -133,7 +133,7 @@ fn set_timeouts(connection: &Connection, timeout: Duration) -> RedisResult<()> {
 }
 
 /// A source of pooled connections: this module's own pools, or an application's.
-trait Source {
+pub(super) trait Source {
     /// A connection, within `timeout`; `Ok(None)` when none came free in time.
     fn take(&self, timeout: Duration) -> Result<Option<Pooled<'_>>, StorageFailure>;
     /// The password, for keeping it out of error texts.
@@ -141,7 +141,7 @@ trait Source {
 }
 
 /// Why no connection could be had.
-enum StorageFailure {
+pub(super) enum StorageFailure {
     Redis(redis::RedisError),
     /// An application's pool failed (r2d2).
     #[cfg(feature = "r2d2")]
@@ -150,7 +150,7 @@ enum StorageFailure {
 
 /// A connection checked out of either kind of pool; it goes back when dropped, unless it
 /// broke.
-enum Pooled<'a> {
+pub(super) enum Pooled<'a> {
     Own {
         connection: Option<Connection>,
         pool: Arc<Pool>,
@@ -197,7 +197,7 @@ impl Drop for Pooled<'_> {
     }
 }
 
-struct OwnPool<'a> {
+pub(super) struct OwnPool<'a> {
     client: &'a redis::Client,
     endpoint: Endpoint,
 }
@@ -242,7 +242,7 @@ impl Source for r2d2::Pool<redis::Client> {
 /// Runs `command` on a pooled connection, all within `timeout`: waiting for a connection
 /// included, and sending it once more on another connection when the first broke and
 /// `repeat` says that is safe.
-fn run<T>(
+pub(super) fn run<T>(
     source: &impl Source,
     key: &str,
     timeout: Duration,
@@ -288,7 +288,7 @@ fn run<T>(
     }
 }
 
-fn own_pool(client: &redis::Client) -> OwnPool<'_> {
+pub(super) fn own_pool(client: &redis::Client) -> OwnPool<'_> {
     OwnPool {
         client,
         endpoint: Endpoint::of(client),

@@ -38,6 +38,7 @@ use crate::policy::FailurePolicy;
 use crate::rules::{FORCED_TTL, bucket_width, retention};
 use crate::storage::{Op, Request, Snapshot};
 
+mod admin;
 mod asynchronous;
 mod blocking;
 #[cfg(feature = "redis-cluster")]
@@ -119,7 +120,9 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
             request
                 .at
                 .map_or(String::new(), |at| at.as_millis().to_string()),
-        );
+        )
+        .arg(request.audit.actor.unwrap_or_default())
+        .arg(request.audit.reason.unwrap_or_default());
     (key, invocation)
 }
 

@@ -6,9 +6,11 @@
 -- ARGV     op, threshold, recovery_ms, trials, policy (0 consecutive, 1 count in window,
 --          2 rate), window_ms, rate, minimum_calls, bucket_ms, retention_ms, forced_ttl_ms,
 --          count (calls a success reports: more than one when local mode held some back),
---          round (of a trial's outcome, or ''), at_ms (a time given by a test, or '')
+--          round (of a trial's outcome, or ''), at_ms (a time given by a test, or ''),
+--          actor, reason (who forces the breaker and why, or ''; at most 256 bytes each)
 --
--- Hash fields (all non-negative integers; no hash is a closed breaker with nothing counted):
+-- Hash fields (non-negative integers but fb and fr; no hash is a closed breaker with nothing
+-- counted):
 --   s       state: 0 closed, 1 open, 2 half-open, 3 forced open, 4 forced closed
 --   f, l    closed: failures counted, time of the last failure
 --   o, d    open: when it opened, when a trial may be asked for
@@ -17,6 +19,8 @@
 --   r       the last half-open round's id (its start time, kept across trips)
 --   p, k, t half-open: permits out this round, trials that succeeded, last event
 --   bN cN eN  rate policy, slot N = bucket % 10: bucket number, calls, failures
+--   fa      forced: when it was forced (the audit trail, written by force ops only)
+--   fb, fr  forced: who forced it and why (text, at most 256 bytes), when the op said
 --
 -- Reply: {state, permit, retry_in_ms or -1, open_since_ms or -1, failures, round}
 local key = KEYS[1]
@@ -34,6 +38,8 @@ local forced_ttl = tonumber(ARGV[11])
 local count = tonumber(ARGV[12]) or 1
 local round = tonumber(ARGV[13])
 local at = tonumber(ARGV[14])
+local actor = ARGV[15] or ''
+local reason = ARGV[16] or ''
 
 -- Writes after reading TIME need effects replication: the only mode since Redis 7, to be
 -- asked for on older servers.
@@ -58,21 +64,29 @@ if flat['err'] then
   return invalid('expected a hash (' .. flat['err'] .. ')')
 end
 local known = {s = true, f = true, l = true, o = true, d = true, a = true, r = true,
-  p = true, k = true, t = true}
+  p = true, k = true, t = true, fa = true}
+-- The audit trail's text, kept as it is while the breaker stays forced.
+local text = {}
+local texts = {fb = true, fr = true}
 for i = 0, 9 do
   known['b' .. i], known['c' .. i], known['e' .. i] = true, true, true
 end
 local v = {}
 for i = 1, #flat, 2 do
   local field, value = flat[i], flat[i + 1]
-  if not known[field] then
+  if texts[field] then
+    if string.len(value) > 256 then
+      return invalid('field ' .. field .. ' holds ' .. string.len(value) .. ' bytes, at most 256')
+    end
+    text[field] = value
+  elseif not known[field] then
     return invalid('unknown field ' .. string.sub(field, 1, 40))
-  end
-  if not string.match(value, '^%d+$') or string.len(value) > 15 then
+  elseif not string.match(value, '^%d+$') or string.len(value) > 15 then
     return invalid('field ' .. field .. ' holds ' .. string.sub(value, 1, 40)
       .. ', expected a count')
+  else
+    v[field] = tonumber(value)
   end
-  v[field] = tonumber(value)
 end
 if #flat > 0 then
   if (v.s or 0) > 4 then
@@ -219,7 +233,15 @@ elseif op == 'release' then
   end
 elseif op == 'force_open' or op == 'force_closed' then
   s = op == 'force_open' and 3 or 4
-  v = {s = s, r = v.r}
+  v = {s = s, r = v.r, fa = now}
+  -- Forcing again replaces the whole trail.
+  text = {}
+  if actor ~= '' then
+    text.fb = actor
+  end
+  if reason ~= '' then
+    text.fr = reason
+  end
   changed = true
 end
 
@@ -232,6 +254,13 @@ if changed then
     args[#args + 1] = string.format('%.0f', value)
     if field ~= 's' and field ~= 'r' then
       counted = true
+    end
+  end
+  -- Only a forced breaker keeps its trail; any other write leaves it behind.
+  if s == 3 or s == 4 then
+    for field, value in pairs(text) do
+      args[#args + 1] = field
+      args[#args + 1] = value
     end
   end
   -- A closed breaker with nothing counted is no hash at all.

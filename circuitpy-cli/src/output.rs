@@ -1,0 +1,255 @@
+//! What the commands print: a table for people (coloured on a terminal), JSON for scripts.
+
+use std::fmt::Write;
+use std::time::{Duration, SystemTime};
+
+use circuitpy::State;
+use circuitpy::admin::{BreakerInfo, Forced, Listing, rfc3339};
+use serde::Serialize;
+
+/// A breaker as `--json` prints it: times in RFC 3339 (UTC), durations in milliseconds.
+#[derive(Serialize)]
+struct BreakerJson<'a> {
+    key: &'a str,
+    state: &'static str,
+    failures: u64,
+    window: Option<WindowJson>,
+    opened_at: Option<String>,
+    next_trial_at: Option<String>,
+    round: Option<u64>,
+    permits_out: u64,
+    trials_passed: u64,
+    forced: Option<ForcedJson<'a>>,
+    expires_in_ms: Option<u128>,
+    now: String,
+}
+
+#[derive(Serialize)]
+struct WindowJson {
+    calls: u64,
+    failures: u64,
+}
+
+#[derive(Serialize)]
+struct ForcedJson<'a> {
+    at: Option<String>,
+    by: Option<&'a str>,
+    reason: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct ListingJson<'a> {
+    prefix: &'a str,
+    breakers: Vec<BreakerJson<'a>>,
+    invalid: Vec<String>,
+}
+
+fn time(time: Option<SystemTime>) -> Option<String> {
+    time.map(|time| rfc3339(time).to_string())
+}
+
+fn breaker(info: &BreakerInfo) -> BreakerJson<'_> {
+    BreakerJson {
+        key: &info.key,
+        state: info.state.name(),
+        failures: info.failures,
+        window: info.window.map(|window| WindowJson {
+            calls: window.calls,
+            failures: window.failures,
+        }),
+        opened_at: time(info.opened_at),
+        next_trial_at: time(info.next_trial_at),
+        round: info.round,
+        permits_out: info.permits_out,
+        trials_passed: info.trials_passed,
+        forced: info.forced.as_ref().map(|forced| ForcedJson {
+            at: time(forced.at),
+            by: forced.by.as_deref(),
+            reason: forced.reason.as_deref(),
+        }),
+        expires_in_ms: info.expires_in.map(|left| left.as_millis()),
+        now: rfc3339(info.now).to_string(),
+    }
+}
+
+pub(crate) fn breaker_json(info: &BreakerInfo) -> String {
+    serde_json::to_string_pretty(&breaker(info)).unwrap_or_default()
+}
+
+pub(crate) fn listing_json(prefix: &str, listing: &Listing) -> String {
+    let json = ListingJson {
+        prefix,
+        breakers: listing.breakers.iter().map(breaker).collect(),
+        invalid: listing.invalid.iter().map(ToString::to_string).collect(),
+    };
+    serde_json::to_string_pretty(&json).unwrap_or_default()
+}
+
+/// `1.5s`, `12m 3s`, `2d 4h`: the two largest units.
+fn span(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    match secs {
+        0 => format!("{}ms", duration.as_millis()),
+        1..60 => format!("{:.1}s", duration.as_secs_f64()),
+        60..3600 => format!("{}m {}s", secs / 60, secs % 60),
+        3600..86_400 => format!("{}h {}m", secs / 3600, secs / 60 % 60),
+        _ => format!("{}d {}h", secs / 86_400, secs / 3600 % 24),
+    }
+}
+
+/// How long from `now` until `then` (or since, for a time past).
+fn relative(then: SystemTime, now: SystemTime) -> String {
+    match then.duration_since(now) {
+        Ok(ahead) => format!("in {}", span(ahead)),
+        Err(past) => format!("{} ago", span(past.duration())),
+    }
+}
+
+/// ` by alice (failover drill)`, as far as the trail says.
+pub(crate) fn trail(forced: &Forced) -> String {
+    let mut text = String::new();
+    if let Some(by) = &forced.by {
+        let _ = write!(text, " by {by}");
+    }
+    if let Some(reason) = &forced.reason {
+        let _ = write!(text, " ({reason})");
+    }
+    text
+}
+
+fn summary(info: &BreakerInfo) -> String {
+    match info.state {
+        State::Closed => match info.window {
+            Some(window) => format!("{} of {} calls failed", window.failures, window.calls),
+            None => format!("{} failures", info.failures),
+        },
+        State::Open => match info.next_trial_at {
+            Some(at) => format!("next trial {}", relative(at, info.now)),
+            None => String::new(),
+        },
+        State::HalfOpen => match info.round {
+            Some(_) => format!(
+                "{} trials out, {} passed",
+                info.permits_out, info.trials_passed
+            ),
+            None => "waiting for a trial".into(),
+        },
+        _ => match &info.forced {
+            Some(forced) => {
+                let at = forced
+                    .at
+                    .map(|at| format!(" {}", relative(at, info.now)))
+                    .unwrap_or_default();
+                format!("forced{at}{}", trail(forced))
+            }
+            None => "forced".into(),
+        },
+    }
+}
+
+fn paint(state: State, text: &str, colour: bool) -> String {
+    if !colour {
+        return text.to_owned();
+    }
+    let code = match state {
+        State::Closed => "32",
+        State::Open | State::ForcedOpen => "31",
+        State::HalfOpen => "33",
+        _ => "36",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
+/// The list: one breaker a line, aligned.
+pub(crate) fn table(breakers: &[BreakerInfo], colour: bool) -> String {
+    let width = breakers
+        .iter()
+        .map(|breaker| breaker.key.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(3);
+    let mut out = format!("{:<width$}  {:<13}  DETAIL\n", "KEY", "STATE");
+    for breaker in breakers {
+        let state = format!("{:<13}", breaker.state.name());
+        let _ = writeln!(
+            out,
+            "{:<width$}  {}  {}",
+            breaker.key,
+            paint(breaker.state, &state, colour),
+            summary(breaker)
+        );
+    }
+    out
+}
+
+/// `show`: every field, one a line.
+pub(crate) fn details(info: &BreakerInfo, colour: bool) -> String {
+    let mut out = String::new();
+    let mut line = |name: &str, value: String| {
+        let _ = writeln!(out, "{name:<15}{value}");
+    };
+    line("key", info.key.clone());
+    line("state", paint(info.state, info.state.name(), colour));
+    match info.state {
+        State::Closed => {
+            line("failures", info.failures.to_string());
+            if let Some(window) = info.window {
+                line(
+                    "window",
+                    format!("{} calls, {} failed", window.calls, window.failures),
+                );
+            }
+        }
+        State::Open | State::HalfOpen => {
+            if let Some(at) = info.opened_at {
+                line(
+                    "opened at",
+                    format!("{} ({})", rfc3339(at), relative(at, info.now)),
+                );
+            }
+            if let Some(at) = info.next_trial_at {
+                line(
+                    "next trial at",
+                    format!("{} ({})", rfc3339(at), relative(at, info.now)),
+                );
+            }
+            if let Some(round) = info.round {
+                line("round", round.to_string());
+                line("trials out", info.permits_out.to_string());
+                line("trials passed", info.trials_passed.to_string());
+            }
+        }
+        _ => {
+            if let Some(forced) = &info.forced {
+                if let Some(at) = forced.at {
+                    line(
+                        "forced at",
+                        format!("{} ({})", rfc3339(at), relative(at, info.now)),
+                    );
+                }
+                line("forced by", forced.by.clone().unwrap_or_else(|| "-".into()));
+                line(
+                    "reason",
+                    forced.reason.clone().unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
+    }
+    if let Some(left) = info.expires_in {
+        line("expires in", span(left));
+    }
+    line("storage clock", rfc3339(info.now).to_string());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_keep_two_units() {
+        assert_eq!(span(Duration::from_millis(250)), "250ms");
+        assert_eq!(span(Duration::from_secs(90)), "1m 30s");
+        assert_eq!(span(Duration::from_secs(7 * 86_400)), "7d 0h");
+    }
+}
