@@ -4,11 +4,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::{AsyncStorage, Request, Snapshot, Storage};
+use super::Storage;
 use crate::clock::{Clock, Nanos};
 use crate::engine::view::Registry;
 use crate::error::StorageError;
-use crate::rules::{nanos, primitive};
+use crate::rules::nanos;
 
 /// Keeps breakers in this process, shared by all its threads and tasks.
 ///
@@ -118,34 +118,7 @@ impl Storage for MemoryStorage {
     }
 }
 
-/// The same map, with futures that are ready at once.
-impl AsyncStorage for MemoryStorage {
-    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
-        Storage::increment(self, key, ttl)
-    }
-
-    async fn increment_by(
-        &self,
-        key: &str,
-        count: u64,
-        ttl: Duration,
-    ) -> Result<u64, StorageError> {
-        Storage::increment_by(self, key, count, ttl)
-    }
-
-    async fn get_count(&self, key: &str) -> Result<u64, StorageError> {
-        Storage::get_count(self, key)
-    }
-
-    async fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
-        Storage::expire_after(self, key, ttl)
-    }
-
-    async fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
-        primitive::execute_blocking(self, request)
-    }
-
-    fn clock(&self) -> &Clock {
-        &self.clock
-    }
-}
+super::async_by_blocking!(
+    MemoryStorage,
+    "The same map, with futures that are ready at once."
+);

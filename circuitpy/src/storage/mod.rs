@@ -33,6 +33,57 @@ pub(crate) mod sqlite;
 
 pub(crate) static SYSTEM_CLOCK: Clock = Clock::system();
 
+/// `AsyncStorage` for a storage whose blocking operations are short enough to run on the
+/// calling task (the in-memory map, a local SQLite file): every method forwards to its
+/// `Storage` twin, with futures ready at once.
+macro_rules! async_by_blocking {
+    ($type:ty, $doc:literal) => {
+        #[doc = $doc]
+        impl $crate::storage::AsyncStorage for $type {
+            async fn increment(
+                &self,
+                key: &str,
+                ttl: ::std::time::Duration,
+            ) -> Result<u64, $crate::error::StorageError> {
+                $crate::storage::Storage::increment(self, key, ttl)
+            }
+
+            async fn increment_by(
+                &self,
+                key: &str,
+                count: u64,
+                ttl: ::std::time::Duration,
+            ) -> Result<u64, $crate::error::StorageError> {
+                $crate::storage::Storage::increment_by(self, key, count, ttl)
+            }
+
+            async fn get_count(&self, key: &str) -> Result<u64, $crate::error::StorageError> {
+                $crate::storage::Storage::get_count(self, key)
+            }
+
+            async fn expire_after(
+                &self,
+                key: &str,
+                ttl: ::std::time::Duration,
+            ) -> Result<(), $crate::error::StorageError> {
+                $crate::storage::Storage::expire_after(self, key, ttl)
+            }
+
+            async fn execute(
+                &self,
+                request: &$crate::storage::Request<'_>,
+            ) -> Result<$crate::storage::Snapshot, $crate::error::StorageError> {
+                $crate::storage::Storage::execute(self, request)
+            }
+
+            fn clock(&self) -> &$crate::clock::Clock {
+                $crate::storage::Storage::clock(self)
+            }
+        }
+    };
+}
+pub(crate) use async_by_blocking;
+
 /// A blocking storage.
 ///
 /// Implement the three primitives; the breaker needs nothing else. `increment` must be

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{AsyncStorage, Op, Request, Snapshot, Storage};
+use super::{Op, Request, Snapshot, Storage};
 use crate::admin::{
     ADMIN_TIMEOUT, Action, Admin, Audit, BreakerInfo, Listing, breaker_key, check_key,
     config as admin_config, describe,
@@ -222,36 +222,13 @@ pub(crate) fn check_table_name(table: &str) -> Result<(), StorageError> {
     }
 }
 
-/// The same storage for async code (the tower layer, the reqwest middleware, a guarded
-/// `async fn`): each operation is one local transaction, run on the calling task and
-/// bounded, lock wait included, by the handler's `STORAGE_TIMEOUT`, as a short blocking
-/// section of the executor's thread.
-impl AsyncStorage for SqliteStorage {
-    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
-        Storage::increment(self, key, ttl)
-    }
-
-    async fn increment_by(
-        &self,
-        key: &str,
-        count: u64,
-        ttl: Duration,
-    ) -> Result<u64, StorageError> {
-        Storage::increment_by(self, key, count, ttl)
-    }
-
-    async fn get_count(&self, key: &str) -> Result<u64, StorageError> {
-        Storage::get_count(self, key)
-    }
-
-    async fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
-        Storage::expire_after(self, key, ttl)
-    }
-
-    async fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
-        Storage::execute(self, request)
-    }
-}
+super::async_by_blocking!(
+    SqliteStorage,
+    "The same storage for async code (the tower layer, the reqwest middleware, a guarded \
+     `async fn`): each operation is one local transaction, run on the calling task and \
+     bounded, lock wait included, by the handler's `STORAGE_TIMEOUT`, as a short blocking \
+     section of the executor's thread."
+);
 
 /// Now, in microseconds: the request's time if it gives one, the host's wall clock
 /// otherwise.
