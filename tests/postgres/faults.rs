@@ -98,6 +98,14 @@ fn a_failed_migration_leaves_the_storage_working() {
     // A breaker operation sets the session's statement timeout to 50 ms.
     assert_eq!(breaker.state().unwrap(), State::Closed);
 
+    // As after an upgrade of the library: the table no longer says it is current.
+    let (runtime, client) = admin(&url);
+    let outdate = || {
+        runtime
+            .block_on(client.batch_execute(&format!("COMMENT ON TABLE {table} IS NULL")))
+            .unwrap()
+    };
+    outdate();
     // The lock is held for less than the options' timeout: the migration waits for it.
     let holder = hold_migration_lock(&url, &table, Duration::from_millis(700));
     storage
@@ -106,6 +114,7 @@ fn a_failed_migration_leaves_the_storage_working() {
     holder.join().unwrap();
 
     // The lock is held for longer: the migration fails, and says why.
+    outdate();
     let holder = hold_migration_lock(&url, &table, Duration::from_secs(4));
     let error = storage.migrate().expect_err("the lock is held for 4 s");
     let text = error.to_string();

@@ -254,3 +254,33 @@ fn the_async_storage_replaces_a_lost_connection() {
         assert!(execute(&request).await.is_ok());
     });
 }
+
+#[test]
+fn connecting_to_a_current_table_does_not_wait_for_its_breakers() {
+    // A process that starts while the fleet's breakers are busy must not take a lock that
+    // stops them (or waits behind them): the table and function are current already.
+    let Some(url) = server() else { return };
+    let table = fresh_table("busy");
+    let _cleanup = cleanup(&url, &table);
+    let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
+    let config = Config::of::<Impatient>();
+    let request = Request::new("busy", Op::Failure, &config);
+    assert_eq!(storage.execute(&request).unwrap().failures, 1);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut holder = runtime.block_on(raw_client(&url));
+    let transaction = runtime.block_on(holder.transaction()).unwrap();
+    // What a breaker's operation holds on the table while it runs.
+    runtime
+        .block_on(transaction.batch_execute(&format!("LOCK TABLE {table} IN ROW EXCLUSIVE MODE")))
+        .unwrap();
+
+    let second =
+        PostgresStorage::connect_with(&url, options(&table).timeout(Duration::from_millis(300)));
+    runtime.block_on(transaction.rollback()).unwrap();
+    let second = second.expect("a second process connects while the table is in use");
+    assert_eq!(second.execute(&request).unwrap().failures, 2);
+}

@@ -67,7 +67,8 @@ impl AsyncPostgresStorage {
     }
 
     /// Creates the tables and installs the function (idempotent), waiting at most the
-    /// options' timeout for another migration.
+    /// options' timeout for another migration. A table this version migrated already is
+    /// left alone, without a lock on it.
     pub async fn migrate(&self) -> Result<(), StorageError> {
         self.db.migrate().await
     }

@@ -100,7 +100,8 @@ impl PostgresStorage {
     }
 
     /// Creates the tables and installs the function (idempotent; safe to run from many
-    /// processes at once), waiting at most the options' timeout for another migration.
+    /// processes at once), waiting at most the options' timeout for another migration. A
+    /// table this version migrated already is left alone, without a lock on it.
     pub fn migrate(&self) -> Result<(), StorageError> {
         let db = self.db.clone();
         let timeout = self.db.options.timeout;

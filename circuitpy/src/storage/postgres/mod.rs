@@ -119,6 +119,9 @@ const SCHEMA: &str = include_str!("schema.sql");
 struct Sql {
     table: String,
     schema: String,
+    /// What the migration writes as the table's comment: a digest of the schema it
+    /// installed. A table that carries it is current, and connecting takes no lock on it.
+    version: String,
     op: String,
     increment: String,
     get: String,
@@ -160,9 +163,11 @@ impl Sql {
             .replace("{t}", t)
             .replace("{bare}", bare)
             .replace("{lock}", &format!("circuitpy:{t}"));
+        let version = format!("circuitpy schema {:016x}", fnv1a(schema.as_bytes()));
         Ok(Sql {
             table: t.to_owned(),
             schema,
+            version,
             op: format!(
                 "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
             ),
@@ -206,10 +211,39 @@ impl Sql {
              SET LOCAL lock_timeout = {ms};
              SET LOCAL statement_timeout = {ms};
              {}
+             COMMENT ON TABLE {} IS '{}';
              COMMIT;",
-            self.schema
+            self.schema, self.table, self.version
         )
     }
+
+    /// Migrates unless the table is current. Another process's breakers keep running
+    /// meanwhile: a current table is only read about (its comment, in the catalog), never
+    /// locked, so a process that starts during an incident does not stall the fleet.
+    async fn migrate_on(
+        &self,
+        client: &tokio_postgres::Client,
+        timeout: Duration,
+    ) -> Result<(), tokio_postgres::Error> {
+        let current = client
+            .query_opt(
+                "SELECT 1 WHERE obj_description(to_regclass($1), 'pg_class') = $2",
+                &[&self.table, &self.version],
+            )
+            .await?;
+        if current.is_some() {
+            return Ok(());
+        }
+        client.batch_execute(&self.migration(timeout)).await
+    }
+}
+
+/// The 64-bit FNV-1a digest: stable across builds and platforms, unlike std's hasher, so
+/// that every process of a fleet agrees on which schema is current.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn op_code(op: Op) -> i32 {
@@ -375,7 +409,6 @@ impl Db {
     async fn migrate(&self) -> Result<(), StorageError> {
         let table = &self.sql.table;
         let timeout = self.options.timeout;
-        let migration = self.sql.migration(timeout);
         // The client's own bound sits past the server's, so that a lock wait is reported
         // as what it is.
         let bound = timeout + Duration::from_millis(250);
@@ -387,8 +420,9 @@ impl Db {
                         .await
                         .map_err(|error| postgres_error(table, error))?;
                     let driver = tokio::spawn(connection);
-                    let result = client
-                        .batch_execute(&migration)
+                    let result = self
+                        .sql
+                        .migrate_on(&client, timeout)
                         .await
                         .map_err(|error| postgres_error(table, error));
                     drop(client);
@@ -402,8 +436,9 @@ impl Db {
                             std::io::Error::other(error.to_string()),
                         )
                     })?;
-                    let result = object
-                        .batch_execute(&migration)
+                    let result = self
+                        .sql
+                        .migrate_on(&object, timeout)
                         .await
                         .map_err(|error| postgres_error(table, error));
                     if result.is_err() {
