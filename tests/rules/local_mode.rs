@@ -49,6 +49,9 @@ fn operations() -> u64 {
 
 macro_rules! handler {
     ($name:ident, $key:literal, $interval:expr) => {
+        handler!($name, $key, $interval, SHARED);
+    };
+    ($name:ident, $key:literal, $interval:expr, $storage:ident) => {
         struct $name;
         impl CircuitBreaker for $name {
             const FAILURE_THRESHOLD: u32 = 3;
@@ -57,7 +60,7 @@ macro_rules! handler {
             const SYNC_INTERVAL: Option<Duration> = $interval;
             type Storage = CountingStorage;
             fn storage(&self) -> &CountingStorage {
-                &SHARED
+                &$storage
             }
         }
     };
@@ -152,4 +155,50 @@ fn local_mode_behaviour() {
     });
     assert!(matches!(result, Err(CallError::Open(_))));
     assert!(!ran);
+}
+
+// An operator's process and a service's, strict mode, on a storage and clock of their own.
+static OPERATED_CLOCK: LazyLock<ManualClock> = LazyLock::new(ManualClock::new);
+static OPERATED: LazyLock<CountingStorage> = LazyLock::new(|| CountingStorage {
+    map: MemoryStorage::with_clock(OPERATED_CLOCK.clock()),
+    clock: OPERATED_CLOCK.clock(),
+    operations: AtomicU64::new(0),
+});
+handler!(Service, "operated", None, OPERATED);
+handler!(Operator, "operated", None, OPERATED);
+
+#[test]
+fn an_open_view_learns_of_an_operators_close_within_a_second() {
+    let operations = || OPERATED.operations.load(Ordering::Relaxed);
+    for _ in 0..3 {
+        fail(Service);
+    }
+    // Open: rejections cost nothing.
+    let before = operations();
+    for _ in 0..100 {
+        assert!(matches!(succeed(Service), Err(CallError::Open(_))));
+    }
+    assert_eq!(operations(), before);
+
+    // The operator forces it closed, 59 s before the service's view would end.
+    Breaker::new(Operator).force_closed().unwrap();
+    OPERATED_CLOCK.advance(Duration::from_millis(500));
+    assert!(matches!(succeed(Service), Err(CallError::Open(_))));
+    assert_eq!(operations(), before + 1, "only the operator's forcing");
+
+    // A second after the view last heard from the storage, one call asks, and runs.
+    OPERATED_CLOCK.advance(Duration::from_millis(501));
+    succeed(Service).unwrap();
+    succeed(Service).unwrap();
+
+    // Forced open: a closed view learns it from its next call's reply (that call has gone
+    // through, as in strict mode it does); then a reset reaches the forced-open view
+    // within the interval alike.
+    Breaker::new(Operator).force_open().unwrap();
+    succeed(Service).unwrap();
+    assert!(matches!(succeed(Service), Err(CallError::Open(_))));
+    Breaker::new(Operator).reset().unwrap();
+    assert!(matches!(succeed(Service), Err(CallError::Open(_))));
+    OPERATED_CLOCK.advance(Duration::from_millis(1001));
+    succeed(Service).unwrap();
 }

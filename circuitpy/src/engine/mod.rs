@@ -766,6 +766,9 @@ fn admit_on_view_slowly<'a, H: CircuitBreaker>(
     let now = clock.coarse_now();
     if let (State::Open | State::ForcedOpen, Some(deadline)) = (word.phase(), word.deadline())
         && now < deadline
+        // Once a re-check interval, one call asks the storage instead: an operator's close
+        // or reset elsewhere reaches this view within the interval, not the deadline.
+        && !cell.claim_recheck(now, recheck_interval(&H::CONFIG))
     {
         let rejection = if word.phase() == State::Open {
             Rejection::Open
@@ -785,6 +788,16 @@ fn admit_on_view_slowly<'a, H: CircuitBreaker>(
     }
     Local::Ask { cell, sent: word }
 }
+
+/// How often an open or forced-open view on a shared storage asks the storage whether it
+/// still is: every `SYNC_INTERVAL` in local mode, every second otherwise (at most one call
+/// a second per process and open breaker pays a round trip; the others reject for free).
+pub(crate) fn recheck_interval(config: &Config) -> Duration {
+    config.sync_interval.unwrap_or(RECHECK_INTERVAL)
+}
+
+/// The re-check interval of strict mode.
+pub(crate) const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Asks the storage for a permit: one round trip.
 pub(crate) async fn ask_storage<'a, H: CircuitBreaker, B: Backend>(

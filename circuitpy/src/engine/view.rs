@@ -256,6 +256,25 @@ impl Cell {
                 .is_ok()
     }
 
+    /// While the storage answers: claims a re-read of an open view when `interval` has
+    /// passed since the storage last answered; one caller wins it, the others keep
+    /// rejecting without asking.
+    pub(crate) fn claim_recheck(&self, now: Nanos, interval: Duration) -> bool {
+        let stamp = self.stamp.load(Ordering::Relaxed);
+        stamp != 0
+            && stamp & FAILING == 0
+            && now >= stamp.saturating_add(nanos(interval))
+            && self
+                .stamp
+                .compare_exchange(
+                    stamp,
+                    now.clamp(1, FAILING - 1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+
     /// The failure that made the storage fail, for rejections while it lasts.
     pub(crate) fn last_failure(&self) -> StorageError {
         self.extra
