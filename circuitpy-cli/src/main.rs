@@ -12,6 +12,7 @@
 //! with any password in the URL removed.
 
 mod output;
+mod serve;
 mod storage;
 
 use std::io::IsTerminal;
@@ -81,6 +82,23 @@ enum Command {
         /// Only breakers in these states.
         #[arg(long, value_enum, value_delimiter = ',')]
         state: Vec<StateFilter>,
+    },
+    /// The dashboard: pages that refresh themselves, a JSON API and Prometheus `/metrics`.
+    Serve {
+        /// Where to listen (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// The token every state-changing request needs (at least 16 characters). Without
+        /// one the dashboard is read-only, and refuses a non-loopback address unless
+        /// --read-only is given.
+        #[arg(long, env = "CIRCUITPY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// No control at all, even with a token.
+        #[arg(long)]
+        read_only: bool,
+        /// How often the pages refresh themselves.
+        #[arg(long, default_value = "2s", value_parser = parse_interval)]
+        refresh: Duration,
     },
 }
 
@@ -170,6 +188,7 @@ fn is_glob(key: &str) -> bool {
 }
 
 /// A failure of the command: one line for stderr.
+#[derive(Debug)]
 struct Failure(String);
 
 impl<E: std::error::Error> From<E> for Failure {
@@ -297,6 +316,26 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
                 std::thread::sleep(interval);
             }
+        }
+        Command::Serve {
+            listen,
+            token,
+            read_only,
+            refresh,
+        } => {
+            let place = format!(
+                "{} {}",
+                connected.kind(),
+                storage::redact(&cli.url, &cli.url)
+            );
+            let settings = serve::Settings {
+                listen,
+                token,
+                read_only,
+                refresh,
+            };
+            serve::run(connected, place, cli.prefix, settings)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

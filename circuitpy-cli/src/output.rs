@@ -9,7 +9,7 @@ use serde::Serialize;
 
 /// A breaker as `--json` prints it: times in RFC 3339 (UTC), durations in milliseconds.
 #[derive(Serialize)]
-struct BreakerJson<'a> {
+pub(crate) struct BreakerJson<'a> {
     key: &'a str,
     state: &'static str,
     failures: u64,
@@ -48,7 +48,7 @@ fn time(time: Option<SystemTime>) -> Option<String> {
     time.map(|time| rfc3339(time).to_string())
 }
 
-fn breaker(info: &BreakerInfo) -> BreakerJson<'_> {
+pub(crate) fn breaker(info: &BreakerInfo) -> BreakerJson<'_> {
     BreakerJson {
         key: &info.key,
         state: info.state.name(),
@@ -86,7 +86,7 @@ pub(crate) fn listing_json(prefix: &str, listing: &Listing) -> String {
 }
 
 /// `1.5s`, `12m 3s`, `2d 4h`: the two largest units.
-fn span(duration: Duration) -> String {
+pub(crate) fn span(duration: Duration) -> String {
     let secs = duration.as_secs();
     match secs {
         0 => format!("{}ms", duration.as_millis()),
@@ -98,7 +98,7 @@ fn span(duration: Duration) -> String {
 }
 
 /// How long from `now` until `then` (or since, for a time past).
-fn relative(then: SystemTime, now: SystemTime) -> String {
+pub(crate) fn relative(then: SystemTime, now: SystemTime) -> String {
     match then.duration_since(now) {
         Ok(ahead) => format!("in {}", span(ahead)),
         Err(past) => format!("{} ago", span(past.duration())),
@@ -117,11 +117,20 @@ pub(crate) fn trail(forced: &Forced) -> String {
     text
 }
 
-fn summary(info: &BreakerInfo) -> String {
+/// `1 failure`, `2 failures`.
+fn plural(count: u64, noun: &str) -> String {
+    if count == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{count} {noun}s")
+    }
+}
+
+pub(crate) fn summary(info: &BreakerInfo) -> String {
     match info.state {
         State::Closed => match info.window {
             Some(window) => format!("{} of {} calls failed", window.failures, window.calls),
-            None => format!("{} failures", info.failures),
+            None => plural(info.failures, "failure"),
         },
         State::Open => match info.next_trial_at {
             Some(at) => format!("next trial {}", relative(at, info.now)),
@@ -129,8 +138,9 @@ fn summary(info: &BreakerInfo) -> String {
         },
         State::HalfOpen => match info.round {
             Some(_) => format!(
-                "{} trials out, {} passed",
-                info.permits_out, info.trials_passed
+                "{} out, {} passed",
+                plural(info.permits_out, "trial"),
+                info.trials_passed
             ),
             None => "waiting for a trial".into(),
         },
@@ -242,6 +252,61 @@ pub(crate) fn details(info: &BreakerInfo, colour: bool) -> String {
     out
 }
 
+/// A label value in the Prometheus text format.
+fn label(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text format of a listing: per breaker, `circuitbreaker_state` (one series
+/// per state, 1 for the current one, with the library's own metric's name and labels, so
+/// one alert rule serves both) and `circuitbreaker_failures`.
+pub(crate) fn prometheus(listing: &Listing) -> String {
+    const STATES: [State; 5] = [
+        State::Closed,
+        State::Open,
+        State::HalfOpen,
+        State::ForcedOpen,
+        State::ForcedClosed,
+    ];
+    let mut out = String::from(
+        "# HELP circuitbreaker_state The breaker's state, as the storage holds it: 1 for the current one.\n\
+         # TYPE circuitbreaker_state gauge\n",
+    );
+    for info in &listing.breakers {
+        let name = label(&info.key);
+        for state in STATES {
+            let _ = writeln!(
+                out,
+                "circuitbreaker_state{{name=\"{name}\",state=\"{}\"}} {}",
+                state.name(),
+                u8::from(state == info.state)
+            );
+        }
+    }
+    out.push_str(
+        "# HELP circuitbreaker_failures Failures counted while closed (the window's, for a rate policy).\n\
+         # TYPE circuitbreaker_failures gauge\n",
+    );
+    for info in &listing.breakers {
+        let failures = info.window.map_or(info.failures, |window| window.failures);
+        let _ = writeln!(
+            out,
+            "circuitbreaker_failures{{name=\"{}\"}} {failures}",
+            label(&info.key)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP circuitpy_invalid_keys Keys under the prefix that hold no breaker.\n\
+         # TYPE circuitpy_invalid_keys gauge\n\
+         circuitpy_invalid_keys {}",
+        listing.invalid.len()
+    );
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,5 +316,10 @@ mod tests {
         assert_eq!(span(Duration::from_millis(250)), "250ms");
         assert_eq!(span(Duration::from_secs(90)), "1m 30s");
         assert_eq!(span(Duration::from_secs(7 * 86_400)), "7d 0h");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -60,6 +60,15 @@ impl Connected {
         }
     }
 
+    /// What the dashboard's header calls it.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Connected::Redis(_) => "Redis",
+            Connected::Postgres(_) => "PostgreSQL",
+            Connected::Sqlite(_) => "SQLite",
+        }
+    }
+
     pub(crate) fn admin(&self) -> &dyn Admin {
         match self {
             Connected::Redis(client) => client,
