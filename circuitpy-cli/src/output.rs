@@ -19,6 +19,7 @@ pub(crate) struct BreakerJson<'a> {
     round: Option<u64>,
     permits_out: u64,
     trials_passed: u64,
+    failed_rounds: u64,
     forced: Option<ForcedJson<'a>>,
     expires_in_ms: Option<u128>,
     now: String,
@@ -62,6 +63,7 @@ pub(crate) fn breaker(info: &BreakerInfo) -> BreakerJson<'_> {
         round: info.round,
         permits_out: info.permits_out,
         trials_passed: info.trials_passed,
+        failed_rounds: info.failed_rounds,
         forced: info.forced.as_ref().map(|forced| ForcedJson {
             at: time(forced.at),
             by: forced.by.as_deref(),
@@ -222,6 +224,9 @@ pub(crate) fn details(info: &BreakerInfo, colour: bool) -> String {
                     "next trial at",
                     format!("{} ({})", rfc3339(at), relative(at, info.now)),
                 );
+            }
+            if info.failed_rounds > 0 {
+                line("failed rounds", info.failed_rounds.to_string());
             }
             if let Some(round) = info.round {
                 line("round", round.to_string());

@@ -4,7 +4,7 @@ use std::any::Any;
 use std::time::Duration;
 
 use crate::error::{CircuitBreakerOpen, StorageError};
-use crate::policy::{FailurePolicy, OnStorageFailure};
+use crate::policy::{Backoff, FailurePolicy, OnStorageFailure};
 
 /// A circuit breaker's configuration and hooks, implemented on a unit struct.
 ///
@@ -83,6 +83,26 @@ pub trait CircuitBreaker: Send + Sync + 'static {
     /// Namespace of every key a shared storage writes, so two applications on one server
     /// never collide.
     const KEY_PREFIX: &'static str = "circuitpy";
+    /// How the open time grows while the dependency stays down: each failed trial round
+    /// multiplies it, up to a cap; closing starts again from `RECOVERY_TIMEOUT`. Off by
+    /// default. On a shared storage the server computes the deadline, so every process
+    /// agrees on it.
+    ///
+    /// ```
+    /// # use circuitpy::{Backoff, CircuitBreaker, MemoryStorage};
+    /// # use std::time::Duration;
+    /// struct Payments;
+    /// impl CircuitBreaker for Payments {
+    ///     const FAILURE_THRESHOLD: u32 = 5;
+    ///     const RECOVERY_TIMEOUT: Duration = Duration::from_secs(5);
+    ///     const FAILURE_KEY: &'static str = "payments";
+    ///     // Open 5 s, then 10 s, 20 s, 40 s, 80 s, then 2 minutes while it stays down.
+    ///     const RECOVERY_BACKOFF: Backoff = Backoff::exponential(2.0, Duration::from_secs(120));
+    ///     type Storage = MemoryStorage;
+    ///     fn storage(&self) -> &MemoryStorage { unimplemented!() }
+    /// }
+    /// ```
+    const RECOVERY_BACKOFF: Backoff = Backoff::OFF;
 
     /// Where the breaker's state lives: [`MemoryStorage`](crate::MemoryStorage), a Redis
     /// client or connection, or any [`Storage`](crate::Storage) /

@@ -78,7 +78,9 @@ pub use engine::view::MAX_PER_CALL_BREAKERS;
 pub use engine::{Outcome, Permit, RunAsync};
 pub use error::{CircuitBreakerOpen, Rejection, StorageError};
 pub use handler::{CircuitBreaker, State};
-pub use policy::{Config, FailurePolicy, MAX_DURATION, MAX_HALF_OPEN_TRIALS, OnStorageFailure};
+pub use policy::{
+    Backoff, Config, FailurePolicy, MAX_DURATION, MAX_HALF_OPEN_TRIALS, OnStorageFailure,
+};
 pub use rules::{FORCED_TTL, retention};
 pub use storage::memory::MemoryStorage;
 #[cfg(feature = "postgres")]

@@ -115,6 +115,50 @@ pub struct Config {
     pub key_prefix: &'static str,
     /// [`CircuitBreaker::SYNC_INTERVAL`].
     pub sync_interval: Option<Duration>,
+    /// [`CircuitBreaker::RECOVERY_BACKOFF`].
+    pub backoff: Backoff,
+}
+
+/// How the open time grows while a dependency stays down: each half-open round whose trial
+/// fails multiplies the next open time by `factor`, up to `max`; the breaker closing starts
+/// again from [`RECOVERY_TIMEOUT`](CircuitBreaker::RECOVERY_TIMEOUT). Off by default.
+///
+/// Open times are whole milliseconds, each step rounded down, so that every storage (and
+/// every process of a fleet) computes the same deadline.
+///
+/// ```
+/// use circuitpy::Backoff;
+/// use std::time::Duration;
+/// // 1 s, 2 s, 4 s, ... and never more than a minute.
+/// const BACKOFF: Backoff = Backoff::exponential(2.0, Duration::from_secs(60));
+/// assert!(!BACKOFF.is_off());
+/// assert!(Backoff::OFF.is_off());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    /// What each failed trial round multiplies the open time by: above 1, at most 16, and
+    /// large enough to reach `max` from the recovery timeout within 31 rounds.
+    pub factor: f64,
+    /// The longest open time: at least the recovery timeout, at most [`MAX_DURATION`].
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// Every failed trial round reopens for the recovery timeout.
+    pub const OFF: Backoff = Backoff {
+        factor: 1.0,
+        max: Duration::ZERO,
+    };
+
+    /// Multiplies the open time by `factor` per failed trial round, up to `max`.
+    pub const fn exponential(factor: f64, max: Duration) -> Backoff {
+        Backoff { factor, max }
+    }
+
+    /// Whether the open time stays the recovery timeout.
+    pub const fn is_off(&self) -> bool {
+        self.factor == 1.0 && self.max.is_zero()
+    }
 }
 
 /// The most trial calls a half-open breaker can admit at once.
@@ -187,6 +231,7 @@ impl Config {
             storage_timeout: H::STORAGE_TIMEOUT,
             key_prefix: H::KEY_PREFIX,
             sync_interval: H::SYNC_INTERVAL,
+            backoff: H::RECOVERY_BACKOFF,
         };
         match config.check() {
             Ok(()) => config,
@@ -260,6 +305,32 @@ impl Config {
             && !in_range(interval)
         {
             return Err("circuitpy: SYNC_INTERVAL must be longer than zero and at most a year");
+        }
+        if !self.backoff.is_off() {
+            // Written so that NaN fails too.
+            if !(self.backoff.factor > 1.0 && self.backoff.factor <= 16.0) {
+                return Err("circuitpy: RECOVERY_BACKOFF needs a factor above 1 and at most 16");
+            }
+            if !in_range(self.backoff.max)
+                || self.backoff.max.as_millis() < self.recovery_timeout.as_millis()
+            {
+                return Err(
+                    "circuitpy: RECOVERY_BACKOFF needs a max of at least RECOVERY_TIMEOUT and at most a year",
+                );
+            }
+            // The steps `rules::open_time` takes, in a `const fn`.
+            let max = self.backoff.max.as_millis() as u64;
+            let mut open = self.recovery_timeout.as_millis() as u64;
+            let mut steps = 0;
+            while open < max && steps < crate::rules::MAX_REOPENS {
+                open = (open as f64 * self.backoff.factor) as u64;
+                steps += 1;
+            }
+            if open < max {
+                return Err(
+                    "circuitpy: RECOVERY_BACKOFF must reach its max within 31 failed rounds: raise the factor or lower the max",
+                );
+            }
         }
         match self.policy {
             FailurePolicy::Consecutive => {}

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use circuitpy::testing::Reference;
 use circuitpy::{
-    Breaker, CircuitBreaker, Config, FailurePolicy, ManualClock, MemoryStorage, Op, Outcome,
-    Permit, PostgresStorage, Request, Snapshot, SqliteStorage, State, Storage,
+    Backoff, Breaker, CircuitBreaker, Config, FailurePolicy, ManualClock, MemoryStorage, Op,
+    Outcome, Permit, PostgresStorage, Request, Snapshot, SqliteStorage, State, Storage,
 };
 use circuitpy_tests::redis::RedisServer;
 use proptest::prelude::*;
@@ -38,6 +38,9 @@ const RECOVERY: Duration = Duration::from_millis(RECOVERY_MS);
 /// with the requests' time (each policy's test runs on a thread of its own).
 macro_rules! policy_handler {
     ($name:ident, $policy:expr) => {
+        policy_handler!($name, $policy, Backoff::OFF);
+    };
+    ($name:ident, $policy:expr, $backoff:expr) => {
         struct $name;
         impl $name {
             fn clock() -> &'static ManualClock {
@@ -58,6 +61,7 @@ macro_rules! policy_handler {
             const FAILURE_KEY: &'static str = stringify!($name);
             const HALF_OPEN_TRIALS: u32 = TRIALS;
             const FAILURE_POLICY: FailurePolicy = $policy;
+            const RECOVERY_BACKOFF: Backoff = $backoff;
             const STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
             const KEY_PREFIX: &'static str = "differential";
             type Storage = MemoryStorage;
@@ -82,6 +86,13 @@ policy_handler!(
         window: Duration::from_millis(2_000),
         minimum_calls: 4,
     }
+);
+
+// Open 1 s, then 1.5 s, 2.25 s, 3.375 s, then 5 s while the trials keep failing.
+policy_handler!(
+    Backedoff,
+    FailurePolicy::Consecutive,
+    Backoff::exponential(1.5, Duration::from_millis(5_000))
 );
 
 /// One step of a sequence.
@@ -117,7 +128,9 @@ fn step() -> impl Strategy<Value = Step> {
             // The edges where the rules change their mind: a millisecond either side of
             // the recovery timeout, a rate bucket and each window.
             prop::sample::select(vec![
-                1u64, 199, 200, 201, 999, 1_000, 1_001, 1_999, 2_000, 2_001, 2_999, 3_000, 3_001,
+                1u64, 199, 200, 201, 999, 1_000, 1_001, 1_499, 1_500, 1_501, 1_999, 2_000,
+                2_001, 2_249, 2_250, 2_251, 2_999, 3_000, 3_001, 3_374, 3_375, 3_376, 4_999,
+                5_000, 5_001,
             ]),
             1u64..=3 * RECOVERY_MS,
         ]
@@ -423,6 +436,11 @@ proptest! {
     #[test]
     fn count_in_window(steps in prop::collection::vec(step(), 1..80)) {
         run_case(Windowed, Windowed::clock(), Windowed::memory(), backends!("windowed"), &steps);
+    }
+
+    #[test]
+    fn backoff(steps in prop::collection::vec(step(), 1..80)) {
+        run_case(Backedoff, Backedoff::clock(), Backedoff::memory(), backends!("backoff"), &steps);
     }
 
     #[test]

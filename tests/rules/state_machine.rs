@@ -800,3 +800,72 @@ fn breakers_belong_to_their_storage_instance() {
     }
     assert_eq!(seen, [circuitpy::State::Closed; 3]);
 }
+
+handler!(BackingOff {
+    const FAILURE_THRESHOLD: u32 = 1;
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    const RECOVERY_BACKOFF: circuitpy::Backoff =
+        circuitpy::Backoff::exponential(2.0, Duration::from_secs(5));
+});
+
+#[test]
+fn each_failed_trial_round_doubles_the_open_time_up_to_the_cap_until_the_breaker_closes() {
+    use circuitpy::admin::Admin;
+    let breaker = Breaker::new(BackingOff);
+    let clock = BackingOff::clock();
+    let runs = Cell::new(0);
+    let storage = BackingOff.storage();
+    let failed_rounds = || {
+        storage
+            .inspect("circuitpy", "BackingOff")
+            .unwrap()
+            .map(|info| info.failed_rounds)
+    };
+    // The trip from closed: open for the recovery timeout.
+    assert!(matches!(run(&breaker, &runs, down), Err(Error::Down)));
+    let mut open = Duration::from_secs(1);
+    // Each failed trial round: 2 s, 4 s, then the 5 s cap, twice.
+    for (round, next) in [(1, 2), (2, 4), (3, 5), (4, 5)] {
+        clock.advance(open - SLACK);
+        assert_eq!(breaker.state().unwrap(), State::Open, "before {open:?}");
+        clock.advance(SLACK);
+        assert_eq!(breaker.state().unwrap(), State::HalfOpen, "after {open:?}");
+        assert!(matches!(run(&breaker, &runs, down), Err(Error::Down)));
+        assert_eq!(failed_rounds(), Some(round));
+        open = Duration::from_secs(next);
+        let Err(Error::Open(rejection)) = run(&breaker, &runs, ok) else {
+            panic!("a failed trial reopens")
+        };
+        let open_for = rejection
+            .retry_at()
+            .unwrap()
+            .duration_since(rejection.opened_at().unwrap())
+            .unwrap();
+        assert_eq!(open_for, open);
+    }
+    // A trial that succeeds closes the breaker; the next trip is back to one second.
+    clock.advance(open);
+    assert_eq!(run(&breaker, &runs, ok).unwrap(), 1);
+    assert_eq!(breaker.state().unwrap(), State::Closed);
+    assert!(matches!(run(&breaker, &runs, down), Err(Error::Down)));
+    assert_eq!(failed_rounds(), Some(0));
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(breaker.state().unwrap(), State::HalfOpen);
+}
+
+#[test]
+fn a_backoff_that_cannot_reach_its_cap_does_not_compile_into_a_config() {
+    use circuitpy::{Backoff, Config};
+    let mut config = Config::of::<BackingOff>();
+    config.backoff = Backoff::exponential(1.01, Duration::from_secs(3600));
+    assert!(config.check().unwrap_err().contains("within 31"));
+    config.backoff = Backoff::exponential(f64::NAN, Duration::from_secs(5));
+    assert!(config.check().unwrap_err().contains("factor"));
+    config.backoff = Backoff::exponential(2.0, Duration::from_millis(500));
+    assert!(
+        config
+            .check()
+            .unwrap_err()
+            .contains("at least RECOVERY_TIMEOUT")
+    );
+}

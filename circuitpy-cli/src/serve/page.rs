@@ -206,6 +206,9 @@ pub(crate) fn breaker_region(key: &str, info: Option<&BreakerInfo>) -> Markup {
             }
             @if let Some(at) = info.opened_at { dt { "opened at" } dd { (when(at)) } }
             @if let Some(at) = info.next_trial_at { dt { "next trial at" } dd { (when(at)) } }
+            @if info.failed_rounds > 0 {
+                dt { "failed rounds" } dd { (info.failed_rounds) " in a row (the backoff's step)" }
+            }
             @if let Some(round) = info.round {
                 dt { "trial round" } dd { (round) ": " (info.permits_out) " out, " (info.trials_passed) " passed" }
             }

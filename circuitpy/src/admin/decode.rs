@@ -43,6 +43,7 @@ pub(crate) fn config(prefix: &str) -> Config {
         storage_timeout: ADMIN_TIMEOUT,
         key_prefix: intern(prefix),
         sync_interval: None,
+        backoff: crate::policy::Backoff::OFF,
     }
 }
 
@@ -75,6 +76,10 @@ pub(crate) fn describe(key: &str, row: &Row, now: i64, expires_at: Option<i64>) 
         round: None,
         permits_out: 0,
         trials_passed: 0,
+        failed_rounds: match state {
+            State::Open | State::HalfOpen => row.reopens.max(0) as u64,
+            _ => 0,
+        },
         forced: None,
         expires_in: expires_at
             .filter(|&at| at > now)
@@ -162,7 +167,7 @@ pub(crate) fn row_of_hash(
             name => {
                 let known = matches!(
                     name,
-                    "s" | "f" | "l" | "o" | "d" | "a" | "r" | "p" | "k" | "t" | "fa"
+                    "s" | "f" | "l" | "o" | "d" | "a" | "r" | "p" | "k" | "t" | "fa" | "n"
                 ) || (name.len() == 2
                     && name.starts_with(['b', 'c', 'e'])
                     && name.as_bytes()[1].is_ascii_digit());
@@ -196,6 +201,7 @@ pub(crate) fn row_of_hash(
     let expires = us(now_ms + ttl_ms);
     let state = get("s").unwrap_or(0);
     row.round = get("r").unwrap_or(0);
+    row.reopens = get("n").unwrap_or(0);
     match state {
         0 => {
             row.failures = get("f").unwrap_or(0);

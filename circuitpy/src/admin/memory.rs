@@ -37,6 +37,7 @@ impl MemoryStorage {
             round: None,
             permits_out: u64::from(word.permits()),
             trials_passed: 0,
+            failed_rounds: word.reopens(),
             forced: matches!(state, State::ForcedOpen | State::ForcedClosed)
                 .then(|| cell.forced())
                 .flatten(),

@@ -213,6 +213,9 @@ pub struct BreakerInfo {
     pub permits_out: u64,
     /// While half-open: trials of this round that succeeded.
     pub trials_passed: u64,
+    /// While open or half-open: trial rounds that failed in a row since it last closed,
+    /// the step of its [`Backoff`](crate::Backoff).
+    pub failed_rounds: u64,
     /// While forced: who forced it, why and when.
     pub forced: Option<Forced>,
     /// How long until the storage forgets the breaker (it then reads closed), if it

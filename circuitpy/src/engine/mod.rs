@@ -726,7 +726,7 @@ fn admit_here_slowly<'a, H: CircuitBreaker>(
 fn open_times(word: Word, config: &Config) -> (Option<Nanos>, Option<Nanos>) {
     match (word.phase(), word.deadline()) {
         (State::Open, Some(deadline)) => (
-            Some(deadline.saturating_sub(nanos(config.recovery_timeout))),
+            Some(deadline.saturating_sub(nanos(crate::rules::open_time(config, word.reopens())))),
             Some(deadline),
         ),
         _ => (None, None),

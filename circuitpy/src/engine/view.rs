@@ -629,7 +629,7 @@ mod tests {
         family
             .cell(Some("open"))
             .unwrap()
-            .swap(Word::CLOSED.opened(u64::MAX / 2));
+            .swap(Word::CLOSED.opened(u64::MAX / 2, 0));
         let in_use = family.cell(Some("in use")).unwrap();
         for n in 0..MAX_KEYED + 10 {
             drop(family.cell(Some(&format!("host-{n}"))).unwrap());

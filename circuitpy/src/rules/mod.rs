@@ -39,7 +39,10 @@
 //! Each permit belongs to its round; an outcome of another round changes nothing.
 //! - a trial success counts; when every permit of the round has succeeded, the breaker
 //!   closes with every count cleared;
-//! - a trial failure opens the breaker again until `now + RECOVERY_TIMEOUT`;
+//! - a trial failure opens the breaker again until `now + open time`: the recovery timeout,
+//!   or with a [`Backoff`](crate::Backoff) the recovery timeout multiplied by its factor
+//!   once per failed round since the breaker last closed, in whole milliseconds, each step
+//!   rounded down, at most its max ([`open_time`]);
 //! - a trial whose error does not count gives its permit back, as does (in memory) a trial
 //!   whose caller never reports (a dropped future);
 //! - a round in which nothing happened (no permit granted, no outcome) for one
@@ -104,6 +107,31 @@ pub fn retention(config: &Config) -> Duration {
         .recovery_timeout
         .saturating_mul(4)
         .max(Duration::from_secs(24 * 3600))
+}
+
+/// Failed trial rounds in a row are counted up to this (five bits of the in-memory word);
+/// a [`Backoff`](crate::Backoff) must reach its max within as many steps, which
+/// `Config::check` makes sure of, so the count never matters past it.
+pub(crate) const MAX_REOPENS: u64 = 31;
+
+/// How long a breaker opens for after `reopens` failed trial rounds in a row (0 for a trip
+/// from closed): the recovery timeout, multiplied per round by the backoff's factor in whole
+/// milliseconds (each step rounded down), up to its max. The Lua script and the PL/pgSQL
+/// function compute the same steps.
+pub(crate) fn open_time(config: &Config, reopens: u64) -> Duration {
+    let backoff = config.backoff;
+    if reopens == 0 || backoff.is_off() {
+        return config.recovery_timeout;
+    }
+    let max = backoff.max.as_millis() as u64;
+    let mut open = config.recovery_timeout.as_millis() as u64;
+    for _ in 0..reopens.min(MAX_REOPENS) {
+        if open >= max {
+            break;
+        }
+        open = ((open as f64 * backoff.factor).floor() as u64).min(max);
+    }
+    Duration::from_millis(open.min(max))
 }
 
 /// The rate policy's buckets per window.

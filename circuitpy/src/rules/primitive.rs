@@ -9,6 +9,7 @@
 //! | `:open`       | present while open                                 | recovery timeout       |
 //! | `:tripped`    | present from the trip until closed                 | [`retention`] after the last trip or failed trial |
 //! | `:failures`   | failure count while closed                         | retention (or window) after the last failure |
+//! | `:reopens`    | failed trial rounds in a row since the last close (the backoff's step) | as `:tripped` |
 //! | `:round`      | the number of the current (or next) half-open round | retention after it last changed |
 //! | `:fresh`      | present from a (re)opening until its first round begins | retention        |
 //! | `:trials`     | trial permits handed out this round                | recovery timeout after the round's last event |
@@ -56,7 +57,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::error::StorageError;
 use crate::handler::State;
 use crate::policy::FailurePolicy;
-use crate::rules::{BUCKETS, FORCED_TTL, bucket_width, nanos, retention, trips_on_rate};
+use crate::rules::{
+    BUCKETS, FORCED_TTL, MAX_REOPENS, bucket_width, nanos, open_time, retention, trips_on_rate,
+};
 use crate::storage::backend::{Async, Backend, Blocking, ready};
 use crate::storage::{AsyncStorage, Op, Request, Snapshot, Storage};
 
@@ -107,8 +110,9 @@ impl Keys {
 }
 
 /// Everything but the forced mode and the round number, then the forced mode.
-const STATE_KEYS: [&str; 9] = [
-    "open", "tripped", "failures", "trials", "released", "refused", "passed", "fresh", "mode",
+const STATE_KEYS: [&str; 10] = [
+    "open", "tripped", "failures", "trials", "released", "refused", "passed", "fresh", "reopens",
+    "mode",
 ];
 
 async fn delete<B: Backend>(store: &B, keys: &Keys, suffixes: &[&str]) -> Result<(), StorageError> {
@@ -288,21 +292,29 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
                         store,
                         &keys,
                         &[
-                            "failures", "trials", "released", "passed", "fresh", "tripped",
+                            "failures", "trials", "released", "passed", "fresh", "reopens",
+                            "tripped",
                         ],
                     )
                     .await?;
                     Ok(Snapshot::closed(0))
                 }
                 Op::TrialFailure => {
-                    store.increment(&keys.key("open"), recovery).await?;
+                    // The backoff's step: failed rounds in a row, kept as long as the trip.
+                    let kept = retention(config);
+                    let reopens = store.increment(&keys.key("reopens"), kept).await?;
+                    let open = open_time(config, reopens.min(MAX_REOPENS));
+                    store.increment(&keys.key("open"), open).await?;
                     // A dependency that stays down keeps the breaker tripped, however long.
                     store
-                        .expire_after(&keys.key("tripped"), retention(config))
+                        .expire_after(&keys.key("tripped"), kept.max(open))
+                        .await?;
+                    store
+                        .expire_after(&keys.key("reopens"), kept.max(open))
                         .await?;
                     delete(store, &keys, &["trials", "released", "refused", "passed"]).await?;
                     next_round(store, &keys, config).await?;
-                    Ok(Snapshot::open(recovery, None))
+                    Ok(Snapshot::open(open, None))
                 }
                 _ => {
                     store.increment(&keys.key("released"), round_ttl).await?;

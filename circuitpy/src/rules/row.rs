@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::handler::State;
 use crate::policy::FailurePolicy;
-use crate::rules::{BUCKETS, FORCED_TTL, micros, retention, trips_on_rate};
+use crate::rules::{BUCKETS, FORCED_TTL, MAX_REOPENS, micros, open_time, retention, trips_on_rate};
 use crate::storage::{Op, Request, Snapshot};
 
 /// Forced open, in [`Row::mode`].
@@ -38,6 +38,9 @@ pub(crate) struct Row {
     pub(crate) trials: i64,
     pub(crate) passed: i64,
     pub(crate) round_until: i64,
+    /// Failed trial rounds in a row since the breaker last closed (up to
+    /// [`MAX_REOPENS`]): the backoff's step.
+    pub(crate) reopens: i64,
     /// Rate buckets: (bucket number, calls, failures), slot = number % 10.
     pub(crate) buckets: [(i64, i64, i64); BUCKETS],
     /// The last forcing's audit trail: when (0 if never), by whom and why, as the request
@@ -125,11 +128,13 @@ impl Row {
         last
     }
 
-    fn trip(&mut self, now: i64, recovery: i64, retention: i64) {
+    /// Opens for `open` after `reopens` failed trial rounds in a row.
+    fn trip(&mut self, now: i64, open: i64, retention: i64, reopens: i64) {
         *self = Row {
-            open_until: now + recovery,
+            open_until: now + open,
             opened_at: now,
-            tripped_until: now + recovery.max(retention),
+            tripped_until: now + open.max(retention),
+            reopens,
             // Kept, so that a later round never reuses an id.
             round: self.round,
             ..Row::default()
@@ -244,7 +249,7 @@ pub(crate) fn apply(row: &mut Row, now: i64, request: &Request<'_>) -> (Change, 
                 }
             };
             if trips {
-                row.trip(now, recovery, retention);
+                row.trip(now, recovery, retention, 0);
                 (true, row.snapshot(State::Open, now))
             } else {
                 (true, Snapshot::closed(failures.max(0) as u64))
@@ -278,7 +283,9 @@ pub(crate) fn apply(row: &mut Row, now: i64, request: &Request<'_>) -> (Change, 
             }
         }
         (Op::TrialFailure, State::HalfOpen) if this_round => {
-            row.trip(now, recovery, retention);
+            let reopens = (row.reopens.max(0) as u64 + 1).min(MAX_REOPENS);
+            let open = micros(open_time(config, reopens));
+            row.trip(now, open, retention, reopens as i64);
             (true, row.snapshot(State::Open, now))
         }
         (Op::ReleaseTrial, State::HalfOpen) if this_round && row.trials > 0 => {
@@ -321,6 +328,7 @@ mod tests {
             storage_timeout: Duration::from_millis(50),
             key_prefix: "p",
             sync_interval: None,
+            backoff: crate::policy::Backoff::OFF,
         }
     }
 

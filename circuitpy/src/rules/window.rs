@@ -88,6 +88,7 @@ mod tests {
             storage_timeout: Duration::from_millis(50),
             key_prefix: "p",
             sync_interval: None,
+            backoff: crate::policy::Backoff::OFF,
         }
     }
 

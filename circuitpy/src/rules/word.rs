@@ -9,10 +9,11 @@
 //! |-------|------------|-------------------------------------------------------------------|
 //! | 0–2   | phase      | [`State`] code                                                    |
 //! | 3–18  | generation | bumped on every phase change; outcomes apply only to their own    |
-//! | 19–63 | payload    | closed: consecutive failures; open: deadline; half-open: permits (16 bits) and successes (16 bits) |
+//! | 19–63 | payload    | closed: consecutive failures; open: deadline (40 bits) and failed trial rounds in a row (5 bits); half-open: permits (16 bits), successes (16 bits) and failed trial rounds in a row (5 bits) |
 //!
 //! Deadlines are kept in ticks of one millisecond, rounded up so a breaker never half-opens
-//! early; 45 bits of ticks last over a thousand years. Whole milliseconds are also what the
+//! early; 40 bits of ticks last over thirty years of the process's clock. Whole
+//! milliseconds are also what the
 //! shared storages keep, so a deadline falls on the same instant everywhere.
 
 use crate::clock::Nanos;
@@ -27,6 +28,12 @@ const PAYLOAD_SHIFT: u32 = PHASE_BITS + GENERATION_BITS;
 const PHASE_MASK: u64 = (1 << PHASE_BITS) - 1;
 const GENERATION_MASK: u64 = (1 << GENERATION_BITS) - 1;
 const TICK: u64 = 1_000_000;
+/// An open word's deadline: the payload's low 40 bits; the failed rounds above it.
+const DEADLINE_BITS: u32 = 40;
+const DEADLINE_MASK: u64 = (1 << DEADLINE_BITS) - 1;
+/// A half-open word's failed rounds, above its permits and successes.
+const TRIALS_BITS: u32 = 32;
+use crate::rules::MAX_REOPENS;
 
 /// A breaker's packed state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +75,9 @@ impl Word {
     /// "never by itself".
     pub(crate) fn deadline(self) -> Option<Nanos> {
         match self.phase() {
-            State::Open | State::ForcedOpen if self.payload() != 0 => Some(self.payload() * TICK),
+            State::Open | State::ForcedOpen if self.payload() & DEADLINE_MASK != 0 => {
+                Some((self.payload() & DEADLINE_MASK) * TICK)
+            }
             _ => None,
         }
     }
@@ -83,8 +92,22 @@ impl Word {
         Word::new(self.phase(), self.generation(), payload)
     }
 
-    pub(crate) fn opened(self, deadline: Nanos) -> Word {
-        self.next(State::Open, deadline_ticks(deadline))
+    /// Open until `deadline`, after `reopens` failed trial rounds in a row.
+    pub(crate) fn opened(self, deadline: Nanos, reopens: u64) -> Word {
+        let ticks = deadline_ticks(deadline).min(DEADLINE_MASK);
+        self.next(
+            State::Open,
+            ticks | (reopens.min(MAX_REOPENS) << DEADLINE_BITS),
+        )
+    }
+
+    /// Failed trial rounds in a row since the breaker last closed (open and half-open).
+    pub(crate) fn reopens(self) -> u64 {
+        match self.phase() {
+            State::Open => self.payload() >> DEADLINE_BITS,
+            State::HalfOpen => self.payload() >> TRIALS_BITS,
+            _ => 0,
+        }
     }
 
     pub(crate) fn permits(self) -> u32 {
@@ -103,7 +126,7 @@ impl Word {
         Word::new(
             State::HalfOpen,
             self.generation(),
-            u64::from(permits) | (u64::from(successes) << 16),
+            u64::from(permits) | (u64::from(successes) << 16) | (self.reopens() << TRIALS_BITS),
         )
     }
 }
@@ -157,7 +180,9 @@ pub(crate) fn admit(
 impl Word {
     /// A new half-open round (a new generation) with its first permit handed out.
     fn new_round(self) -> Word {
-        self.next(State::HalfOpen, 0).with_trials(1, 0)
+        let reopens = self.reopens();
+        self.next(State::HalfOpen, reopens << TRIALS_BITS)
+            .with_trials(1, 0)
     }
 }
 
@@ -198,7 +223,16 @@ pub(crate) fn settle(
     if word.generation() != admitted.generation() || word.phase() != admitted.phase() {
         return None;
     }
-    let open = || word.opened(now.saturating_add(nanos(config.recovery_timeout)));
+    // A trip from closed opens for the recovery timeout; a failed trial round for longer
+    // under a backoff.
+    let open = || word.opened(now.saturating_add(nanos(config.recovery_timeout)), 0);
+    let reopen = || {
+        let reopens = word.reopens() + 1;
+        word.opened(
+            now.saturating_add(nanos(crate::rules::open_time(config, reopens))),
+            reopens,
+        )
+    };
     match (word.phase(), report) {
         (State::Closed, Report::Success) => match config.policy {
             FailurePolicy::Consecutive if word.failures() != 0 => Some(word.with_failures(0)),
@@ -223,7 +257,7 @@ pub(crate) fn settle(
                 word.with_trials(word.permits(), successes)
             })
         }
-        (State::HalfOpen, Report::Failure { .. }) => Some(open()),
+        (State::HalfOpen, Report::Failure { .. }) => Some(reopen()),
         (State::HalfOpen, Report::Abandoned) => {
             Some(word.with_trials(word.permits().saturating_sub(1), word.successes()))
         }
@@ -250,6 +284,7 @@ mod tests {
             storage_timeout: Duration::from_millis(50),
             key_prefix: "p",
             sync_interval: None,
+            backoff: crate::policy::Backoff::OFF,
         }
     }
 

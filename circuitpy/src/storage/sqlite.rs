@@ -110,6 +110,7 @@ impl SqliteStorage {
                     forced_at INTEGER NOT NULL DEFAULT 0,
                     forced_by TEXT,
                     forced_reason TEXT,
+                    reopens INTEGER NOT NULL DEFAULT 0,
                     expires_at INTEGER NOT NULL
                  ) WITHOUT ROWID;
                  CREATE INDEX IF NOT EXISTS {table}_expires ON {table} (expires_at);
@@ -154,6 +155,24 @@ impl SqliteStorage {
                     "ALTER TABLE {table} ADD COLUMN forced_at INTEGER NOT NULL DEFAULT 0;
                      ALTER TABLE {table} ADD COLUMN forced_by TEXT;
                      ALTER TABLE {table} ADD COLUMN forced_reason TEXT;"
+                ))
+                .map_err(fail)?;
+        }
+        // A table made before the backoff counted failed rounds gains the column.
+        let has_reopens: bool = connection
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM pragma_table_info('{table}') WHERE name = 'reopens'"
+                ),
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(fail)?
+            > 0;
+        if !has_reopens {
+            connection
+                .execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN reopens INTEGER NOT NULL DEFAULT 0"
                 ))
                 .map_err(fail)?;
         }
@@ -326,9 +345,9 @@ impl Storage for SqliteStorage {
                             "INSERT OR REPLACE INTO {table} (key, mode, mode_until, open_until,
                                 opened_at, tripped_until, failures, failures_until, round,
                                 trials, passed, round_until, buckets, expires_at, forced_at,
-                                forced_by, forced_reason)
+                                forced_by, forced_reason, reopens)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                                ?15, ?16, ?17)"
+                                ?15, ?16, ?17, ?18)"
                         ))?
                         .execute(params![
                             key,
@@ -347,7 +366,8 @@ impl Storage for SqliteStorage {
                             expires_at,
                             row.forced_at,
                             row.forced_by,
-                            row.forced_reason
+                            row.forced_reason,
+                            row.reopens
                         ])?;
                     if !existed {
                         transaction
@@ -373,7 +393,7 @@ impl Storage for SqliteStorage {
 /// The columns [`row_of`] reads, in its order.
 const COLUMNS: &str = "mode, mode_until, open_until, opened_at, tripped_until, failures,
     failures_until, round, trials, passed, round_until, buckets, forced_at, forced_by,
-    forced_reason, expires_at, key";
+    forced_reason, expires_at, key, reopens";
 
 fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     let buckets: String = r.get(11)?;
@@ -393,6 +413,7 @@ fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         forced_at: r.get(12)?,
         forced_by: r.get(13)?,
         forced_reason: r.get(14)?,
+        reopens: r.get(17)?,
     })
 }
 

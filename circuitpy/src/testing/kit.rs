@@ -17,7 +17,7 @@ use crate::breaker::Breaker;
 use crate::clock::ManualClock;
 use crate::error::{CircuitBreakerOpen, Rejection, StorageError};
 use crate::handler::{CircuitBreaker, State};
-use crate::policy::FailurePolicy;
+use crate::policy::{Backoff, FailurePolicy};
 use crate::storage::backend::{Backend, ready};
 use crate::storage::{AsyncStorage, Op, Request, Snapshot, Storage};
 
@@ -28,6 +28,7 @@ pub(crate) trait Profile: 'static {
     const THRESHOLD: u32;
     const TRIALS: u32 = 1;
     const POLICY: FailurePolicy = FailurePolicy::Consecutive;
+    const BACKOFF: Backoff = Backoff::OFF;
 }
 
 /// Consecutive failures, threshold 3, one trial.
@@ -58,6 +59,15 @@ pub(crate) struct Single;
 impl Profile for Single {
     const KEY: &'static str = "single";
     const THRESHOLD: u32 = 1;
+}
+
+/// Trips on the first failure; each failed trial round doubles the open time, up to four
+/// recovery timeouts.
+pub(crate) struct Backing;
+impl Profile for Backing {
+    const KEY: &'static str = "backing";
+    const THRESHOLD: u32 = 1;
+    const BACKOFF: Backoff = Backoff::exponential(2.0, Duration::from_millis(1000));
 }
 
 pub(crate) const WINDOW: Duration = Duration::from_millis(400);
@@ -92,6 +102,7 @@ impl<S: Send + Sync + 'static, P: Profile> CircuitBreaker for Kit<S, P> {
     const FAILURE_KEY: &'static str = P::KEY;
     const HALF_OPEN_TRIALS: u32 = P::TRIALS;
     const FAILURE_POLICY: FailurePolicy = P::POLICY;
+    const RECOVERY_BACKOFF: Backoff = P::BACKOFF;
     // Generous: a slow shared server under a loaded test machine must not make the kit
     // see storage failures where there are none.
     const STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -689,6 +700,7 @@ pub(crate) async fn run<F: Flavor>(flavor: &F, options: Options) -> Result<Repor
     };
     run.primitives().await?;
     run.execute_level().await?;
+    run.backoff().await?;
     run.consecutive().await?;
     run.forced_and_reset().await?;
     run.trials().await?;

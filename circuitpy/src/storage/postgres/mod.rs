@@ -169,7 +169,7 @@ impl Sql {
             schema,
             version,
             op: format!(
-                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
             ),
             increment: format!(
                 "WITH gone AS (
@@ -638,6 +638,8 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
                         &lock_wait(config.storage_timeout),
                         &actor,
                         &reason,
+                        &config.backoff.factor,
+                        &micros(config.backoff.max),
                     ],
                 )
                 .await?;
@@ -691,14 +693,14 @@ fn lock_wait(timeout: Duration) -> i32 {
 /// The columns [`rows_of`] reads, in its order, and the clock.
 const ADMIN_COLUMNS: &str = "key, expires_at, mode, mode_until, open_until, opened_at,
     tripped_until, failures, failures_until, round, trials, passed, round_until, b_ids,
-    b_calls, b_errs, forced_at, forced_by, forced_reason";
+    b_calls, b_errs, forced_at, forced_by, forced_reason, reopens";
 
 /// The admin's rows, as the rules' rows.
 fn rows_of(rows: &[tokio_postgres::Row]) -> Result<Done, Failed> {
     let mut now = 0;
     let mut found = Vec::with_capacity(rows.len());
     for r in rows {
-        now = r.try_get::<_, i64>(19)?;
+        now = r.try_get::<_, i64>(20)?;
         let (ids, calls, errs): (Vec<i64>, Vec<i64>, Vec<i64>) =
             (r.try_get(13)?, r.try_get(14)?, r.try_get(15)?);
         let mut buckets = [(0, 0, 0); BUCKETS];
@@ -725,6 +727,7 @@ fn rows_of(rows: &[tokio_postgres::Row]) -> Result<Done, Failed> {
             forced_at: r.try_get(16)?,
             forced_by: r.try_get(17)?,
             forced_reason: r.try_get(18)?,
+            reopens: i64::from(r.try_get::<_, i32>(19)?),
         };
         found.push((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?, row));
     }

@@ -55,6 +55,8 @@ CREATE INDEX IF NOT EXISTS {bare}_expires ON {t} (expires_at);
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS forced_at bigint NOT NULL DEFAULT 0;
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS forced_by text;
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS forced_reason text;
+-- Failed trial rounds in a row since the breaker last closed: the backoff's step.
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS reopens integer NOT NULL DEFAULT 0;
 
 CREATE TABLE IF NOT EXISTS {t}_counts (
     key text PRIMARY KEY,
@@ -69,12 +71,15 @@ DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer,
     double precision, integer, bigint, bigint, bigint, bigint, bigint);
 DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
     double precision, integer, bigint, bigint, bigint, bigint, bigint, integer);
+DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
+    double precision, integer, bigint, bigint, bigint, bigint, bigint, integer, text, text);
 
 CREATE OR REPLACE FUNCTION {t}_op(
     p_key text, p_op integer, p_threshold integer, p_recovery_us bigint, p_trials integer,
     p_policy integer, p_window_us bigint, p_rate double precision, p_min_calls integer,
     p_retention_us bigint, p_forced_us bigint, p_count bigint, p_round bigint,
-    p_at_us bigint, p_lock_ms integer, p_actor text, p_reason text)
+    p_at_us bigint, p_lock_ms integer, p_actor text, p_reason text,
+    p_backoff double precision, p_backoff_max_us bigint)
 RETURNS TABLE (state integer, permit boolean, retry_in_us bigint, open_since_us bigint,
     failures bigint, round bigint)
 LANGUAGE plpgsql AS $fn$
@@ -97,6 +102,10 @@ DECLARE
     calls_ bigint;
     errs_ bigint;
     expires bigint;
+    n integer;
+    open_us bigint;
+    open_ms bigint;
+    max_ms bigint;
 BEGIN
     -- Breaker state is advisory: after a server crash, losing the last few milliseconds of
     -- counts is harmless, and not waiting for the WAL flush makes a write as cheap as a
@@ -157,6 +166,7 @@ BEGIN
         r.b_errs := array_fill(0::bigint, ARRAY[10]);
         -- Forcing again replaces the whole trail.
         r.forced_at := now_; r.forced_by := p_actor; r.forced_reason := p_reason;
+        r.reopens := 0;
         st := CASE WHEN p_op = 6 THEN 3 ELSE 4 END;
         changed := true;
     ELSIF st = 0 AND p_op IN (1, 2) AND p_policy = 2 THEN
@@ -221,6 +231,7 @@ BEGIN
             r.b_calls := array_fill(0::bigint, ARRAY[10]);
             r.b_errs := array_fill(0::bigint, ARRAY[10]);
             r.forced_at := 0; r.forced_by := NULL; r.forced_reason := NULL;
+            r.reopens := 0;
             st := 0;
             f := 0;
         ELSE
@@ -236,10 +247,27 @@ BEGIN
     END IF;
 
     IF trips THEN
+        -- A trip from closed opens for the recovery timeout; a failed trial round for the
+        -- backoff's next step (rules::open_time: whole milliseconds, each step rounded down).
+        n := 0;
+        open_us := p_recovery_us;
+        IF p_op = 5 THEN
+            n := LEAST(r.reopens + 1, 31);
+            IF p_backoff > 1 THEN
+                max_ms := p_backoff_max_us / 1000;
+                open_ms := p_recovery_us / 1000;
+                FOR i IN 1..n LOOP
+                    EXIT WHEN open_ms >= max_ms;
+                    open_ms := LEAST(floor(open_ms * p_backoff)::bigint, max_ms);
+                END LOOP;
+                open_us := LEAST(open_ms, max_ms) * 1000;
+            END IF;
+        END IF;
+        r.reopens := n;
         r.mode := 0; r.mode_until := 0;
-        r.open_until := now_ + p_recovery_us;
+        r.open_until := now_ + open_us;
         r.opened_at := now_;
-        r.tripped_until := now_ + GREATEST(p_recovery_us, p_retention_us);
+        r.tripped_until := now_ + GREATEST(open_us, p_retention_us);
         r.failures := 0; r.failures_until := 0;
         r.trials := 0; r.passed := 0; r.round_until := 0;
         r.b_ids := array_fill(0::bigint, ARRAY[10]);
@@ -269,7 +297,8 @@ BEGIN
                 failures = r.failures, failures_until = r.failures_until, round = r.round,
                 trials = r.trials, passed = r.passed, round_until = r.round_until,
                 b_ids = r.b_ids, b_calls = r.b_calls, b_errs = r.b_errs, expires_at = expires,
-                forced_at = r.forced_at, forced_by = r.forced_by, forced_reason = r.forced_reason
+                forced_at = r.forced_at, forced_by = r.forced_by, forced_reason = r.forced_reason,
+                reopens = r.reopens
             WHERE key = p_key;
         END IF;
     ELSIF inserted THEN

@@ -122,7 +122,9 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
                 .map_or(String::new(), |at| at.as_millis().to_string()),
         )
         .arg(request.audit.actor.unwrap_or_default())
-        .arg(request.audit.reason.unwrap_or_default());
+        .arg(request.audit.reason.unwrap_or_default())
+        .arg(config.backoff.factor)
+        .arg(config.backoff.max.as_millis() as u64);
     (key, invocation)
 }
 

@@ -7,7 +7,8 @@
 --          2 rate), window_ms, rate, minimum_calls, bucket_ms, retention_ms, forced_ttl_ms,
 --          count (calls a success reports: more than one when local mode held some back),
 --          round (of a trial's outcome, or ''), at_ms (a time given by a test, or ''),
---          actor, reason (who forces the breaker and why, or ''; at most 256 bytes each)
+--          actor, reason (who forces the breaker and why, or ''; at most 256 bytes each),
+--          backoff (the factor per failed trial round; 1 is off), backoff_max_ms
 --
 -- Hash fields (non-negative integers but fb and fr; no hash is a closed breaker with nothing
 -- counted):
@@ -17,6 +18,8 @@
 --   a       open or half-open: when it tripped from closed (kept when a failed trial
 --           reopens it)
 --   r       the last half-open round's id (its start time, kept across trips)
+--   n       open or half-open: failed trial rounds in a row since it last closed (at most
+--           31), the backoff's step
 --   p, k, t half-open: permits out this round, trials that succeeded, last event
 --   bN cN eN  rate policy, slot N = bucket % 10: bucket number, calls, failures
 --   fa      forced: when it was forced (the audit trail, written by force ops only)
@@ -40,6 +43,8 @@ local round = tonumber(ARGV[13])
 local at = tonumber(ARGV[14])
 local actor = ARGV[15] or ''
 local reason = ARGV[16] or ''
+local backoff = tonumber(ARGV[17]) or 1
+local backoff_max = tonumber(ARGV[18]) or 0
 
 -- Writes after reading TIME need effects replication: the only mode since Redis 7, to be
 -- asked for on older servers.
@@ -64,7 +69,7 @@ if flat['err'] then
   return invalid('expected a hash (' .. flat['err'] .. ')')
 end
 local known = {s = true, f = true, l = true, o = true, d = true, a = true, r = true,
-  p = true, k = true, t = true, fa = true}
+  p = true, k = true, t = true, fa = true, n = true}
 -- The audit trail's text, kept as it is while the breaker stays forced.
 local text = {}
 local texts = {fb = true, fr = true}
@@ -117,14 +122,35 @@ elseif not (op == 'success' and policy ~= 2 and (s == 0 or s == 4)) then
   now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 end
 
-local function opened()
-  v = {s = 1, o = now, d = now + recovery, a = v.a or now, r = v.r}
+-- How long to open after `n` failed trial rounds in a row: rules::open_time, in whole
+-- milliseconds, each step rounded down.
+local function open_time(n)
+  if n == 0 or backoff <= 1 then
+    return recovery
+  end
+  local open = recovery
+  for _ = 1, n do
+    if open >= backoff_max then
+      break
+    end
+    open = math.min(math.floor(open * backoff), backoff_max)
+  end
+  return math.min(open, backoff_max)
+end
+
+-- Opens after `n` failed trial rounds in a row (0: a trip from closed).
+local function opened(n)
+  local d = now + open_time(n)
+  v = {s = 1, o = now, d = d, a = v.a or now, r = v.r}
+  if n > 0 then
+    v.n = n
+  end
   s = 1
   changed = true
 end
 
 local function new_round()
-  v = {s = 2, r = math.max(now, (v.r or 0) + 1), p = 1, k = 0, t = now, a = v.a}
+  v = {s = 2, r = math.max(now, (v.r or 0) + 1), p = 1, k = 0, t = now, a = v.a, n = v.n}
   s = 2
   permit = 1
   changed = true
@@ -193,7 +219,7 @@ elseif op == 'failure' then
     changed = true
     if trips then
       v.a = nil
-      opened()
+      opened(0)
     end
   end
 elseif op == 'acquire' then
@@ -223,7 +249,7 @@ elseif op == 'trial_success' then
   end
 elseif op == 'trial_failure' then
   if s == 2 and v.s == 2 and this_round then
-    opened()
+    opened(math.min((v.n or 0) + 1, 31))
   end
 elseif op == 'release' then
   if s == 2 and v.s == 2 and this_round and v.p > 0 then
@@ -272,6 +298,9 @@ if changed then
     redis.call('HSET', key, unpack(args))
     if s == 3 or s == 4 then
       redis.call('PEXPIRE', key, forced_ttl)
+    elseif s == 1 then
+      -- A backoff's open time may outlast the retention.
+      redis.call('PEXPIRE', key, math.max(retention, v.d - now))
     else
       redis.call('PEXPIRE', key, retention)
     end

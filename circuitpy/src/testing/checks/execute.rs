@@ -134,4 +134,78 @@ impl<F: Flavor> Run<'_, F> {
         )?;
         Ok(())
     }
+
+    /// A failed trial round reopens for the backoff's next step; closing starts again from
+    /// the recovery timeout.
+    pub(crate) async fn backoff(&mut self) -> Result<(), Failure> {
+        let flavor = self.flavor;
+        let config = Config::of::<Kit<F::S, Backing>>();
+        let key = self.key("backing");
+        let request = |op| Request::new(&key, op, &config);
+        let rule = "failed-trials-back-off";
+        let trip = flavor.execute(&request(Op::Failure)).await.or_broke(rule)?;
+        self.check(rule, trip.state == State::Open, || {
+            format!("a failure with threshold 1 answered {}", trip.state)
+        })?;
+        // Two failed rounds: open for two, then four recovery timeouts.
+        let mut waited = RECOVERY;
+        for factor in [2, 4] {
+            self.wait(waited + RECOVERY / 4).await;
+            let trial = flavor
+                .execute(&request(Op::AcquireTrial))
+                .await
+                .or_broke(rule)?;
+            self.check(rule, trial.state == State::HalfOpen && trial.permit, || {
+                format!(
+                    "asking for a trial after the open period answered {} (permit: {})",
+                    trial.state, trial.permit
+                )
+            })?;
+            let reopened = flavor
+                .execute(&request(Op::TrialFailure).in_round(trial.round))
+                .await
+                .or_broke(rule)?;
+            let open = reopened.retry_in.unwrap_or_default();
+            let expected = RECOVERY * factor;
+            self.check(
+                rule,
+                reopened.state == State::Open
+                    && open > expected - RECOVERY / 2
+                    && open <= expected,
+                || {
+                    format!(
+                        "a failed trial round with a backoff of 2 should reopen for {expected:?}; it answered {} for {open:?}",
+                        reopened.state
+                    )
+                },
+            )?;
+            waited = expected;
+        }
+        let rule = "closing-resets-the-backoff";
+        self.wait(waited + RECOVERY / 4).await;
+        let trial = flavor
+            .execute(&request(Op::AcquireTrial))
+            .await
+            .or_broke(rule)?;
+        let closed = flavor
+            .execute(&request(Op::TrialSuccess).in_round(trial.round))
+            .await
+            .or_broke(rule)?;
+        self.check(rule, closed.state == State::Closed, || {
+            format!("a successful trial answered {}", closed.state)
+        })?;
+        let tripped = flavor.execute(&request(Op::Failure)).await.or_broke(rule)?;
+        let open = tripped.retry_in.unwrap_or_default();
+        self.check(
+            rule,
+            tripped.state == State::Open && open <= RECOVERY,
+            || {
+                format!(
+                    "a trip after the breaker closed should open for the recovery timeout, {RECOVERY:?}; it answered {} for {open:?}",
+                    tripped.state
+                )
+            },
+        )?;
+        Ok(())
+    }
 }
