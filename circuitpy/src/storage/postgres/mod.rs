@@ -650,10 +650,11 @@ fn postgres_error(key: &str, error: tokio_postgres::Error) -> StorageError {
         Some(db) => StorageError::backend(
             key,
             std::io::Error::other(format!(
-                "{} {}: {}",
+                "{} {}: {}{}",
                 db.severity(),
                 db.code().code(),
-                db.message()
+                db.message(),
+                tls::hint(db.message()).map_or(String::new(), |hint| format!(" ({hint})"))
             )),
         ),
         None => StorageError::backend(key, std::io::Error::other(tls::describe(&error))),

@@ -241,6 +241,24 @@ fn read_roots(path: &std::path::Path) -> Result<rustls::RootCertStore, StorageEr
     Ok(roots)
 }
 
+/// What to do about a TLS failure whose text is `text`, if it is one users meet.
+pub(super) fn hint(text: &str) -> Option<&'static str> {
+    if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
+        Some(
+            "the server's certificate does not chain to a trusted root; name its CA with \
+             sslrootcert= in the URL or PostgresOptions::ca_file",
+        )
+    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
+        Some("the server's certificate does not name the host the URL connects to")
+    } else if text.contains("server does not support TLS") {
+        Some("the URL says sslmode=require, but the server does not accept TLS")
+    } else if text.contains("no encryption") && text.contains("pg_hba.conf") {
+        Some("the server may admit this connection over TLS only: try sslmode=require")
+    } else {
+        None
+    }
+}
+
 /// A client error as one line with its causes (tokio-postgres says only "error performing
 /// TLS handshake"; the reason is its source), and a hint for the TLS failures users meet.
 pub(super) fn describe(error: &tokio_postgres::Error) -> String {
@@ -254,20 +272,7 @@ pub(super) fn describe(error: &tokio_postgres::Error) -> String {
         }
         source = cause.source();
     }
-    let hint = if text.contains("UnknownIssuer") || text.contains("unknown issuer") {
-        Some(
-            "the server's certificate does not chain to a trusted root; name its CA with \
-             `sslrootcert=` in the URL or `PostgresOptions::ca_file`",
-        )
-    } else if text.contains("NotValidForName") || text.contains("not valid for name") {
-        Some("the server's certificate does not name the host the URL connects to")
-    } else if text.contains("server does not support TLS") {
-        Some("the URL says sslmode=require, but the server does not accept TLS")
-    } else if text.contains("no encryption") && text.contains("pg_hba.conf") {
-        Some("the server accepts only TLS connections: use sslmode=require")
-    } else {
-        None
-    };
+    let hint = hint(&text);
     if let Some(hint) = hint {
         text.push_str(" (");
         text.push_str(hint);
