@@ -5,7 +5,12 @@
 //! circuitpy --url postgres://app@db/app --table breakers show payments --json
 //! circuitpy --url sqlite:///var/lib/app/breakers.db open payments --reason "provider outage"
 //! circuitpy --url redis://host check payments || page-someone
+//! circuitpy --url 'postgres://app@db/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem' list
 //! ```
+//!
+//! PostgreSQL over TLS follows libpq: `sslmode` (`disable`, `prefer`, `require`,
+//! `verify-ca`, `verify-full`; whenever TLS is used the certificate and host name are
+//! verified) and `sslrootcert` in the URL, or the `PGSSLROOTCERT` variable, name the CA.
 //!
 //! Exit status: 0 on success (for `check`, closed or forced closed), 2 when `check` finds
 //! the breaker open, half-open or forced open, 1 on any error, printed as one line on stderr
@@ -29,7 +34,8 @@ use crate::storage::Connected;
 #[derive(Debug, Parser)]
 #[command(name = "circuitpy", version, about)]
 struct Cli {
-    /// The storage: redis://…, rediss://…, postgres://…, or sqlite://PATH.
+    /// The storage: redis://…, rediss://…, postgres://… (TLS: ?sslmode=require, and
+    /// &sslrootcert=CA.pem or PGSSLROOTCERT for a private CA), or sqlite://PATH.
     #[arg(long, env = "CIRCUITPY_URL", hide_env_values = true)]
     url: String,
     /// The handlers' KEY_PREFIX.

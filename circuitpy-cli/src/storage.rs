@@ -33,6 +33,12 @@ impl Connected {
                 if let Some(table) = table {
                     options = options.table(table);
                 }
+                // libpq's variable, for a URL that does not name the CA itself.
+                if let Some(path) = std::env::var_os("PGSSLROOTCERT")
+                    && !url.contains("sslrootcert=")
+                {
+                    options = options.ca_file(path);
+                }
                 let storage = PostgresStorage::connect_with(url, options).map_err(|error| {
                     Failure(format!(
                         "cannot reach PostgreSQL: {}",

@@ -253,3 +253,37 @@ fn a_wrong_password_is_one_line_and_never_printed() {
     let output = circuitpy(&good, &["list", "--json"]);
     assert!(output.status.success(), "{}", stderr(&output));
 }
+
+#[test]
+fn cli_on_postgres_over_tls() {
+    let ca = circuitpy_tests::postgres::TestCa::new("circuitpy CLI test CA");
+    let Some(server) = circuitpy_tests::postgres::TlsServer::start(&ca) else {
+        return;
+    };
+    let ca_file = server.ca_file();
+    let url = server.url(&format!(
+        "sslmode=verify-full&sslrootcert={}",
+        ca_file.display()
+    ));
+    let table = fresh_table("clitls");
+    let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
+    seed(&storage);
+    let listed = json(&circuitpy(&url, &["--table", &table, "list", "--json"]));
+    assert_eq!(
+        listed["breakers"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
+    );
+    // The CA from libpq's variable.
+    let output = Command::new(env!("CARGO_BIN_EXE_circuitpy"))
+        .args(["--url", &server.url("sslmode=require"), "--table", &table])
+        .args(["show", "payments:eu", "--json"])
+        .env_remove("CIRCUITPY_URL")
+        .env("PGSSLROOTCERT", &ca_file)
+        .output()
+        .unwrap();
+    assert_eq!(json(&output)["state"], "open", "{}", stdout(&output));
+    // No CA: the server's certificate is not trusted, said on one line.
+    let output = circuitpy(&server.url("sslmode=require"), &["list"]);
+    assert_one_line_error(&output, "does not chain to a trusted root");
+}

@@ -7,3 +7,5 @@ mod admin;
 mod faults;
 mod fleet;
 mod storage;
+#[cfg(feature = "postgres-tls")]
+mod tls;

@@ -72,7 +72,9 @@ impl PostgresStorage {
     /// A storage over the application's own pool (`deadpool-postgres`): the pool's size
     /// and connection settings are the application's; waiting for one of its connections
     /// counts against the handler's storage timeout. Runs the migration unless `options`
-    /// say otherwise.
+    /// say otherwise. The pool's connections use the application's TLS connector; the
+    /// options' TLS settings (feature `postgres-tls`) serve only to cancel a statement that
+    /// ran out of time.
     ///
     /// ```no_run
     /// let mut config = deadpool_postgres::Config::new();

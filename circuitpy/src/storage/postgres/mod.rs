@@ -15,12 +15,18 @@
 //! out of time or whose session broke is dropped, never reused. [`PostgresStorage`] blocks
 //! the calling thread (it drives the pool on a private runtime, and works from inside an
 //! async runtime too); [`AsyncPostgresStorage`] runs on the caller's tokio runtime.
+//!
+//! TLS (feature `postgres-tls`, rustls with the `ring` provider) follows the URL's
+//! `sslmode` (`disable`, `prefer`, `require`; libpq's `verify-ca` and `verify-full` read as
+//! `require`) and `sslrootcert`. Whenever TLS is used the server's certificate is verified,
+//! against Mozilla's roots unless the URL or [`PostgresOptions`] name a CA, and so is the
+//! host name. A URL without `sslmode` connects in plain text, unless a CA is named: then
+//! TLS is required.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use crate::admin::{
     ADMIN_TIMEOUT, Action, Audit, BreakerInfo, Listing, breaker_key, check_key,
@@ -35,6 +41,7 @@ use crate::storage::{Op, Request, Snapshot};
 
 mod asynchronous;
 mod blocking;
+mod tls;
 
 pub use asynchronous::AsyncPostgresStorage;
 pub use blocking::PostgresStorage;
@@ -51,6 +58,8 @@ pub struct PostgresOptions {
     timeout: Duration,
     migrate: bool,
     pool_size: usize,
+    #[cfg(feature = "postgres-tls")]
+    trust: tls::Trust,
 }
 
 impl Default for PostgresOptions {
@@ -60,6 +69,8 @@ impl Default for PostgresOptions {
             timeout: Duration::from_secs(2),
             migrate: true,
             pool_size: 16,
+            #[cfg(feature = "postgres-tls")]
+            trust: tls::Trust::Default,
         }
     }
 }
@@ -107,6 +118,52 @@ impl PostgresOptions {
     /// ```
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size.max(1);
+        self
+    }
+
+    /// Trusts the CA certificates of a PEM file (libpq's `sslrootcert`) instead of
+    /// Mozilla's roots, for servers whose certificate a private CA signed. The file is read
+    /// when the storage connects; a missing file, or one without a certificate, fails the
+    /// connection with the file named. The server's host name is still checked.
+    ///
+    /// ```
+    /// let _ = circuitpy::PostgresOptions::default().ca_file("/etc/ssl/db-ca.pem");
+    /// ```
+    #[cfg(feature = "postgres-tls")]
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.trust = tls::Trust::CaFile(path.into());
+        self
+    }
+
+    /// Trusts the roots of `roots` instead of Mozilla's (e.g. the platform's, from
+    /// `rustls-native-certs`). The server's host name is still checked.
+    ///
+    /// ```
+    /// let roots = rustls::RootCertStore::empty();
+    /// let _ = circuitpy::PostgresOptions::default().root_certificates(roots);
+    /// ```
+    #[cfg(feature = "postgres-tls")]
+    pub fn root_certificates(mut self, roots: rustls::RootCertStore) -> Self {
+        self.trust = tls::Trust::Roots(Arc::new(roots));
+        self
+    }
+
+    /// Connects with the application's own rustls configuration: client certificates,
+    /// its own verifier or crypto provider. The URL's `sslrootcert` is then ignored.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// let config = rustls::ClientConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()
+    ///     .unwrap()
+    ///     .with_root_certificates(rustls::RootCertStore::empty())
+    ///     .with_no_client_auth();
+    /// let _ = circuitpy::PostgresOptions::default().tls_config(config);
+    /// ```
+    #[cfg(feature = "postgres-tls")]
+    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.trust = tls::Trust::Config(Arc::new(config));
         self
     }
 }
@@ -346,6 +403,8 @@ struct Db {
     /// How to open a connection of its own for a migration; `None` for an application's
     /// pool, whose connections the migration borrows.
     connect: Option<tokio_postgres::Config>,
+    /// TLS (or none) for the migration's connection and for cancel requests.
+    tls: tls::Connector,
 }
 
 impl std::fmt::Debug for Db {
@@ -356,22 +415,22 @@ impl std::fmt::Debug for Db {
     }
 }
 
-fn parse_url(url: &str) -> Result<tokio_postgres::Config, StorageError> {
-    url.parse::<tokio_postgres::Config>().map_err(|error| {
-        // The error text never includes the URL, so no password leaks through it.
-        StorageError::backend("postgres url", error)
-    })
-}
-
 impl Db {
     /// A pool of the storage's own for `url`. Connects nothing yet.
     fn own(url: &str, options: PostgresOptions) -> Result<Db, StorageError> {
-        let mut config = parse_url(url)?;
+        let parsed = tls::parse(url)?;
+        let mut config = parsed.config;
+        #[cfg(feature = "postgres-tls")]
+        if !parsed.mode_given && !matches!(options.trust, tls::Trust::Default) {
+            // The options name a CA or a configuration: TLS was meant.
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
         config.connect_timeout(options.timeout);
         let sql = Sql::new(&options.table)?;
+        let tls = tls::connector(&options, parsed.root_cert.as_deref())?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls::share(&tls),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -389,17 +448,21 @@ impl Db {
             sql: Arc::new(sql),
             options,
             connect: Some(config),
+            tls,
         })
     }
 
     /// The application's pool.
     fn users(pool: Pool, options: PostgresOptions) -> Result<Db, StorageError> {
         let sql = Sql::new(&options.table)?;
+        // Only cancel requests use it: the pool's connections are the application's.
+        let tls = tls::connector(&options, None)?;
         Ok(Db {
             pool,
             sql: Arc::new(sql),
             options,
             connect: None,
+            tls,
         })
     }
 
@@ -416,7 +479,7 @@ impl Db {
             match &self.connect {
                 Some(config) => {
                     let (client, connection) = config
-                        .connect(NoTls)
+                        .connect(tls::share(&self.tls))
                         .await
                         .map_err(|error| postgres_error(table, error))?;
                     let driver = tokio::spawn(connection);
@@ -430,12 +493,11 @@ impl Db {
                     result
                 }
                 None => {
-                    let object = self.pool.get().await.map_err(|error| {
-                        StorageError::backend(
-                            table.clone(),
-                            std::io::Error::other(error.to_string()),
-                        )
-                    })?;
+                    let object = self
+                        .pool
+                        .get()
+                        .await
+                        .map_err(|error| pool_error(table, error))?;
                     let result = self
                         .sql
                         .migrate_on(&object, timeout)
@@ -518,12 +580,7 @@ impl Db {
         let object = match tokio::time::timeout(timeout, getting).await {
             Err(_) => return Err(StorageError::timeout(key, timeout)),
             Ok(Err(join)) => return Err(StorageError::backend(key, join)),
-            Ok(Ok(Err(error))) => {
-                return Err(StorageError::backend(
-                    key,
-                    std::io::Error::other(error.to_string()),
-                ));
-            }
+            Ok(Ok(Err(error))) => return Err(pool_error(&key, error)),
             Ok(Ok(Ok(object))) => object,
         };
         let left = timeout.saturating_sub(started.elapsed());
@@ -549,8 +606,9 @@ impl Db {
                 // The statement may still be running: stop it, and never hand this session
                 // out again.
                 let cancel = object.cancel_token();
+                let tls = tls::share(&self.tls);
                 tokio::spawn(async move {
-                    let _ = cancel.cancel_query(NoTls).await;
+                    let _ = cancel.cancel_query(tls).await;
                 });
                 drop(Object::take(object));
                 Err(StorageError::timeout(key, timeout))
@@ -592,13 +650,23 @@ fn postgres_error(key: &str, error: tokio_postgres::Error) -> StorageError {
         Some(db) => StorageError::backend(
             key,
             std::io::Error::other(format!(
-                "{} {}: {}",
+                "{} {}: {}{}",
                 db.severity(),
                 db.code().code(),
-                db.message()
+                db.message(),
+                tls::hint(db.message()).map_or(String::new(), |hint| format!(" ({hint})"))
             )),
         ),
-        None => StorageError::backend(key, error),
+        None => StorageError::backend(key, std::io::Error::other(tls::describe(&error))),
+    }
+}
+
+/// The pool's error; a connection that could not be opened says why (a TLS handshake's
+/// reason included).
+fn pool_error(key: &str, error: deadpool_postgres::PoolError) -> StorageError {
+    match error {
+        deadpool_postgres::PoolError::Backend(error) => postgres_error(key, error),
+        other => StorageError::backend(key, std::io::Error::other(other.to_string())),
     }
 }
 
