@@ -103,6 +103,12 @@ pub trait CircuitBreaker: Send + Sync + 'static {
     /// }
     /// ```
     const RECOVERY_BACKOFF: Backoff = Backoff::OFF;
+    /// Spreads the open times of breakers that open at once: each opening is shortened by
+    /// up to this fraction of its open time (0 to 0.5), by an amount that follows from the
+    /// breaker's key and the instant it opens. Breakers of many keys tripped by one outage
+    /// then send their trials over a span instead of in the same millisecond, and every
+    /// process and storage still computes the same deadline. Off (0) by default.
+    const RECOVERY_JITTER: f64 = 0.0;
 
     /// Where the breaker's state lives: [`MemoryStorage`](crate::MemoryStorage), a Redis
     /// client or connection, or any [`Storage`](crate::Storage) /

@@ -117,6 +117,8 @@ pub struct Config {
     pub sync_interval: Option<Duration>,
     /// [`CircuitBreaker::RECOVERY_BACKOFF`].
     pub backoff: Backoff,
+    /// [`CircuitBreaker::RECOVERY_JITTER`].
+    pub recovery_jitter: f64,
 }
 
 /// How the open time grows while a dependency stays down: each half-open round whose trial
@@ -232,6 +234,7 @@ impl Config {
             key_prefix: H::KEY_PREFIX,
             sync_interval: H::SYNC_INTERVAL,
             backoff: H::RECOVERY_BACKOFF,
+            recovery_jitter: H::RECOVERY_JITTER,
         };
         match config.check() {
             Ok(()) => config,
@@ -305,6 +308,10 @@ impl Config {
             && !in_range(interval)
         {
             return Err("circuitpy: SYNC_INTERVAL must be longer than zero and at most a year");
+        }
+        // Written so that NaN fails too.
+        if !(self.recovery_jitter >= 0.0 && self.recovery_jitter <= 0.5) {
+            return Err("circuitpy: RECOVERY_JITTER must be between 0 and 0.5");
         }
         if !self.backoff.is_off() {
             // Written so that NaN fails too.

@@ -38,9 +38,9 @@ const RECOVERY: Duration = Duration::from_millis(RECOVERY_MS);
 /// with the requests' time (each policy's test runs on a thread of its own).
 macro_rules! policy_handler {
     ($name:ident, $policy:expr) => {
-        policy_handler!($name, $policy, Backoff::OFF);
+        policy_handler!($name, $policy, Backoff::OFF, 0.0);
     };
-    ($name:ident, $policy:expr, $backoff:expr) => {
+    ($name:ident, $policy:expr, $backoff:expr, $jitter:expr) => {
         struct $name;
         impl $name {
             fn clock() -> &'static ManualClock {
@@ -62,6 +62,7 @@ macro_rules! policy_handler {
             const HALF_OPEN_TRIALS: u32 = TRIALS;
             const FAILURE_POLICY: FailurePolicy = $policy;
             const RECOVERY_BACKOFF: Backoff = $backoff;
+            const RECOVERY_JITTER: f64 = $jitter;
             const STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
             const KEY_PREFIX: &'static str = "differential";
             type Storage = MemoryStorage;
@@ -92,7 +93,15 @@ policy_handler!(
 policy_handler!(
     Backedoff,
     FailurePolicy::Consecutive,
-    Backoff::exponential(1.5, Duration::from_millis(5_000))
+    Backoff::exponential(1.5, Duration::from_millis(5_000)),
+    0.0
+);
+// The same, each opening shortened by up to half its length for its key and instant.
+policy_handler!(
+    Jittered,
+    FailurePolicy::Consecutive,
+    Backoff::exponential(1.5, Duration::from_millis(5_000)),
+    0.5
 );
 
 /// One step of a sequence.
@@ -148,6 +157,9 @@ struct Seen {
     /// For a failure reported while closed: the count after it, where the implementation
     /// reports one.
     failures: Option<u64>,
+    /// While open: how long until a trial, where the implementation keeps the deadline
+    /// exactly (every one but the primitive protocol and the packed word's view of it).
+    retry_in: Option<Duration>,
 }
 
 /// A storage implementation under test, driven at the request level.
@@ -183,20 +195,25 @@ impl Shared<'_> {
             }
             (self.storage)(&request)
         };
+        let counts = self.counts;
         let read = |snapshot: Snapshot| Seen {
             state: snapshot.state,
             permit: None,
             failures: None,
+            retry_in: if counts && snapshot.state == State::Open {
+                snapshot.retry_in
+            } else {
+                None
+            },
         };
         match step {
             Step::Success => read(run(Op::Success, None)),
             Step::Failure => {
                 let snapshot = run(Op::Failure, None);
                 Seen {
-                    state: snapshot.state,
-                    permit: None,
                     failures: (self.counts && snapshot.state == State::Closed)
                         .then_some(snapshot.failures),
+                    ..read(snapshot)
                 }
             }
             Step::Acquire => {
@@ -205,9 +222,8 @@ impl Shared<'_> {
                     self.held.push(snapshot.round);
                 }
                 Seen {
-                    state: snapshot.state,
                     permit: Some(snapshot.permit),
-                    failures: None,
+                    ..read(snapshot)
                 }
             }
             Step::TrialSuccess(pick) | Step::TrialFailure(pick) | Step::Release(pick) => {
@@ -232,6 +248,7 @@ impl<'b, H: CircuitBreaker<Storage = MemoryStorage>> InMemory<'b, H> {
             state,
             permit: None,
             failures: None,
+            retry_in: None,
         };
         match step {
             Step::Success | Step::Failure => {
@@ -260,6 +277,7 @@ impl<'b, H: CircuitBreaker<Storage = MemoryStorage>> InMemory<'b, H> {
                     state: state(self.breaker),
                     permit: Some(granted),
                     failures: None,
+                    retry_in: None,
                 }
             }
             Step::TrialSuccess(pick) | Step::TrialFailure(pick) | Step::Release(pick) => {
@@ -393,6 +411,7 @@ fn run_case<H: CircuitBreaker<Storage = MemoryStorage>>(
         history.push(*step);
         let expected = memory.apply(*step);
         let mut counted: Option<(&str, u64)> = None;
+        let mut deadline: Option<(&str, Duration)> = None;
         for implementation in &mut shared {
             let seen = implementation.apply(*step, &breaker_key, &config, at);
             let agrees = seen.state == expected.state
@@ -404,6 +423,16 @@ fn run_case<H: CircuitBreaker<Storage = MemoryStorage>>(
                 "{} disagrees with the packed word after {history:?}: it saw {seen:?}, the word {expected:?}",
                 implementation.name
             );
+            if let Some(retry_in) = seen.retry_in {
+                match deadline {
+                    None => deadline = Some((implementation.name, retry_in)),
+                    Some((first, expected)) => assert_eq!(
+                        retry_in, expected,
+                        "{} opens until {retry_in:?} from now, {first} {expected:?}, after {history:?}",
+                        implementation.name
+                    ),
+                }
+            }
             if let Some(failures) = seen.failures {
                 match counted {
                     None => counted = Some((implementation.name, failures)),
@@ -441,6 +470,11 @@ proptest! {
     #[test]
     fn backoff(steps in prop::collection::vec(step(), 1..80)) {
         run_case(Backedoff, Backedoff::clock(), Backedoff::memory(), backends!("backoff"), &steps);
+    }
+
+    #[test]
+    fn jitter(steps in prop::collection::vec(step(), 1..80)) {
+        run_case(Jittered, Jittered::clock(), Jittered::memory(), backends!("jitter"), &steps);
     }
 
     #[test]

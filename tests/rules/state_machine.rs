@@ -869,3 +869,58 @@ fn a_backoff_that_cannot_reach_its_cap_does_not_compile_into_a_config() {
             .contains("at least RECOVERY_TIMEOUT")
     );
 }
+
+handler!(Jittered {
+    const FAILURE_THRESHOLD: u32 = 1;
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+    const RECOVERY_JITTER: f64 = 0.5;
+});
+
+#[test]
+fn a_jitter_spreads_the_trials_of_breakers_that_opened_together() {
+    let runs = Cell::new(0);
+    let mut deadlines = Vec::new();
+    for tenant in 0..50 {
+        let breaker = Breaker::keyed(Jittered, &format!("tenant-{tenant}"));
+        assert!(matches!(run(&breaker, &runs, down), Err(Error::Down)));
+        let Err(Error::Open(rejection)) = run(&breaker, &runs, ok) else {
+            panic!("tripped")
+        };
+        deadlines.push(rejection.retry_at().unwrap());
+    }
+    let first = *deadlines.iter().min().unwrap();
+    let last = *deadlines.iter().max().unwrap();
+    let spread = last.duration_since(first).unwrap();
+    assert!(
+        spread > Duration::from_secs(3) && spread <= Duration::from_secs(5),
+        "50 breakers opened in one instant reopen over {spread:?}"
+    );
+    deadlines.sort();
+    deadlines.dedup();
+    assert!(
+        deadlines.len() >= 40,
+        "{} distinct deadlines",
+        deadlines.len()
+    );
+    // None waits longer than the recovery timeout, none less than half of it.
+    Jittered::clock().advance(Duration::from_secs(5) - SLACK);
+    let opened = (0..50)
+        .filter(|tenant| {
+            Breaker::keyed(Jittered, &format!("tenant-{tenant}"))
+                .state()
+                .unwrap()
+                == State::Open
+        })
+        .count();
+    assert_eq!(opened, 50);
+    Jittered::clock().advance(Duration::from_secs(5) + SLACK);
+    let open = (0..50)
+        .filter(|tenant| {
+            Breaker::keyed(Jittered, &format!("tenant-{tenant}"))
+                .state()
+                .unwrap()
+                == State::Open
+        })
+        .count();
+    assert_eq!(open, 0);
+}

@@ -44,6 +44,7 @@ pub(crate) fn config(prefix: &str) -> Config {
         key_prefix: intern(prefix),
         sync_interval: None,
         backoff: crate::policy::Backoff::OFF,
+        recovery_jitter: 0.0,
     }
 }
 

@@ -1222,7 +1222,12 @@ fn settle_here<H: CircuitBreaker>(
         report
     };
     let mut word = cell.load();
-    while let Some(next) = settle(word, admitted, report, config, now) {
+    let seed = if config.recovery_jitter > 0.0 {
+        crate::rules::jitter_seed(cell.key.as_str())
+    } else {
+        0
+    };
+    while let Some(next) = settle(word, admitted, report, config, now, seed) {
         match cell.compare_exchange(word, next) {
             Ok(_) => {
                 if next.phase() != word.phase() {

@@ -42,7 +42,9 @@
 //! - a trial failure opens the breaker again until `now + open time`: the recovery timeout,
 //!   or with a [`Backoff`](crate::Backoff) the recovery timeout multiplied by its factor
 //!   once per failed round since the breaker last closed, in whole milliseconds, each step
-//!   rounded down, at most its max ([`open_time`]);
+//!   rounded down, at most its max ([`open_time`]); with a jitter, every opening (a trip
+//!   too) is shortened by a share of it that follows from the key and the instant
+//!   ([`open_for`]);
 //! - a trial whose error does not count gives its permit back, as does (in memory) a trial
 //!   whose caller never reports (a dropped future);
 //! - a round in which nothing happened (no permit granted, no outcome) for one
@@ -132,6 +134,36 @@ pub(crate) fn open_time(config: &Config, reopens: u64) -> Duration {
         open = ((open as f64 * backoff.factor).floor() as u64).min(max);
     }
     Duration::from_millis(open.min(max))
+}
+
+/// A breaker key's jitter seed: its bytes folded as `h × 31 + byte`, modulo 2^32. Computed
+/// in this process and sent to a shared storage with each request, so that the server needs
+/// no string hashing of its own.
+pub(crate) fn jitter_seed(key: &str) -> u64 {
+    key.bytes()
+        .fold(0u64, |h, byte| (h * 31 + u64::from(byte)) % (1 << 32))
+}
+
+/// The open time of a breaker that opens at `at_ms` (milliseconds on the storage's clock)
+/// after `reopens` failed rounds: [`open_time`], shortened by the jitter's share for its key
+/// and that instant. Without jitter exactly [`open_time`]; with it, in whole milliseconds:
+/// `open − ⌊open × jitter × share⌋`, where `share` is `x / 2^26` after three rounds of
+/// `x ← (x × 40503 + ⌊x / 8192⌋) mod 2^26` from `x = (seed + at_ms) mod 2^26`: arithmetic
+/// every storage's language does exactly.
+pub(crate) fn open_for(config: &Config, reopens: u64, seed: u64, at_ms: u64) -> Duration {
+    let open = open_time(config, reopens);
+    if config.recovery_jitter == 0.0 {
+        return open;
+    }
+    const SPAN: u64 = 1 << 26;
+    let mut x = (seed + at_ms) % SPAN;
+    for _ in 0..3 {
+        x = (x * 40503 + x / 8192) % SPAN;
+    }
+    let share = x as f64 / SPAN as f64;
+    let ms = open.as_millis() as u64;
+    let cut = (ms as f64 * config.recovery_jitter * share).floor() as u64;
+    Duration::from_millis(ms - cut.min(ms))
 }
 
 /// The rate policy's buckets per window.

@@ -58,7 +58,8 @@ use crate::error::StorageError;
 use crate::handler::State;
 use crate::policy::FailurePolicy;
 use crate::rules::{
-    BUCKETS, FORCED_TTL, MAX_REOPENS, bucket_width, nanos, open_time, retention, trips_on_rate,
+    BUCKETS, FORCED_TTL, MAX_REOPENS, bucket_width, jitter_seed, nanos, open_for, retention,
+    trips_on_rate,
 };
 use crate::storage::backend::{Async, Backend, Blocking, ready};
 use crate::storage::{AsyncStorage, Op, Request, Snapshot, Storage};
@@ -219,9 +220,10 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
             // see a half-open breaker and could be handed a trial permit at the very moment
             // of the trip. A second tripping caller's increment keeps the open key's expiry,
             // so the open period is not pushed forward.
-            store.increment(&keys.key("open"), recovery).await?;
+            let open = open_for(config, 0, jitter_seed(request.key), now_ms(request));
+            store.increment(&keys.key("open"), open).await?;
             if store
-                .increment(&keys.key("tripped"), retention(config))
+                .increment(&keys.key("tripped"), retention(config).max(open))
                 .await?
                 == 1
             {
@@ -232,7 +234,7 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
                 delete(store, &keys, &["trials", "released", "refused", "passed"]).await?;
                 next_round(store, &keys, config).await?;
             }
-            Ok(Snapshot::open(recovery, None))
+            Ok(Snapshot::open(open, None))
         }
         (Op::AcquireTrial, State::HalfOpen) => {
             // Refusals and releases are read before this request draws its number: every one
@@ -303,7 +305,12 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
                     // The backoff's step: failed rounds in a row, kept as long as the trip.
                     let kept = retention(config);
                     let reopens = store.increment(&keys.key("reopens"), kept).await?;
-                    let open = open_time(config, reopens.min(MAX_REOPENS));
+                    let open = open_for(
+                        config,
+                        reopens.min(MAX_REOPENS),
+                        jitter_seed(request.key),
+                        now_ms(request),
+                    );
                     store.increment(&keys.key("open"), open).await?;
                     // A dependency that stays down keeps the breaker tripped, however long.
                     store
@@ -419,6 +426,19 @@ async fn clear_rate_buckets<B: Backend>(
         }
     }
     Ok(())
+}
+
+/// The request's time, or this host's wall clock, in milliseconds: when an opening's jitter
+/// is taken.
+fn now_ms(request: &Request<'_>) -> u64 {
+    request
+        .at
+        .unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+        })
+        .as_millis() as u64
 }
 
 /// Rate buckets are numbered by wall-clock time (or the request's time) so that hosts agree

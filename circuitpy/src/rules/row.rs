@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use crate::handler::State;
 use crate::policy::FailurePolicy;
-use crate::rules::{BUCKETS, FORCED_TTL, MAX_REOPENS, micros, open_time, retention, trips_on_rate};
+use crate::rules::{
+    BUCKETS, FORCED_TTL, MAX_REOPENS, jitter_seed, micros, open_for, retention, trips_on_rate,
+};
 use crate::storage::{Op, Request, Snapshot};
 
 /// Forced open, in [`Row::mode`].
@@ -249,7 +251,13 @@ pub(crate) fn apply(row: &mut Row, now: i64, request: &Request<'_>) -> (Change, 
                 }
             };
             if trips {
-                row.trip(now, recovery, retention, 0);
+                let open = micros(open_for(
+                    config,
+                    0,
+                    jitter_seed(request.key),
+                    now.max(0) as u64 / 1000,
+                ));
+                row.trip(now, open, retention, 0);
                 (true, row.snapshot(State::Open, now))
             } else {
                 (true, Snapshot::closed(failures.max(0) as u64))
@@ -284,7 +292,12 @@ pub(crate) fn apply(row: &mut Row, now: i64, request: &Request<'_>) -> (Change, 
         }
         (Op::TrialFailure, State::HalfOpen) if this_round => {
             let reopens = (row.reopens.max(0) as u64 + 1).min(MAX_REOPENS);
-            let open = micros(open_time(config, reopens));
+            let open = micros(open_for(
+                config,
+                reopens,
+                jitter_seed(request.key),
+                now.max(0) as u64 / 1000,
+            ));
             row.trip(now, open, retention, reopens as i64);
             (true, row.snapshot(State::Open, now))
         }
@@ -329,6 +342,7 @@ mod tests {
             key_prefix: "p",
             sync_interval: None,
             backoff: crate::policy::Backoff::OFF,
+            recovery_jitter: 0.0,
         }
     }
 

@@ -89,6 +89,7 @@ mod tests {
             key_prefix: "p",
             sync_interval: None,
             backoff: crate::policy::Backoff::OFF,
+            recovery_jitter: 0.0,
         }
     }
 

@@ -213,26 +213,27 @@ pub(crate) fn closed_success_changes_nothing(word: Word, admitted: Word) -> bool
 ///
 /// `admitted` is the word the call was admitted under (the trial word for trials), so an
 /// outcome from an earlier generation never moves the breaker.
+/// `seed` is the breaker key's [`jitter_seed`](crate::rules::jitter_seed) when the handler
+/// has a jitter (0 otherwise).
 pub(crate) fn settle(
     word: Word,
     admitted: Word,
     report: Report,
     config: &Config,
     now: Nanos,
+    seed: u64,
 ) -> Option<Word> {
     if word.generation() != admitted.generation() || word.phase() != admitted.phase() {
         return None;
     }
     // A trip from closed opens for the recovery timeout; a failed trial round for longer
     // under a backoff.
-    let open = || word.opened(now.saturating_add(nanos(config.recovery_timeout)), 0);
-    let reopen = || {
-        let reopens = word.reopens() + 1;
-        word.opened(
-            now.saturating_add(nanos(crate::rules::open_time(config, reopens))),
-            reopens,
-        )
+    let open_after = |reopens: u64| {
+        let open = crate::rules::open_for(config, reopens, seed, now / TICK);
+        word.opened(now.saturating_add(nanos(open)), reopens)
     };
+    let open = || open_after(0);
+    let reopen = || open_after((word.reopens() + 1).min(MAX_REOPENS));
     match (word.phase(), report) {
         (State::Closed, Report::Success) => match config.policy {
             FailurePolicy::Consecutive if word.failures() != 0 => Some(word.with_failures(0)),
@@ -285,13 +286,14 @@ mod tests {
             key_prefix: "p",
             sync_interval: None,
             backoff: crate::policy::Backoff::OFF,
+            recovery_jitter: 0.0,
         }
     }
 
     const SECOND: Nanos = 1_000_000_000;
 
     fn fail(word: Word, config: &Config, now: Nanos) -> Word {
-        settle(word, word, Report::Failure { trips: false }, config, now).unwrap_or(word)
+        settle(word, word, Report::Failure { trips: false }, config, now, 0).unwrap_or(word)
     }
 
     #[test]
@@ -301,7 +303,7 @@ mod tests {
         word = fail(word, &config, 0);
         word = fail(word, &config, 0);
         assert_eq!(word.failures(), 2);
-        word = settle(word, word, Report::Success, &config, 0).unwrap();
+        word = settle(word, word, Report::Success, &config, 0, 0).unwrap();
         assert_eq!(word, Word::CLOSED.with_failures(0));
         for _ in 0..3 {
             word = fail(word, &config, 5 * SECOND);
@@ -335,7 +337,7 @@ mod tests {
         };
         assert_ne!(new_round.generation(), second.generation());
         // One trial abandons: its permit comes back.
-        let released = settle(second, first, Report::Abandoned, &config, 0).unwrap();
+        let released = settle(second, first, Report::Abandoned, &config, 0, 0).unwrap();
         assert!(matches!(admit(released, 0, 2, || None), Admit::Trial(_)));
     }
 
@@ -349,9 +351,9 @@ mod tests {
         let Admit::Trial(two) = admit(one, 2 * SECOND, 2, || None) else {
             panic!()
         };
-        let after_one = settle(two, one, Report::Success, &config, 0).unwrap();
+        let after_one = settle(two, one, Report::Success, &config, 0, 0).unwrap();
         assert_eq!(after_one.phase(), State::HalfOpen);
-        let closed = settle(after_one, two, Report::Success, &config, 0).unwrap();
+        let closed = settle(after_one, two, Report::Success, &config, 0, 0).unwrap();
         assert_eq!((closed.phase(), closed.failures()), (State::Closed, 0));
 
         let reopened = settle(
@@ -360,6 +362,7 @@ mod tests {
             Report::Failure { trips: false },
             &config,
             3 * SECOND,
+            0,
         )
         .unwrap();
         assert_eq!(reopened.phase(), State::Open);
@@ -372,17 +375,17 @@ mod tests {
         let closed = Word::CLOSED;
         let one_failure = fail(closed, &config, 0);
         let open = fail(fail(one_failure, &config, 0), &config, 0);
-        let reclosed = settle(open, open, Report::Success, &config, 0).unwrap_or(open);
+        let reclosed = settle(open, open, Report::Success, &config, 0, 0).unwrap_or(open);
         let Admit::Trial(trial) = admit(open, 9 * SECOND, 1, || None) else {
             panic!("no trial")
         };
-        let closed_again = settle(trial, trial, Report::Success, &config, 0).unwrap();
+        let closed_again = settle(trial, trial, Report::Success, &config, 0, 0).unwrap();
         let words = [closed, one_failure, open, reclosed, trial, closed_again];
         for word in words {
             for admitted in words.iter().filter(|w| w.phase() == State::Closed) {
                 assert_eq!(
                     closed_success_changes_nothing(word, *admitted),
-                    settle(word, *admitted, Report::Success, &config, 0).is_none(),
+                    settle(word, *admitted, Report::Success, &config, 0, 0).is_none(),
                     "word {word:?} admitted {admitted:?}"
                 );
             }
@@ -395,9 +398,16 @@ mod tests {
         let admitted = Word::CLOSED;
         let open = fail(admitted, &config, 0);
         assert_eq!(
-            settle(open, admitted, Report::Failure { trips: false }, &config, 0),
+            settle(
+                open,
+                admitted,
+                Report::Failure { trips: false },
+                &config,
+                0,
+                0
+            ),
             None
         );
-        assert_eq!(settle(open, admitted, Report::Success, &config, 0), None);
+        assert_eq!(settle(open, admitted, Report::Success, &config, 0, 0), None);
     }
 }

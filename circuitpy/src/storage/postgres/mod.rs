@@ -226,7 +226,7 @@ impl Sql {
             schema,
             version,
             op: format!(
-                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
             ),
             increment: format!(
                 "WITH gone AS (
@@ -319,7 +319,10 @@ fn op_code(op: Op) -> i32 {
 }
 
 /// One storage operation, owning what it needs, so that it can run on a task of its own.
+/// Made and consumed once per operation, by value: boxing the large variant's `Config` would
+/// only add an allocation to every breaker operation.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Work {
     Execute {
         key: String,
@@ -330,6 +333,8 @@ enum Work {
         at: Option<Duration>,
         /// A forcing's actor and reason, when it names either (boxed: rarely there).
         audit: Option<Box<(Option<String>, Option<String>)>>,
+        /// The key's jitter seed, when the handler has a jitter.
+        seed: u64,
     },
     /// The admin's reads: every breaker whose key starts with `stem`, or the one at `key`.
     List {
@@ -373,6 +378,11 @@ impl Work {
             count: request.count,
             round: request.round,
             at: request.at,
+            seed: if request.config.recovery_jitter > 0.0 {
+                crate::rules::jitter_seed(request.key)
+            } else {
+                0
+            },
             audit: (request.audit.actor.is_some() || request.audit.reason.is_some()).then(|| {
                 Box::new((
                     request.audit.actor.map(str::to_owned),
@@ -681,6 +691,7 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
             round,
             at,
             audit,
+            seed,
         } => {
             let (actor, reason) = audit.as_deref().cloned().unwrap_or_default();
             let statement = object.prepare_cached(&sql.op).await?;
@@ -708,6 +719,8 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
                         &reason,
                         &config.backoff.factor,
                         &micros(config.backoff.max),
+                        &config.recovery_jitter,
+                        &(*seed as i64),
                     ],
                 )
                 .await?;

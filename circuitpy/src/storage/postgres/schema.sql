@@ -73,13 +73,17 @@ DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer,
     double precision, integer, bigint, bigint, bigint, bigint, bigint, integer);
 DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
     double precision, integer, bigint, bigint, bigint, bigint, bigint, integer, text, text);
+DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
+    double precision, integer, bigint, bigint, bigint, bigint, bigint, integer, text, text,
+    double precision, bigint);
 
 CREATE OR REPLACE FUNCTION {t}_op(
     p_key text, p_op integer, p_threshold integer, p_recovery_us bigint, p_trials integer,
     p_policy integer, p_window_us bigint, p_rate double precision, p_min_calls integer,
     p_retention_us bigint, p_forced_us bigint, p_count bigint, p_round bigint,
     p_at_us bigint, p_lock_ms integer, p_actor text, p_reason text,
-    p_backoff double precision, p_backoff_max_us bigint)
+    p_backoff double precision, p_backoff_max_us bigint, p_jitter double precision,
+    p_seed bigint)
 RETURNS TABLE (state integer, permit boolean, retry_in_us bigint, open_since_us bigint,
     failures bigint, round bigint)
 LANGUAGE plpgsql AS $fn$
@@ -106,6 +110,8 @@ DECLARE
     open_us bigint;
     open_ms bigint;
     max_ms bigint;
+    x bigint;
+    share double precision;
 BEGIN
     -- Breaker state is advisory: after a server crash, losing the last few milliseconds of
     -- counts is harmless, and not waiting for the WAL flush makes a write as cheap as a
@@ -262,6 +268,17 @@ BEGIN
                 END LOOP;
                 open_us := LEAST(open_ms, max_ms) * 1000;
             END IF;
+        END IF;
+        -- The jitter's share for this key and instant shortens it (rules::open_for).
+        IF p_jitter > 0 THEN
+            open_ms := open_us / 1000;
+            x := (p_seed + now_ / 1000) % 67108864;
+            FOR i IN 1..3 LOOP
+                x := (x * 40503 + x / 8192) % 67108864;
+            END LOOP;
+            share := x::double precision / 67108864;
+            open_ms := open_ms - LEAST(floor(open_ms * p_jitter * share)::bigint, open_ms);
+            open_us := open_ms * 1000;
         END IF;
         r.reopens := n;
         r.mode := 0; r.mode_until := 0;

@@ -124,7 +124,13 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
         .arg(request.audit.actor.unwrap_or_default())
         .arg(request.audit.reason.unwrap_or_default())
         .arg(config.backoff.factor)
-        .arg(config.backoff.max.as_millis() as u64);
+        .arg(config.backoff.max.as_millis() as u64)
+        .arg(config.recovery_jitter)
+        .arg(if config.recovery_jitter > 0.0 {
+            crate::rules::jitter_seed(request.key)
+        } else {
+            0
+        });
     (key, invocation)
 }
 

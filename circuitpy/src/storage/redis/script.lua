@@ -8,7 +8,9 @@
 --          count (calls a success reports: more than one when local mode held some back),
 --          round (of a trial's outcome, or ''), at_ms (a time given by a test, or ''),
 --          actor, reason (who forces the breaker and why, or ''; at most 256 bytes each),
---          backoff (the factor per failed trial round; 1 is off), backoff_max_ms
+--          backoff (the factor per failed trial round; 1 is off), backoff_max_ms,
+--          jitter (the share of an open time it may be shortened by; 0 is off), seed (the
+--          key's jitter seed)
 --
 -- Hash fields (non-negative integers but fb and fr; no hash is a closed breaker with nothing
 -- counted):
@@ -45,6 +47,8 @@ local actor = ARGV[15] or ''
 local reason = ARGV[16] or ''
 local backoff = tonumber(ARGV[17]) or 1
 local backoff_max = tonumber(ARGV[18]) or 0
+local jitter = tonumber(ARGV[19]) or 0
+local seed = tonumber(ARGV[20]) or 0
 
 -- Writes after reading TIME need effects replication: the only mode since Redis 7, to be
 -- asked for on older servers.
@@ -138,9 +142,19 @@ local function open_time(n)
   return math.min(open, backoff_max)
 end
 
--- Opens after `n` failed trial rounds in a row (0: a trip from closed).
+-- Opens after `n` failed trial rounds in a row (0: a trip from closed), shortened by the
+-- jitter's share for this key and instant (rules::open_for).
 local function opened(n)
-  local d = now + open_time(n)
+  local open = open_time(n)
+  if jitter > 0 then
+    local x = (seed + now) % 67108864
+    for _ = 1, 3 do
+      x = (x * 40503 + math.floor(x / 8192)) % 67108864
+    end
+    local share = x / 67108864
+    open = open - math.min(math.floor(open * jitter * share), open)
+  end
+  local d = now + open
   v = {s = 1, o = now, d = d, a = v.a or now, r = v.r}
   if n > 0 then
     v.n = n
