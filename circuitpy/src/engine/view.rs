@@ -7,7 +7,7 @@
 //! without asking the storage.
 
 use std::any::TypeId;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
@@ -367,12 +367,42 @@ impl Deref for CellRef<'_> {
     }
 }
 
-/// A per-call breaker and the sweep in which it was last used.
+/// A per-call breaker and the sweep in which it was last used. The family's set finds it by
+/// its per-call key, the part of the cell's key after the handler's (which holds no `:`),
+/// so the key is stored once, in the cell.
 #[derive(Debug)]
 struct Keyed {
     cell: Arc<Cell>,
     used: AtomicU32,
 }
+
+impl Keyed {
+    fn per_call(&self) -> &str {
+        let key = self.cell.key.as_str();
+        key.split_once(':').map_or(key, |(_, per_call)| per_call)
+    }
+}
+
+impl std::borrow::Borrow<str> for Keyed {
+    fn borrow(&self) -> &str {
+        self.per_call()
+    }
+}
+
+impl std::hash::Hash for Keyed {
+    fn hash<S: std::hash::Hasher>(&self, state: &mut S) {
+        // As `str` hashes, so that a lookup by `&str` finds it.
+        self.per_call().hash(state);
+    }
+}
+
+impl PartialEq for Keyed {
+    fn eq(&self, other: &Keyed) -> bool {
+        self.per_call() == other.per_call()
+    }
+}
+
+impl Eq for Keyed {}
 
 /// All breakers of one handler on one storage instance: the handler's own key and every
 /// per-call key under it.
@@ -381,7 +411,7 @@ pub(crate) struct Family {
     /// The handler's key prefix, for listing.
     pub(crate) prefix: &'static str,
     cell: Cell,
-    keyed: RwLock<HashMap<Box<str>, Keyed>>,
+    keyed: RwLock<HashSet<Keyed>>,
     /// Counts the sweeps of `keyed`; a breaker remembers the count when it was last used.
     sweeps: AtomicU32,
 }
@@ -423,7 +453,7 @@ impl Family {
         std::iter::once(CellRef::Borrowed(&self.cell))
             .chain(
                 keyed
-                    .values()
+                    .iter()
                     .map(|keyed| CellRef::Shared(keyed.cell.clone())),
             )
             .collect()
@@ -458,27 +488,32 @@ impl Family {
             });
         }
         let mut keyed = self.keyed.write().unwrap_or_else(PoisonError::into_inner);
-        if keyed.len() >= MAX_KEYED && !keyed.contains_key(per_call) {
+        // Another thread may have made it since the read.
+        if let Some(entry) = keyed.get(per_call) {
+            return Ok(CellRef::Shared(entry.cell.clone()));
+        }
+        if keyed.len() >= MAX_KEYED {
             self.sweep(&mut keyed);
         }
         let sweep = self.sweeps.load(Ordering::Relaxed);
-        let entry = keyed.entry(per_call.into()).or_insert_with(|| Keyed {
-            cell: Arc::new(Cell::new(Key::Shared(key::join(
-                self.cell.key.as_str(),
-                per_call,
-            )))),
+        let cell = Arc::new(Cell::new(Key::Shared(key::join(
+            self.cell.key.as_str(),
+            per_call,
+        ))));
+        keyed.insert(Keyed {
+            cell: cell.clone(),
             used: AtomicU32::new(sweep),
         });
-        Ok(CellRef::Shared(entry.cell.clone()))
+        Ok(CellRef::Shared(cell))
     }
 
     /// Drops breakers not in use until a quarter of the room is free: the idle ones, then
     /// those not used since the previous sweep, then the closed ones, then any.
-    fn sweep(&self, keyed: &mut HashMap<Box<str>, Keyed>) {
+    fn sweep(&self, keyed: &mut HashSet<Keyed>) {
         let previous = self.sweeps.fetch_add(1, Ordering::Relaxed);
         let target = MAX_KEYED / 4 * 3;
         let in_use = |entry: &Keyed| Arc::strong_count(&entry.cell) > 1;
-        keyed.retain(|_, entry| in_use(entry) || !entry.cell.is_idle());
+        keyed.retain(|entry| in_use(entry) || !entry.cell.is_idle());
         let passes: [&dyn Fn(&Keyed) -> bool; 3] = [
             &|entry| entry.used.load(Ordering::Relaxed) != previous,
             &|entry| entry.cell.load().phase() == State::Closed,
@@ -489,7 +524,7 @@ impl Family {
                 return;
             }
             let mut excess = keyed.len() - target;
-            keyed.retain(|_, entry| {
+            keyed.retain(|entry| {
                 if excess > 0 && !in_use(entry) && droppable(entry) {
                     excess -= 1;
                     false
