@@ -509,6 +509,9 @@ impl Family {
 
     /// Drops breakers not in use until a quarter of the room is free: the idle ones, then
     /// those not used since the previous sweep, then the closed ones, then any.
+    // A `Keyed` hashes by its cell's key, which never changes; the cell's atomics do not
+    // take part.
+    #[allow(clippy::mutable_key_type)]
     fn sweep(&self, keyed: &mut HashSet<Keyed>) {
         let previous = self.sweeps.fetch_add(1, Ordering::Relaxed);
         let target = MAX_KEYED / 4 * 3;
