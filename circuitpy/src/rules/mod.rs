@@ -110,8 +110,9 @@ pub fn retention(config: &Config) -> Duration {
 pub(crate) const BUCKETS: usize = 10;
 
 /// The width of one of the rate policy's buckets, in nanoseconds, at least one.
-pub(crate) fn bucket_width(window: Duration) -> u64 {
-    (window.as_nanos() as u64 / BUCKETS as u64).max(1)
+pub(crate) const fn bucket_width(window: Duration) -> u64 {
+    let width = window.as_nanos() as u64 / BUCKETS as u64;
+    if width == 0 { 1 } else { width }
 }
 
 /// The rate rule: inclusive, once the window holds `minimum_calls` calls.

@@ -1,27 +1,123 @@
 //! Failure counts for the windowed policies, which need more than the packed word holds:
 //! the in-memory breaker keeps one of these per breaker, allocated on first use.
+//!
+//! The rate policy's calls are counted in [`Calls`], one atomic per bucket, so that a
+//! closed success is one compare-and-swap and takes no lock. Everything else (failures,
+//! moving the window on to a new bucket, clearing) happens under the lock of the breaker's
+//! [`Window`], which also keeps each bucket's failures.
+//!
+//! # How a success counts without the lock
+//!
+//! Slot `j % 10` holds bucket `j`'s calls for the ten buckets `head - 9 ..= head`. Each slot
+//! is tagged with the generation of the closed period it counts for and the bucket's lap
+//! (`j / 10`), so a success adds to it only when both are its own: a compare-and-swap that
+//! fails because the slot moved on to a later bucket, or was cleared, sends the success to
+//! the locked path, which checks the breaker's word as before. Only the locked path writes
+//! tags and `head`, so under the lock the tags and the per-bucket failures agree.
+//!
+//! What this changes against counting every call under the lock:
+//! - a success admitted in a closed period that has just ended (tripped, reset) may still
+//!   add to that period's slot until the clear that follows the phase change; the clear
+//!   then forgets it with the rest, and a slot of another generation is never summed, so it
+//!   never counts towards a later period's decision. That is the rule as stated: outcomes of
+//!   calls admitted before a trip change nothing;
+//! - a success or failure whose bucket has already left the window when it is counted,
+//!   because a call counted since is ten buckets or more later (a thread stalled between
+//!   reading the clock and counting), is not counted: no later decision would include it;
+//! - a stalled success whose slot moved on 128 laps (1 280 buckets) and came back to the
+//!   same count, generation and tag before its compare-and-swap would count in the wrong
+//!   bucket; nothing else can make a tag match a bucket it does not stand for.
+//!
+//! A failure, under the lock, sums every slot of its generation in its window: every
+//! success that finished before the failure began is included, and successes that finish
+//! while it decides are ordered after it (they are cleared with the rest if it trips).
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::clock::Nanos;
 use crate::policy::{Config, FailurePolicy};
 use crate::rules::{BUCKETS, bucket_width, nanos, trips_on_rate};
+
+const SLOTS: u64 = BUCKETS as u64;
+/// A slot: generation (16 bits) | 1 | lap (7 bits) | calls (40 bits). A slot of zero is
+/// vacant: the set bit means no tag is ever zero.
+const CALLS_BITS: u32 = 40;
+const CALLS_MASK: u64 = (1 << CALLS_BITS) - 1;
+const GENERATION_SHIFT: u32 = 48;
+const TAGGED: u64 = 0x80 << CALLS_BITS;
+
+/// The tag of `bucket`'s slot in a closed period of `generation`.
+#[inline(always)]
+fn tag(generation: u16, bucket: u64) -> u64 {
+    (u64::from(generation) << GENERATION_SHIFT) | TAGGED | ((bucket / SLOTS) & 0x7f) << CALLS_BITS
+}
+
+fn generation_of(slot: u64) -> u16 {
+    (slot >> GENERATION_SHIFT) as u16
+}
+
+/// [`FailurePolicy::Rate`]: the calls of the ten buckets, counted without a lock.
+#[derive(Debug, Default)]
+pub(crate) struct Calls {
+    /// The newest bucket counted in; the slots hold `head - 9 ..= head`. Written under the
+    /// window's lock only.
+    head: AtomicU64,
+    /// Bucket `j`'s calls in slot `j % 10`, tagged (see [`tag`]).
+    slots: [AtomicU64; BUCKETS],
+}
+
+impl Calls {
+    /// Counts one successful call in `bucket` of the closed period of `generation`, if that
+    /// bucket's slot is already tagged for it; false when the locked path must count it.
+    #[inline(always)]
+    pub(crate) fn count_success(&self, bucket: u64, generation: u16) -> bool {
+        if self.head.load(Ordering::Acquire).wrapping_sub(bucket) >= SLOTS {
+            return false;
+        }
+        let slot = &self.slots[(bucket % SLOTS) as usize];
+        let tag = tag(generation, bucket);
+        let mut seen = slot.load(Ordering::Relaxed);
+        while seen & !CALLS_MASK == tag && seen & CALLS_MASK != CALLS_MASK {
+            match slot.compare_exchange_weak(seen, seen + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(actual) => seen = actual,
+            }
+        }
+        false
+    }
+}
 
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Window {
     /// [`FailurePolicy::CountInWindow`]: failures so far and when the last one came.
     count: u32,
     last_failure: Nanos,
-    /// [`FailurePolicy::Rate`]: ten buckets of (bucket number, calls, failures).
-    buckets: [(u64, u32, u32); BUCKETS],
+    /// [`FailurePolicy::Rate`]: the failures of the bucket whose tag slot `i` of [`Calls`]
+    /// holds.
+    failures: [u32; BUCKETS],
 }
 
 impl Window {
     /// Nothing counted.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.count == 0 && self.buckets.iter().all(|bucket| bucket.1 == 0)
+    pub(crate) fn is_empty(&self, calls: &Calls) -> bool {
+        self.count == 0
+            && self.failures.iter().all(|&failures| failures == 0)
+            && calls
+                .slots
+                .iter()
+                .all(|slot| slot.load(Ordering::Relaxed) & CALLS_MASK == 0)
     }
 
-    /// Records one outcome of a closed breaker; true when it trips the breaker.
-    pub(crate) fn record(&mut self, config: &Config, now: Nanos, failed: bool) -> bool {
+    /// Records one outcome of a call admitted closed in the period of `generation`, which
+    /// the caller has checked is still the breaker's; true when it trips the breaker.
+    pub(crate) fn record(
+        &mut self,
+        calls: &Calls,
+        config: &Config,
+        now: Nanos,
+        failed: bool,
+        generation: u16,
+    ) -> bool {
         match config.policy {
             FailurePolicy::Consecutive => false,
             FailurePolicy::CountInWindow { window } => {
@@ -41,29 +137,72 @@ impl Window {
                 window,
                 minimum_calls,
             } => {
-                let width = bucket_width(window);
-                let current = now / width;
-                let slot = &mut self.buckets[(current % BUCKETS as u64) as usize];
-                if slot.0 != current {
-                    *slot = (current, 0, 0);
+                let current = now / bucket_width(window);
+                self.advance(calls, current, generation);
+                let head = calls.head.load(Ordering::Relaxed);
+                if head - current >= SLOTS {
+                    // Its bucket already left the window: no decision would count it.
+                    return false;
                 }
-                slot.1 += 1;
-                slot.2 += u32::from(failed);
-                let oldest = current.saturating_sub(BUCKETS as u64 - 1);
-                let (calls, failures) = self
-                    .buckets
-                    .iter()
-                    .filter(|bucket| bucket.0 >= oldest && bucket.0 <= current && bucket.1 > 0)
-                    .fold((0u64, 0u64), |(c, f), bucket| {
-                        (c + u64::from(bucket.1), f + u64::from(bucket.2))
-                    });
-                failed && trips_on_rate(calls, failures, rate, minimum_calls)
+                let index = (current % SLOTS) as usize;
+                let slot = &calls.slots[index];
+                let own = tag(generation, current);
+                let seen = slot.load(Ordering::Relaxed);
+                if seen & !CALLS_MASK != own {
+                    // Vacant, or of another period: successes racing this store are not
+                    // of this period, or were sent here.
+                    slot.store(own | 1, Ordering::Relaxed);
+                    self.failures[index] = 0;
+                } else if seen & CALLS_MASK != CALLS_MASK {
+                    // Successes may add concurrently; nothing else writes a tagged slot.
+                    slot.fetch_add(1, Ordering::Relaxed);
+                }
+                if !failed {
+                    return false;
+                }
+                self.failures[index] = self.failures[index].saturating_add(1);
+                let (mut total_calls, mut total_failures) = (0u64, 0u64);
+                for bucket in current.saturating_sub(SLOTS - 1)..=current {
+                    let index = (bucket % SLOTS) as usize;
+                    let seen = calls.slots[index].load(Ordering::Relaxed);
+                    if seen & !CALLS_MASK == tag(generation, bucket) {
+                        total_calls += seen & CALLS_MASK;
+                        total_failures += u64::from(self.failures[index]);
+                    }
+                }
+                trips_on_rate(total_calls, total_failures, rate, minimum_calls)
             }
         }
     }
 
-    pub(crate) fn clear(&mut self) {
-        *self = Window::default();
+    /// Moves the window on to `current`: the slots of the buckets after `head` up to
+    /// `current` are tagged for them, empty. (A new window's `head` is bucket 0, its slots
+    /// vacant: a vacant slot is an empty bucket, tagged when first counted in.)
+    fn advance(&mut self, calls: &Calls, current: u64, generation: u16) {
+        let head = calls.head.load(Ordering::Relaxed);
+        if current <= head {
+            return;
+        }
+        for bucket in (head + 1).max(current.saturating_sub(SLOTS - 1))..=current {
+            let index = (bucket % SLOTS) as usize;
+            calls.slots[index].store(tag(generation, bucket), Ordering::Relaxed);
+            self.failures[index] = 0;
+        }
+        calls.head.store(current, Ordering::Release);
+    }
+
+    /// Forgets every count, but for the rate policy's slots already tagged for `keep`, the
+    /// generation the breaker has just moved to: successes of a new closed period counted
+    /// before this clear ran.
+    pub(crate) fn clear(&mut self, calls: &Calls, keep: u16) {
+        self.count = 0;
+        self.last_failure = 0;
+        for (slot, failures) in calls.slots.iter().zip(&mut self.failures) {
+            if generation_of(slot.load(Ordering::Relaxed)) != keep {
+                slot.store(0, Ordering::Relaxed);
+                *failures = 0;
+            }
+        }
     }
 }
 
@@ -91,41 +230,101 @@ mod tests {
         }
     }
 
+    fn rate(minimum_calls: u32) -> Config {
+        let mut config = config(1);
+        config.policy = FailurePolicy::Rate {
+            rate: 0.5,
+            window: Duration::from_secs(10),
+            minimum_calls,
+        };
+        config
+    }
+
+    /// A success as the engine counts it: without the lock when it can, else locked.
+    fn success(window: &mut Window, calls: &Calls, config: &Config, now: Nanos, generation: u16) {
+        if !calls.count_success(now / SECOND, generation) {
+            assert!(!window.record(calls, config, now, false, generation));
+        }
+    }
+
     #[test]
     fn count_in_window_restarts_after_a_quiet_window() {
         let mut config = config(3);
         config.policy = FailurePolicy::CountInWindow {
             window: Duration::from_secs(10),
         };
-        let mut window = Window::default();
-        assert!(!window.record(&config, 0, true));
-        assert!(!window.record(&config, 9 * SECOND, true));
+        let (mut window, calls) = (Window::default(), Calls::default());
+        assert!(!window.record(&calls, &config, 0, true, 0));
+        assert!(!window.record(&calls, &config, 9 * SECOND, true, 0));
         // Each failure renewed the window, so the third still counts.
-        assert!(window.record(&config, 18 * SECOND, true));
-        window.clear();
-        assert!(!window.record(&config, 20 * SECOND, true));
-        assert!(!window.record(&config, 31 * SECOND, true));
-        assert!(!window.record(&config, 31 * SECOND, true));
+        assert!(window.record(&calls, &config, 18 * SECOND, true, 0));
+        window.clear(&calls, 1);
+        assert!(!window.record(&calls, &config, 20 * SECOND, true, 1));
+        assert!(!window.record(&calls, &config, 31 * SECOND, true, 1));
+        assert!(!window.record(&calls, &config, 31 * SECOND, true, 1));
     }
 
     #[test]
     fn rate_needs_the_minimum_calls_and_forgets_old_buckets() {
-        let mut config = config(1);
-        config.policy = FailurePolicy::Rate {
-            rate: 0.5,
-            window: Duration::from_secs(10),
-            minimum_calls: 4,
-        };
-        let mut window = Window::default();
-        assert!(!window.record(&config, 0, true));
-        assert!(!window.record(&config, 0, false));
-        assert!(!window.record(&config, 0, false));
-        assert!(window.record(&config, 0, true), "2 of 4 failed");
-        let mut window = Window::default();
+        let config = rate(4);
+        let (mut window, calls) = (Window::default(), Calls::default());
+        assert!(!window.record(&calls, &config, 0, true, 0));
+        success(&mut window, &calls, &config, 0, 0);
+        success(&mut window, &calls, &config, 0, 0);
+        assert!(window.record(&calls, &config, 0, true, 0), "2 of 4 failed");
+        let (mut window, calls) = (Window::default(), Calls::default());
         for _ in 0..3 {
-            window.record(&config, 0, true);
+            window.record(&calls, &config, 0, true, 0);
         }
         // Eleven seconds later the old failures are out of the window.
-        assert!(!window.record(&config, 11 * SECOND, true));
+        assert!(!window.record(&calls, &config, 11 * SECOND, true, 0));
+    }
+
+    #[test]
+    fn successes_count_without_the_lock_once_their_bucket_is_tagged() {
+        let config = rate(4);
+        let (mut window, calls) = (Window::default(), Calls::default());
+        let now = 5 * SECOND;
+        // A new window: the first success tags the bucket under the lock.
+        assert!(!calls.count_success(5, 3));
+        assert!(!window.record(&calls, &config, now, false, 3));
+        assert!(calls.count_success(5, 3));
+        // Another period's success, or a bucket not yet reached, takes the locked path.
+        assert!(!calls.count_success(5, 4));
+        assert!(!calls.count_success(6, 3));
+        // Two successes, then two failures: 2 of 4 failed.
+        assert!(!window.record(&calls, &config, now, true, 3));
+        assert!(window.record(&calls, &config, now, true, 3));
+    }
+
+    #[test]
+    fn a_clear_forgets_every_period_but_the_new_one() {
+        let config = rate(2);
+        let (mut window, calls) = (Window::default(), Calls::default());
+        for _ in 0..5 {
+            success(&mut window, &calls, &config, SECOND, 7);
+        }
+        // The breaker moves to generation 8 (a reset); a success of 8 counts before the
+        // clear that follows the reset runs.
+        success(&mut window, &calls, &config, 2 * SECOND, 8);
+        window.clear(&calls, 8);
+        assert!(!window.is_empty(&calls));
+        // A success of the ended period cannot add to a cleared slot.
+        assert!(!calls.count_success(1, 7));
+        // 1 success of generation 8 and 1 failure: trips, the 5 of generation 7 are gone.
+        assert!(window.record(&calls, &config, 2 * SECOND, true, 8));
+        window.clear(&calls, 9);
+        assert!(window.is_empty(&calls));
+    }
+
+    #[test]
+    fn a_bucket_that_left_the_window_is_not_counted() {
+        let config = rate(1);
+        let (mut window, calls) = (Window::default(), Calls::default());
+        success(&mut window, &calls, &config, 20 * SECOND, 0);
+        // A late failure from bucket 5, after bucket 20 was counted: out of the window.
+        assert!(!window.record(&calls, &config, 5 * SECOND, true, 0));
+        // One bucket behind is still in the window: 1 failure of 1 call in its window trips.
+        assert!(window.record(&calls, &config, 19 * SECOND, true, 0));
     }
 }
