@@ -1080,6 +1080,17 @@ pub(crate) fn adopt<H: CircuitBreaker>(
 /// pad to spill it for. Always inlined, for the reason [`enter`] is.
 #[inline(always)]
 fn record_here<H: CircuitBreaker>(mut permit: Permit<'_, H>, report: Option<Report>) {
+    // The rate policy's closed success: one compare-and-swap on its bucket's slot, no lock.
+    // Checked on the whole permit, which then stays in registers.
+    #[cfg(not(feature = "metrics"))]
+    if permit.role == Role::Closed
+        && report == Some(Report::Success)
+        && let Some(cell) = permit.cell.as_deref()
+        && rate_success_counted::<H>(cell, permit.clock, permit.admitted)
+    {
+        permit.role = Role::Unrecorded;
+        return;
+    }
     let role = std::mem::replace(&mut permit.role, Role::Unrecorded);
     let Some(cell) = permit.cell.take() else {
         return;
@@ -1095,7 +1106,8 @@ fn record_here<H: CircuitBreaker>(mut permit: Permit<'_, H>, report: Option<Repo
         {
             return;
         }
-        // The rate policy's: one compare-and-swap on the current bucket's slot, no lock.
+        // The rate policy's, once the success is counted in the breaker's meters.
+        #[cfg(feature = "metrics")]
         (Role::Closed, Some(Report::Success))
             if rate_success_counted::<H>(&cell, permit.clock, permit.admitted) =>
         {

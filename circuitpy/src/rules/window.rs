@@ -8,9 +8,10 @@
 //!
 //! # How a success counts without the lock
 //!
-//! Slot `j % 10` holds bucket `j`'s calls for the ten buckets `head - 9 ..= head`. Each slot
-//! is tagged with the generation of the closed period it counts for and the bucket's lap
-//! (`j / 10`), so a success adds to it only when both are its own: a compare-and-swap that
+//! Slot `j % 16` holds bucket `j`'s calls for the sixteen buckets `head - 15 ..= head` (the
+//! window is the newest ten of them; sixteen make the slot a mask and the lap a shift).
+//! Each slot is tagged with the generation of the closed period it counts for and the
+//! bucket's lap (`j / 16`), so a success adds to it only when both are its own: a compare-and-swap that
 //! fails because the slot moved on to a later bucket, or was cleared, sends the success to
 //! the locked path, which checks the breaker's word as before. Only the locked path writes
 //! tags and `head`, so under the lock the tags and the per-bucket failures agree.
@@ -24,7 +25,7 @@
 //! - a success or failure whose bucket has already left the window when it is counted,
 //!   because a call counted since is ten buckets or more later (a thread stalled between
 //!   reading the clock and counting), is not counted: no later decision would include it;
-//! - a stalled success whose slot moved on 128 laps (1 280 buckets) and came back to the
+//! - a stalled success whose slot moved on 128 laps (2 048 buckets) and came back to the
 //!   same count, generation and tag before its compare-and-swap would count in the wrong
 //!   bucket; nothing else can make a tag match a bucket it does not stand for.
 //!
@@ -38,32 +39,44 @@ use crate::clock::Nanos;
 use crate::policy::{Config, FailurePolicy};
 use crate::rules::{BUCKETS, bucket_width, nanos, trips_on_rate};
 
-const SLOTS: u64 = BUCKETS as u64;
-/// A slot: generation (16 bits) | 1 | lap (7 bits) | calls (40 bits). A slot of zero is
-/// vacant: the set bit means no tag is ever zero.
-const CALLS_BITS: u32 = 40;
-const CALLS_MASK: u64 = (1 << CALLS_BITS) - 1;
-const GENERATION_SHIFT: u32 = 48;
-const TAGGED: u64 = 0x80 << CALLS_BITS;
+/// Buckets in the window.
+const WINDOW: u64 = BUCKETS as u64;
+/// Slots in the ring, a power of two.
+const SLOTS: usize = 16;
+const SLOT_MASK: u64 = SLOTS as u64 - 1;
+/// A slot: calls (38 bits) | lap (7 bits) | generation (16 bits) | 0 0 1. The generation
+/// sits where the breaker's word keeps it, so a tag is a mask of the word and a shift of the
+/// bucket. A slot of zero is vacant: the low bit means no tag is ever zero. Calls wrap after
+/// 2^38 in one bucket (a `u32` wrapped after 2^32 before).
+const TAG_BITS: u32 = 26;
+const TAG_MASK: u64 = (1 << TAG_BITS) - 1;
+const ONE_CALL: u64 = 1 << TAG_BITS;
+const GENERATION_SHIFT: u32 = 3;
+const LAP_SHIFT: u32 = 19;
+const TAGGED: u64 = 1;
 
 /// The tag of `bucket`'s slot in a closed period of `generation`.
 #[inline(always)]
 fn tag(generation: u16, bucket: u64) -> u64 {
-    (u64::from(generation) << GENERATION_SHIFT) | TAGGED | ((bucket / SLOTS) & 0x7f) << CALLS_BITS
+    (u64::from(generation) << GENERATION_SHIFT) | ((bucket >> 4) & 0x7f) << LAP_SHIFT | TAGGED
 }
 
 fn generation_of(slot: u64) -> u16 {
     (slot >> GENERATION_SHIFT) as u16
 }
 
+fn calls_of(slot: u64) -> u64 {
+    slot >> TAG_BITS
+}
+
 /// [`FailurePolicy::Rate`]: the calls of the ten buckets, counted without a lock.
 #[derive(Debug, Default)]
 pub(crate) struct Calls {
-    /// The newest bucket counted in; the slots hold `head - 9 ..= head`. Written under the
+    /// The newest bucket counted in; the slots hold `head - 15 ..= head`. Written under the
     /// window's lock only.
     head: AtomicU64,
-    /// Bucket `j`'s calls in slot `j % 10`, tagged (see [`tag`]).
-    slots: [AtomicU64; BUCKETS],
+    /// Bucket `j`'s calls in slot `j % 16`, tagged (see [`tag`]).
+    slots: [AtomicU64; SLOTS],
 }
 
 impl Calls {
@@ -71,14 +84,19 @@ impl Calls {
     /// bucket's slot is already tagged for it; false when the locked path must count it.
     #[inline(always)]
     pub(crate) fn count_success(&self, bucket: u64, generation: u16) -> bool {
-        if self.head.load(Ordering::Acquire).wrapping_sub(bucket) >= SLOTS {
+        if self.head.load(Ordering::Acquire).wrapping_sub(bucket) >= WINDOW {
             return false;
         }
-        let slot = &self.slots[(bucket % SLOTS) as usize];
+        let slot = &self.slots[(bucket & SLOT_MASK) as usize];
         let tag = tag(generation, bucket);
         let mut seen = slot.load(Ordering::Relaxed);
-        while seen & !CALLS_MASK == tag && seen & CALLS_MASK != CALLS_MASK {
-            match slot.compare_exchange_weak(seen, seen + 1, Ordering::Relaxed, Ordering::Relaxed) {
+        while seen & TAG_MASK == tag {
+            match slot.compare_exchange_weak(
+                seen,
+                seen.wrapping_add(ONE_CALL),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return true,
                 Err(actual) => seen = actual,
             }
@@ -94,7 +112,7 @@ pub(crate) struct Window {
     last_failure: Nanos,
     /// [`FailurePolicy::Rate`]: the failures of the bucket whose tag slot `i` of [`Calls`]
     /// holds.
-    failures: [u32; BUCKETS],
+    failures: [u32; SLOTS],
 }
 
 impl Window {
@@ -105,7 +123,7 @@ impl Window {
             && calls
                 .slots
                 .iter()
-                .all(|slot| slot.load(Ordering::Relaxed) & CALLS_MASK == 0)
+                .all(|slot| calls_of(slot.load(Ordering::Relaxed)) == 0)
     }
 
     /// Records one outcome of a call admitted closed in the period of `generation`, which
@@ -140,33 +158,33 @@ impl Window {
                 let current = now / bucket_width(window);
                 self.advance(calls, current, generation);
                 let head = calls.head.load(Ordering::Relaxed);
-                if head - current >= SLOTS {
+                if head - current >= WINDOW {
                     // Its bucket already left the window: no decision would count it.
                     return false;
                 }
-                let index = (current % SLOTS) as usize;
+                let index = (current & SLOT_MASK) as usize;
                 let slot = &calls.slots[index];
                 let own = tag(generation, current);
                 let seen = slot.load(Ordering::Relaxed);
-                if seen & !CALLS_MASK != own {
+                if seen & TAG_MASK != own {
                     // Vacant, or of another period: successes racing this store are not
                     // of this period, or were sent here.
-                    slot.store(own | 1, Ordering::Relaxed);
+                    slot.store(own | ONE_CALL, Ordering::Relaxed);
                     self.failures[index] = 0;
-                } else if seen & CALLS_MASK != CALLS_MASK {
+                } else {
                     // Successes may add concurrently; nothing else writes a tagged slot.
-                    slot.fetch_add(1, Ordering::Relaxed);
+                    slot.fetch_add(ONE_CALL, Ordering::Relaxed);
                 }
                 if !failed {
                     return false;
                 }
                 self.failures[index] = self.failures[index].saturating_add(1);
                 let (mut total_calls, mut total_failures) = (0u64, 0u64);
-                for bucket in current.saturating_sub(SLOTS - 1)..=current {
-                    let index = (bucket % SLOTS) as usize;
+                for bucket in current.saturating_sub(WINDOW - 1)..=current {
+                    let index = (bucket & SLOT_MASK) as usize;
                     let seen = calls.slots[index].load(Ordering::Relaxed);
-                    if seen & !CALLS_MASK == tag(generation, bucket) {
-                        total_calls += seen & CALLS_MASK;
+                    if seen & TAG_MASK == tag(generation, bucket) {
+                        total_calls += calls_of(seen);
                         total_failures += u64::from(self.failures[index]);
                     }
                 }
@@ -183,8 +201,8 @@ impl Window {
         if current <= head {
             return;
         }
-        for bucket in (head + 1).max(current.saturating_sub(SLOTS - 1))..=current {
-            let index = (bucket % SLOTS) as usize;
+        for bucket in (head + 1).max(current.saturating_sub(SLOT_MASK))..=current {
+            let index = (bucket & SLOT_MASK) as usize;
             calls.slots[index].store(tag(generation, bucket), Ordering::Relaxed);
             self.failures[index] = 0;
         }
