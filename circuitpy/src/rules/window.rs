@@ -33,7 +33,8 @@
 //! success that finished before the failure began is included, and successes that finish
 //! while it decides are ordered after it (they are cleared with the rest if it trips).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::clock::Nanos;
 use crate::policy::{Config, FailurePolicy};
@@ -69,14 +70,70 @@ fn calls_of(slot: u64) -> u64 {
     slot >> TAG_BITS
 }
 
+/// Copies of the ring, each on cache lines of its own; a thread counts its successes in one
+/// of them, so that threads on different copies do not write the same line.
+const STRIPES: usize = 4;
+
+/// One copy of the ring: bucket `j`'s calls in slot `j % 16`, tagged (see [`tag`]).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe([AtomicU64; SLOTS]);
+
+/// `head`, on a line of its own: read by every success, written once a bucket.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Head(AtomicU64);
+
+/// The stripe this thread counts in: threads take them in turn as they first count.
+fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|stripe| {
+        let mut index = stripe.get();
+        if index == usize::MAX {
+            index = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+            stripe.set(index);
+        }
+        index
+    })
+}
+
 /// [`FailurePolicy::Rate`]: the calls of the ten buckets, counted without a lock.
+///
+/// Every stripe's slot `i` carries the same tag: only the locked path writes tags, and it
+/// writes slot `i` of every stripe at once. A bucket's calls are the sum over the stripes.
 #[derive(Debug, Default)]
 pub(crate) struct Calls {
     /// The newest bucket counted in; the slots hold `head - 15 ..= head`. Written under the
     /// window's lock only.
-    head: AtomicU64,
-    /// Bucket `j`'s calls in slot `j % 16`, tagged (see [`tag`]).
-    slots: [AtomicU64; SLOTS],
+    head: Head,
+    stripes: [Stripe; STRIPES],
+}
+
+impl Calls {
+    /// Slot `index` of every stripe.
+    fn slot(&self, index: usize) -> impl Iterator<Item = &AtomicU64> {
+        self.stripes.iter().map(move |stripe| &stripe.0[index])
+    }
+
+    /// Tags slot `index` of every stripe with `tag`, no calls counted.
+    fn tag_slot(&self, index: usize, tag: u64) {
+        for slot in self.slot(index) {
+            slot.store(tag, Ordering::Relaxed);
+        }
+    }
+
+    /// The tag of slot `index` (the same in every stripe) and its calls.
+    fn read(&self, index: usize) -> (u64, u64) {
+        let tag = self.stripes[0].0[index].load(Ordering::Relaxed) & TAG_MASK;
+        let calls = self
+            .slot(index)
+            .map(|slot| calls_of(slot.load(Ordering::Relaxed)))
+            .fold(0u64, u64::wrapping_add);
+        (tag, calls)
+    }
 }
 
 impl Calls {
@@ -84,10 +141,10 @@ impl Calls {
     /// bucket's slot is already tagged for it; false when the locked path must count it.
     #[inline(always)]
     pub(crate) fn count_success(&self, bucket: u64, generation: u16) -> bool {
-        if self.head.load(Ordering::Acquire).wrapping_sub(bucket) >= WINDOW {
+        if self.head.0.load(Ordering::Acquire).wrapping_sub(bucket) >= WINDOW {
             return false;
         }
-        let slot = &self.slots[(bucket & SLOT_MASK) as usize];
+        let slot = &self.stripes[stripe()].0[(bucket & SLOT_MASK) as usize];
         let tag = tag(generation, bucket);
         let mut seen = slot.load(Ordering::Relaxed);
         while seen & TAG_MASK == tag {
@@ -120,10 +177,7 @@ impl Window {
     pub(crate) fn is_empty(&self, calls: &Calls) -> bool {
         self.count == 0
             && self.failures.iter().all(|&failures| failures == 0)
-            && calls
-                .slots
-                .iter()
-                .all(|slot| calls_of(slot.load(Ordering::Relaxed)) == 0)
+            && (0..SLOTS).all(|index| calls.read(index).1 == 0)
     }
 
     /// Records one outcome of a call admitted closed in the period of `generation`, which
@@ -157,24 +211,21 @@ impl Window {
             } => {
                 let current = now / bucket_width(window);
                 self.advance(calls, current, generation);
-                let head = calls.head.load(Ordering::Relaxed);
+                let head = calls.head.0.load(Ordering::Relaxed);
                 if head - current >= WINDOW {
                     // Its bucket already left the window: no decision would count it.
                     return false;
                 }
                 let index = (current & SLOT_MASK) as usize;
-                let slot = &calls.slots[index];
                 let own = tag(generation, current);
-                let seen = slot.load(Ordering::Relaxed);
-                if seen & TAG_MASK != own {
+                if calls.read(index).0 != own {
                     // Vacant, or of another period: successes racing this store are not
                     // of this period, or were sent here.
-                    slot.store(own | ONE_CALL, Ordering::Relaxed);
+                    calls.tag_slot(index, own);
                     self.failures[index] = 0;
-                } else {
-                    // Successes may add concurrently; nothing else writes a tagged slot.
-                    slot.fetch_add(ONE_CALL, Ordering::Relaxed);
                 }
+                // Successes may add concurrently; nothing else writes a tagged slot.
+                calls.stripes[stripe()].0[index].fetch_add(ONE_CALL, Ordering::Relaxed);
                 if !failed {
                     return false;
                 }
@@ -182,9 +233,9 @@ impl Window {
                 let (mut total_calls, mut total_failures) = (0u64, 0u64);
                 for bucket in current.saturating_sub(WINDOW - 1)..=current {
                     let index = (bucket & SLOT_MASK) as usize;
-                    let seen = calls.slots[index].load(Ordering::Relaxed);
-                    if seen & TAG_MASK == tag(generation, bucket) {
-                        total_calls += calls_of(seen);
+                    let (tag_seen, calls_seen) = calls.read(index);
+                    if tag_seen == tag(generation, bucket) {
+                        total_calls += calls_seen;
                         total_failures += u64::from(self.failures[index]);
                     }
                 }
@@ -197,16 +248,16 @@ impl Window {
     /// `current` are tagged for them, empty. (A new window's `head` is bucket 0, its slots
     /// vacant: a vacant slot is an empty bucket, tagged when first counted in.)
     fn advance(&mut self, calls: &Calls, current: u64, generation: u16) {
-        let head = calls.head.load(Ordering::Relaxed);
+        let head = calls.head.0.load(Ordering::Relaxed);
         if current <= head {
             return;
         }
         for bucket in (head + 1).max(current.saturating_sub(SLOT_MASK))..=current {
             let index = (bucket & SLOT_MASK) as usize;
-            calls.slots[index].store(tag(generation, bucket), Ordering::Relaxed);
+            calls.tag_slot(index, tag(generation, bucket));
             self.failures[index] = 0;
         }
-        calls.head.store(current, Ordering::Release);
+        calls.head.0.store(current, Ordering::Release);
     }
 
     /// Forgets every count, but for the rate policy's slots already tagged for `keep`, the
@@ -215,9 +266,9 @@ impl Window {
     pub(crate) fn clear(&mut self, calls: &Calls, keep: u16) {
         self.count = 0;
         self.last_failure = 0;
-        for (slot, failures) in calls.slots.iter().zip(&mut self.failures) {
-            if generation_of(slot.load(Ordering::Relaxed)) != keep {
-                slot.store(0, Ordering::Relaxed);
+        for (index, failures) in self.failures.iter_mut().enumerate() {
+            if generation_of(calls.read(index).0) != keep {
+                calls.tag_slot(index, 0);
                 *failures = 0;
             }
         }
