@@ -309,3 +309,51 @@ fn concurrent_failures_open_the_breaker_exactly_once() {
         CrowdOfFailures::log().take();
     }
 }
+
+const RATE_THREADS: usize = 8;
+const RATE_SUCCESSES: usize = 2_000;
+
+handler!(RateCrowd {
+    const FAILURE_THRESHOLD: u32 = 1;
+    const RECOVERY_TIMEOUT: Duration = RECOVERY;
+    const FAILURE_POLICY: circuitpy::FailurePolicy = circuitpy::FailurePolicy::Rate {
+        rate: 0.5,
+        window: Duration::from_secs(10),
+        minimum_calls: 1,
+    };
+});
+
+#[test]
+fn rate_successes_counted_on_many_threads_are_all_counted() {
+    let breaker = Breaker::new(RateCrowd);
+    for round in 0..3 {
+        let start = Barrier::new(RATE_THREADS);
+        std::thread::scope(|scope| {
+            for _ in 0..RATE_THREADS {
+                scope.spawn(|| {
+                    start.wait();
+                    for _ in 0..RATE_SUCCESSES {
+                        assert!(breaker.call(|| Ok::<_, Error>(())).is_ok());
+                    }
+                });
+            }
+        });
+        // With a rate of one half, the breaker trips on the failure that makes the failures
+        // as many as the successes: not one earlier (a lost success), not one later.
+        let successes = RATE_THREADS * RATE_SUCCESSES;
+        for failure in 1..=successes {
+            assert!(matches!(breaker.call(down), Err(Error::Down)));
+            let expected = if failure == successes {
+                State::Open
+            } else {
+                State::Closed
+            };
+            assert_eq!(
+                breaker.state().unwrap(),
+                expected,
+                "round {round}, failure {failure}"
+            );
+        }
+        breaker.reset().unwrap();
+    }
+}

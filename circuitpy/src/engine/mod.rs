@@ -24,8 +24,8 @@ use crate::error::{CircuitBreakerOpen, Rejection, StorageError};
 use crate::handler::{CircuitBreaker, State};
 use crate::key::Key;
 use crate::policy::{Config, FailurePolicy, OnStorageFailure};
-use crate::rules::nanos;
 use crate::rules::word::{Admit, Report, Word, admit, closed_success_changes_nothing, settle};
+use crate::rules::{bucket_width, nanos};
 use crate::storage::backend::{Async, Backend, Blocking, ready};
 use crate::storage::{AsyncStorage, Op, Request, Snapshot, Storage};
 
@@ -1080,6 +1080,17 @@ pub(crate) fn adopt<H: CircuitBreaker>(
 /// pad to spill it for. Always inlined, for the reason [`enter`] is.
 #[inline(always)]
 fn record_here<H: CircuitBreaker>(mut permit: Permit<'_, H>, report: Option<Report>) {
+    // The rate policy's closed success: one compare-and-swap on its bucket's slot, no lock.
+    // Checked on the whole permit, which then stays in registers.
+    #[cfg(not(feature = "metrics"))]
+    if permit.role == Role::Closed
+        && report == Some(Report::Success)
+        && let Some(cell) = permit.cell.as_deref()
+        && rate_success_counted::<H>(cell, permit.clock, permit.admitted)
+    {
+        permit.role = Role::Unrecorded;
+        return;
+    }
     let role = std::mem::replace(&mut permit.role, Role::Unrecorded);
     let Some(cell) = permit.cell.take() else {
         return;
@@ -1095,6 +1106,13 @@ fn record_here<H: CircuitBreaker>(mut permit: Permit<'_, H>, report: Option<Repo
         {
             return;
         }
+        // The rate policy's, once the success is counted in the breaker's meters.
+        #[cfg(feature = "metrics")]
+        (Role::Closed, Some(Report::Success))
+            if rate_success_counted::<H>(&cell, permit.clock, permit.admitted) =>
+        {
+            return;
+        }
         (Role::Trial, None) => Report::Abandoned,
         (_, Some(report)) => report,
     };
@@ -1104,6 +1122,24 @@ fn record_here<H: CircuitBreaker>(mut permit: Permit<'_, H>, report: Option<Repo
     #[cfg(not(feature = "metrics"))]
     drop(permit);
     settle_owned(handler, cell, clock, admitted, report);
+}
+
+/// Rate policy: counts a closed success in its bucket without a lock when the bucket's slot
+/// is already counting for the call's closed period (`rules/window.rs`); false for every
+/// other policy, and when the locked path must count it.
+#[inline(always)]
+fn rate_success_counted<H: CircuitBreaker>(cell: &Cell, clock: &Clock, admitted: Word) -> bool {
+    let config = &H::CONFIG;
+    let FailurePolicy::Rate { window, .. } = config.policy else {
+        return false;
+    };
+    // The same clock as `settle_here` reads for a success.
+    let now = if config.coarse_successes() {
+        clock.coarse_now()
+    } else {
+        clock.now()
+    };
+    cell.count_success(now / bucket_width(window), admitted.generation())
 }
 
 /// What [`record_here`] still needs of a permit once it is emptied.
@@ -1204,10 +1240,10 @@ fn settle_here<H: CircuitBreaker>(
         // outcome from before it last opened must not count towards the next trip. Checked
         // under the window's lock, which a phase change takes to clear the window.
         let trips = {
-            let mut window = cell.window();
+            let (mut window, calls) = cell.window();
             let current = cell.load();
             if current.phase() == State::Closed && current.generation() == admitted.generation() {
-                window.record(config, now, failed)
+                window.record(calls, config, now, failed, admitted.generation())
             } else {
                 false
             }
@@ -1231,7 +1267,7 @@ fn settle_here<H: CircuitBreaker>(
         match cell.compare_exchange(word, next) {
             Ok(_) => {
                 if next.phase() != word.phase() {
-                    cell.clear_window();
+                    cell.clear_window(next);
                 } else if next.phase() == State::HalfOpen {
                     // Something happened in the round: its leases run again.
                     cell.set_lease(next, now.saturating_add(nanos(config.recovery_timeout)));
@@ -1342,8 +1378,9 @@ pub(crate) fn control_cell(cell: &Cell, op: Op, audit: Audit<'_>) -> (State, Sta
         _ => State::Closed,
     };
     let current = cell.load();
-    let previous = cell.swap(current.next(state, 0));
-    cell.clear_window();
+    let next = current.next(state, 0);
+    let previous = cell.swap(next);
+    cell.clear_window(next);
     cell.set_forced((state != State::Closed).then(|| crate::admin::Forced {
         at: Some(std::time::SystemTime::now()),
         by: audit.actor.map(str::to_owned),

@@ -21,7 +21,7 @@ use crate::key::{self, Key};
 use crate::metrics::Meters;
 use crate::policy::Config;
 use crate::rules::nanos;
-use crate::rules::window::Window;
+use crate::rules::window::{Calls, Window};
 use crate::rules::word::{Word, deadline_ticks};
 use crate::storage::Snapshot;
 use crate::storage::memory::MemoryStorage;
@@ -71,6 +71,8 @@ pub(crate) struct Cell {
 #[cfg_attr(not(feature = "metrics"), derive(Default))]
 struct Extra {
     window: Mutex<Window>,
+    /// The rate policy's calls, counted by successes without the window's lock.
+    calls: Calls,
     /// The shared storage's last failure, reported to calls rejected while it lasts.
     failure: Mutex<Option<StorageError>>,
     /// In-process breakers: the audit trail of the last forcing, until a reset.
@@ -85,6 +87,7 @@ impl Extra {
     fn new(cell: &Cell) -> Self {
         Extra {
             window: Mutex::default(),
+            calls: Calls::default(),
             failure: Mutex::default(),
             forced: Mutex::default(),
             meters: Meters::register(&cell.key, cell.load().phase()),
@@ -141,7 +144,7 @@ impl Cell {
                 extra
                     .window
                     .try_lock()
-                    .is_ok_and(|window| window.is_empty())
+                    .is_ok_and(|window| window.is_empty(&extra.calls))
             })
     }
 
@@ -162,14 +165,27 @@ impl Cell {
         Word(self.word.swap(new.0, Ordering::AcqRel))
     }
 
-    pub(crate) fn window(&self) -> MutexGuard<'_, Window> {
-        lock(&self.extra().window)
+    /// The window, locked, and the rate policy's calls.
+    pub(crate) fn window(&self) -> (MutexGuard<'_, Window>, &Calls) {
+        let extra = self.extra();
+        (lock(&extra.window), &extra.calls)
     }
 
-    /// Forgets the window's counts, if there is a window.
-    pub(crate) fn clear_window(&self) {
+    /// Rate policy: counts a closed success of the period of `generation` in `bucket`
+    /// without a lock, when that bucket is already being counted; false when
+    /// [`Cell::window`]'s locked path must count it.
+    #[inline(always)]
+    pub(crate) fn count_success(&self, bucket: u64, generation: u16) -> bool {
+        self.extra
+            .get()
+            .is_some_and(|extra| extra.calls.count_success(bucket, generation))
+    }
+
+    /// Forgets the window's counts, if there is a window, after the breaker moved to
+    /// `word`: all but the rate policy's calls already counted in `word`'s closed period.
+    pub(crate) fn clear_window(&self, word: Word) {
         if let Some(extra) = self.extra.get() {
-            lock(&extra.window).clear();
+            lock(&extra.window).clear(&extra.calls, word.generation());
         }
     }
 

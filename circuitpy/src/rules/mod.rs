@@ -27,6 +27,13 @@
 //!   (more than one when local mode held some back); a failure counts one call and one
 //!   failure and then trips the breaker when the window holds at least `minimum_calls`
 //!   calls and `failures >= rate * calls` (the rate is inclusive). A success never trips.
+//!   In memory a success counts without a lock (`rules/window.rs`) and failures are
+//!   decided one at a time under the window's lock: a failure counts every success that
+//!   finished before it began, and a success still finishing when a trip or reset ends its
+//!   closed period counts in that period, which is then cleared. An outcome is counted in
+//!   the bucket of the clock reading it was recorded with; one recorded after a call ten
+//!   buckets later was counted (its thread stalled in between) has left the window and is
+//!   not counted.
 //!
 //! **Trip.** The breaker opens until `now + RECOVERY_TIMEOUT`; every count is cleared.
 //!
@@ -170,8 +177,9 @@ pub(crate) fn open_for(config: &Config, reopens: u64, seed: u64, at_ms: u64) -> 
 pub(crate) const BUCKETS: usize = 10;
 
 /// The width of one of the rate policy's buckets, in nanoseconds, at least one.
-pub(crate) fn bucket_width(window: Duration) -> u64 {
-    (window.as_nanos() as u64 / BUCKETS as u64).max(1)
+pub(crate) const fn bucket_width(window: Duration) -> u64 {
+    let width = window.as_nanos() as u64 / BUCKETS as u64;
+    if width == 0 { 1 } else { width }
 }
 
 /// The rate rule: inclusive, once the window holds `minimum_calls` calls.
