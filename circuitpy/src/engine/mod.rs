@@ -1240,7 +1240,8 @@ fn settle_here<H: CircuitBreaker>(
         // outcome from before it last opened must not count towards the next trip. Checked
         // under the window's lock, which a phase change takes to clear the window.
         let trips = {
-            let (mut window, calls) = cell.window();
+            let (mut window, calls) =
+                cell.window(matches!(config.policy, FailurePolicy::Rate { .. }));
             let current = cell.load();
             if current.phase() == State::Closed && current.generation() == admitted.generation() {
                 window.record(calls, config, now, failed, admitted.generation())

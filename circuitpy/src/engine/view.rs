@@ -71,8 +71,10 @@ pub(crate) struct Cell {
 #[cfg_attr(not(feature = "metrics"), derive(Default))]
 struct Extra {
     window: Mutex<Window>,
-    /// The rate policy's calls, counted by successes without the window's lock.
-    calls: Calls,
+    /// The rate policy's calls, counted by successes without the window's lock: allocated
+    /// by that policy's first call only (640 bytes), not by the other reasons for an extra
+    /// part (the count-in-window policy, a storage failure, metric handles).
+    calls: OnceLock<Box<Calls>>,
     /// The shared storage's last failure, reported to calls rejected while it lasts.
     failure: Mutex<Option<StorageError>>,
     /// In-process breakers: the audit trail of the last forcing, until a reset.
@@ -87,11 +89,21 @@ impl Extra {
     fn new(cell: &Cell) -> Self {
         Extra {
             window: Mutex::default(),
-            calls: Calls::default(),
+            calls: OnceLock::new(),
             failure: Mutex::default(),
             forced: Mutex::default(),
             meters: Meters::register(&cell.key, cell.load().phase()),
         }
+    }
+}
+
+/// The ring of a breaker that never counted under the rate policy: always empty.
+static NO_CALLS: std::sync::LazyLock<Calls> = std::sync::LazyLock::new(Calls::default);
+
+impl Extra {
+    /// The rate policy's calls, or the empty ring where that policy never counted.
+    fn calls(&self) -> &Calls {
+        self.calls.get().map_or(&NO_CALLS, |calls| calls)
     }
 }
 
@@ -144,7 +156,7 @@ impl Cell {
                 extra
                     .window
                     .try_lock()
-                    .is_ok_and(|window| window.is_empty(&extra.calls))
+                    .is_ok_and(|window| window.is_empty(extra.calls()))
             })
     }
 
@@ -165,10 +177,16 @@ impl Cell {
         Word(self.word.swap(new.0, Ordering::AcqRel))
     }
 
-    /// The window, locked, and the rate policy's calls.
-    pub(crate) fn window(&self) -> (MutexGuard<'_, Window>, &Calls) {
+    /// The window, locked, and the rate policy's calls (made on first use when `rate`; the
+    /// other policies get the shared empty ring, which nothing but zeros is ever written to).
+    pub(crate) fn window(&self, rate: bool) -> (MutexGuard<'_, Window>, &Calls) {
         let extra = self.extra();
-        (lock(&extra.window), &extra.calls)
+        let calls = if rate {
+            extra.calls.get_or_init(Box::default)
+        } else {
+            extra.calls()
+        };
+        (lock(&extra.window), calls)
     }
 
     /// Rate policy: counts a closed success of the period of `generation` in `bucket`
@@ -178,14 +196,15 @@ impl Cell {
     pub(crate) fn count_success(&self, bucket: u64, generation: u16) -> bool {
         self.extra
             .get()
-            .is_some_and(|extra| extra.calls.count_success(bucket, generation))
+            .and_then(|extra| extra.calls.get())
+            .is_some_and(|calls| calls.count_success(bucket, generation))
     }
 
     /// Forgets the window's counts, if there is a window, after the breaker moved to
     /// `word`: all but the rate policy's calls already counted in `word`'s closed period.
     pub(crate) fn clear_window(&self, word: Word) {
         if let Some(extra) = self.extra.get() {
-            lock(&extra.window).clear(&extra.calls, word.generation());
+            lock(&extra.window).clear(extra.calls(), word.generation());
         }
     }
 
