@@ -24,8 +24,8 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use circuitpy::State;
 use circuitpy::admin::{Action, Audit, BreakerInfo, Listing};
+use circuitpy::{Overrides, State};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::storage::Connected;
@@ -75,6 +75,16 @@ enum Command {
     Close(Steer),
     /// Back to closed, counts and the forcing's trail cleared.
     Reset(Steer),
+    /// Override a breaker's settings at runtime, for every process: `threshold=10`,
+    /// `recovery=30s`, `trials=2` (any of them; the others keep the handler's consts).
+    Set {
+        key: String,
+        /// `threshold=N`, `recovery=DURATION` (`500ms`, `30s`, `2m`), `trials=N`.
+        #[arg(required = true, value_parser = parse_setting)]
+        settings: Vec<Setting>,
+    },
+    /// Clear a breaker's runtime overrides: back to the handler's consts.
+    Unset { key: String },
     /// Exit 0 when the breaker lets calls through (closed, forced closed), 2 when not.
     Check { key: String },
     /// A live table, redrawn in place.
@@ -148,6 +158,14 @@ impl StateFilter {
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_duration(text)?;
+    if interval < Duration::from_millis(100) {
+        return Err("the interval is at least 100ms".into());
+    }
+    Ok(interval)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit())
         .map_or((text, ""), |at| text.split_at(at));
@@ -160,10 +178,34 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
         "m" => Duration::from_secs(number.saturating_mul(60)),
         _ => return Err(format!("unknown unit {unit:?}: use ms, s or m")),
     };
-    if interval < Duration::from_millis(100) {
-        return Err("the interval is at least 100ms".into());
-    }
     Ok(interval)
+}
+
+/// One `name=value` of `set`.
+#[derive(Clone, Debug)]
+enum Setting {
+    Threshold(u32),
+    Recovery(Duration),
+    Trials(u32),
+}
+
+fn parse_setting(text: &str) -> Result<Setting, String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| {
+        format!("expected name=value (threshold=10, recovery=30s, trials=2), not {text:?}")
+    })?;
+    let number = |value: &str| {
+        value
+            .parse::<u32>()
+            .map_err(|_| format!("{name} takes a whole number, not {value:?}"))
+    };
+    match name {
+        "threshold" => number(value).map(Setting::Threshold),
+        "recovery" => parse_duration(value).map(Setting::Recovery),
+        "trials" => number(value).map(Setting::Trials),
+        _ => Err(format!(
+            "unknown setting {name:?}: threshold, recovery or trials"
+        )),
+    }
 }
 
 /// Whether `key` matches `glob` (`*` any run, `?` one character).
@@ -283,6 +325,29 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Open(steer) => act(admin, prefix, Action::ForceOpen, steer),
         Command::Close(steer) => act(admin, prefix, Action::ForceClosed, steer),
         Command::Reset(steer) => act(admin, prefix, Action::Reset, steer),
+        Command::Set { key, settings } => {
+            let mut overrides = Overrides::NONE;
+            for setting in settings {
+                overrides = match setting {
+                    Setting::Threshold(n) => overrides.failure_threshold(n),
+                    Setting::Recovery(timeout) => overrides.recovery_timeout(timeout),
+                    Setting::Trials(n) => overrides.half_open_trials(n),
+                };
+            }
+            let info = admin.act(prefix, &key, Action::Override(overrides), Audit::NONE)?;
+            let shown = info
+                .as_ref()
+                .and_then(|info| info.overrides)
+                .map(|overrides| output::overrides(&overrides))
+                .unwrap_or_default();
+            println!("{key}: overridden {shown}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unset { key } => {
+            admin.act(prefix, &key, Action::Override(Overrides::NONE), Audit::NONE)?;
+            println!("{key}: back to the handler's settings");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { key } => {
             let state = admin
                 .inspect(prefix, &key)?
@@ -437,6 +502,25 @@ mod tests {
         assert_eq!(parse_interval("3"), Ok(Duration::from_secs(3)));
         assert!(parse_interval("1h").is_err());
         assert!(parse_interval("10ms").is_err());
+    }
+
+    #[test]
+    fn settings_parse_by_name() {
+        assert!(matches!(
+            parse_setting("threshold=10"),
+            Ok(Setting::Threshold(10))
+        ));
+        assert!(matches!(
+            parse_setting("recovery=2m"),
+            Ok(Setting::Recovery(d)) if d == Duration::from_secs(120)
+        ));
+        assert!(parse_setting("threshold=ten").is_err());
+        assert!(
+            parse_setting("speed=1")
+                .unwrap_err()
+                .contains("unknown setting")
+        );
+        assert!(parse_setting("threshold").is_err());
     }
 
     #[test]

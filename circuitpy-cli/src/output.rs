@@ -3,8 +3,8 @@
 use std::fmt::Write;
 use std::time::{Duration, SystemTime};
 
-use circuitpy::State;
 use circuitpy::admin::{BreakerInfo, Forced, Listing, rfc3339};
+use circuitpy::{Overrides, State};
 use serde::Serialize;
 
 /// A breaker as `--json` prints it: times in RFC 3339 (UTC), durations in milliseconds.
@@ -21,8 +21,16 @@ pub(crate) struct BreakerJson<'a> {
     trials_passed: u64,
     failed_rounds: u64,
     forced: Option<ForcedJson<'a>>,
+    overrides: Option<OverridesJson>,
     expires_in_ms: Option<u128>,
     now: String,
+}
+
+#[derive(Serialize)]
+struct OverridesJson {
+    failure_threshold: Option<u32>,
+    recovery_timeout_ms: Option<u128>,
+    half_open_trials: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -64,6 +72,13 @@ pub(crate) fn breaker(info: &BreakerInfo) -> BreakerJson<'_> {
         permits_out: info.permits_out,
         trials_passed: info.trials_passed,
         failed_rounds: info.failed_rounds,
+        overrides: info.overrides.map(|overrides| OverridesJson {
+            failure_threshold: overrides.failure_threshold,
+            recovery_timeout_ms: overrides
+                .recovery_timeout
+                .map(|timeout| timeout.as_millis()),
+            half_open_trials: overrides.half_open_trials,
+        }),
         forced: info.forced.as_ref().map(|forced| ForcedJson {
             at: time(forced.at),
             by: forced.by.as_deref(),
@@ -105,6 +120,26 @@ pub(crate) fn relative(then: SystemTime, now: SystemTime) -> String {
         Ok(ahead) => format!("in {}", span(ahead)),
         Err(past) => format!("{} ago", span(past.duration())),
     }
+}
+
+/// `threshold=10 recovery=30s`: as `set` takes them.
+pub(crate) fn overrides(overrides: &Overrides) -> String {
+    let mut parts = Vec::new();
+    if let Some(threshold) = overrides.failure_threshold {
+        parts.push(format!("threshold={threshold}"));
+    }
+    if let Some(timeout) = overrides.recovery_timeout {
+        let ms = timeout.as_millis();
+        parts.push(if ms % 1000 == 0 {
+            format!("recovery={}s", ms / 1000)
+        } else {
+            format!("recovery={ms}ms")
+        });
+    }
+    if let Some(trials) = overrides.half_open_trials {
+        parts.push(format!("trials={trials}"));
+    }
+    parts.join(" ")
 }
 
 /// ` by alice (failover drill)`, as far as the trail says.
@@ -249,6 +284,9 @@ pub(crate) fn details(info: &BreakerInfo, colour: bool) -> String {
                 );
             }
         }
+    }
+    if let Some(overridden) = &info.overrides {
+        line("overrides", overrides(overridden));
     }
     if let Some(left) = info.expires_in {
         line("expires in", span(left));

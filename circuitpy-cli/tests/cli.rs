@@ -175,6 +175,75 @@ fn scenario<S: Storage + Admin + 'static>(url: &str, extra: &[&str], storage: &'
     let watched = with(&["watch", "--interval", "100ms", "--count", "2"]);
     assert!(watched.status.success(), "{}", stderr(&watched));
     assert_eq!(stdout(&watched).matches("breakers under").count(), 2);
+
+    overrides(&with, storage);
+}
+
+/// An operator's runtime override, set by the binary, decides in this other process at
+/// once; a value out of bounds is refused; `unset` restores the handler's threshold.
+fn overrides<S: Storage + Admin + 'static>(with: &dyn Fn(&[&str]) -> Output, storage: &'static S) {
+    let breaker = Breaker::keyed(Payments(storage), "limits");
+    let fail = || {
+        let result: Result<(), Failed> = breaker.call(|| Err(Failed::Down));
+        result
+    };
+    let set = with(&["set", "payments:limits", "threshold=5", "recovery=45s"]);
+    assert!(set.status.success(), "{}", stderr(&set));
+    assert!(
+        stdout(&set).contains("threshold=5 recovery=45s"),
+        "{}",
+        stdout(&set)
+    );
+    for _ in 0..4 {
+        assert!(matches!(fail(), Err(Failed::Down)));
+    }
+    assert_eq!(breaker.state().unwrap(), State::Closed, "4 of 5 failures");
+    assert!(matches!(fail(), Err(Failed::Down)));
+    assert_eq!(breaker.state().unwrap(), State::Open, "the fifth trips it");
+    let shown = json(&with(&["show", "payments:limits", "--json"]));
+    assert_eq!(shown["overrides"]["failure_threshold"], 5);
+    assert_eq!(shown["overrides"]["recovery_timeout_ms"], 45_000);
+    let next_trial = shown["next_trial_at"].as_str().unwrap().to_owned();
+    assert!(!next_trial.is_empty());
+
+    assert_one_line_error(
+        &with(&["set", "payments:limits", "threshold=0"]),
+        "at least 1",
+    );
+    // A usage error, as clap reports them: exit 1, the reason first.
+    let unknown = with(&["set", "payments:limits", "speed=3"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stderr(&unknown).starts_with("error: invalid value 'speed=3'"));
+    assert!(stderr(&unknown).contains("unknown setting \"speed\""));
+
+    let unset = with(&["unset", "payments:limits"]);
+    assert!(unset.status.success(), "{}", stderr(&unset));
+    assert!(with(&["reset", "payments:limits"]).status.success());
+    // Through the storage itself: this process's view of the open breaker hears of the
+    // reset only when it next asks (within a second).
+    let config = config();
+    let failure = Request::new("payments:limits", Op::Failure, &config);
+    for _ in 0..2 {
+        assert_eq!(storage.execute(&failure).unwrap().state, State::Closed);
+    }
+    assert_eq!(
+        storage.execute(&failure).unwrap().state,
+        State::Open,
+        "the handler's 3 again"
+    );
+    assert!(with(&["reset", "payments:limits"]).status.success());
+}
+
+#[derive(Debug)]
+enum Failed {
+    Down,
+    Open,
+}
+
+impl From<circuitpy::CircuitBreakerOpen> for Failed {
+    fn from(_: circuitpy::CircuitBreakerOpen) -> Self {
+        Failed::Open
+    }
 }
 
 #[test]

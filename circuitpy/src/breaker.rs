@@ -697,6 +697,77 @@ impl<H: CircuitBreaker> Breaker<H> {
         self.control_async(Op::ForceClosed, audit).await.map(drop)
     }
 
+    /// Overrides the breaker's threshold, recovery timeout or half-open trials at runtime,
+    /// for every process that shares it: stored with the breaker, decided by in the same
+    /// single command on a shared storage (in this process for the in-memory storage), for
+    /// [`FORCED_TTL`](crate::FORCED_TTL) or until set again; [`Overrides::NONE`] clears
+    /// them. A value out of its const's bounds is refused, never applied. A storage built
+    /// on the three primitives alone cannot keep them
+    /// ([`StorageError::Unsupported`]).
+    ///
+    /// ```
+    /// # use circuitpy::{Breaker, CircuitBreaker, MemoryStorage, Overrides, State};
+    /// # use std::time::Duration;
+    /// # static STORAGE: std::sync::LazyLock<MemoryStorage> = std::sync::LazyLock::new(MemoryStorage::new);
+    /// # struct Api;
+    /// # impl CircuitBreaker for Api {
+    /// #   const FAILURE_THRESHOLD: u32 = 5;
+    /// #   const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    /// #   const FAILURE_KEY: &'static str = "api";
+    /// #   type Storage = MemoryStorage;
+    /// #   fn storage(&self) -> &MemoryStorage { &STORAGE }
+    /// # }
+    /// # #[derive(Debug)] struct Down;
+    /// # impl From<circuitpy::CircuitBreakerOpen> for Down {
+    /// #     fn from(_: circuitpy::CircuitBreakerOpen) -> Self { Down }
+    /// # }
+    /// let breaker = Breaker::keyed(Api, "overridden");
+    /// // One failure trips it now, where the handler says five.
+    /// breaker.set_overrides(Overrides::NONE.failure_threshold(1)).unwrap();
+    /// let _ = breaker.call(|| Err::<(), _>(Down));
+    /// assert_eq!(breaker.state().unwrap(), State::Open);
+    /// assert!(breaker.set_overrides(Overrides::NONE.half_open_trials(0)).is_err());
+    /// ```
+    pub fn set_overrides(&self, overrides: crate::Overrides) -> Result<(), StorageError>
+    where
+        H::Storage: Storage,
+    {
+        let storage = self.handler.storage();
+        ready(self.override_on(&Blocking(storage), overrides))
+    }
+
+    /// [`Breaker::set_overrides`] for an async storage.
+    pub async fn set_overrides_async(&self, overrides: crate::Overrides) -> Result<(), StorageError>
+    where
+        H::Storage: AsyncStorage,
+    {
+        let storage = self.handler.storage();
+        self.override_on(&Async(storage), overrides).await
+    }
+
+    async fn override_on<B: crate::storage::backend::Backend>(
+        &self,
+        backend: &B,
+        overrides: crate::Overrides,
+    ) -> Result<(), StorageError> {
+        overrides.check()?;
+        let cell = self.cell()?;
+        if decided_here::<H::Storage>() {
+            cell.set_overrides((!overrides.is_none()).then_some(overrides));
+            return Ok(());
+        }
+        engine::control_shared(
+            &self.handler,
+            backend,
+            &cell,
+            Op::Override,
+            Audit::NONE,
+            overrides,
+        )
+        .await
+        .map(drop)
+    }
+
     /// Reads (`Op::Read`), forces or resets the breaker: in this process for the in-memory
     /// storage, on the storage otherwise.
     fn control(&self, op: Op, audit: Audit<'_>) -> Result<State, StorageError>
@@ -726,7 +797,15 @@ impl<H: CircuitBreaker> Breaker<H> {
         audit.check()?;
         let cell = self.cell()?;
         if !decided_here::<H::Storage>() {
-            return engine::control_shared(&self.handler, backend, &cell, op, audit).await;
+            return engine::control_shared(
+                &self.handler,
+                backend,
+                &cell,
+                op,
+                audit,
+                crate::Overrides::NONE,
+            )
+            .await;
         }
         if op != Op::Read {
             engine::control_here(&self.handler, &cell, op, audit);

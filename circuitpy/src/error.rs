@@ -220,6 +220,21 @@ pub enum StorageError {
         /// Its length in bytes.
         len: usize,
     },
+    /// An operator's override of a breaker's settings is out of the bounds the handler's
+    /// consts have; nothing was applied.
+    #[error("invalid override: {detail}")]
+    InvalidOverride {
+        /// Which setting, and its bounds.
+        detail: &'static str,
+    },
+    /// The storage cannot do what was asked (e.g. keep runtime overrides), and says why.
+    #[error("not supported by this storage (key \"{key}\"): {detail}")]
+    Unsupported {
+        /// The breaker's key.
+        key: String,
+        /// Why.
+        detail: &'static str,
+    },
     /// The storage's own client failed (connection refused, protocol error, ...).
     #[error("storage failed (key \"{key}\"): {source}")]
     Backend {
@@ -297,6 +312,8 @@ impl StorageError {
             StorageError::InvalidData { .. } => "invalid_data",
             StorageError::InvalidKey { .. } => "invalid_key",
             StorageError::AuditTooLong { .. } => "audit_too_long",
+            StorageError::InvalidOverride { .. } => "invalid_override",
+            StorageError::Unsupported { .. } => "unsupported",
             StorageError::Backend { .. } => "backend",
         }
     }

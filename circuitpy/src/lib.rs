@@ -79,7 +79,7 @@ pub use engine::{Outcome, Permit, RunAsync};
 pub use error::{CircuitBreakerOpen, Rejection, StorageError};
 pub use handler::{CircuitBreaker, State};
 pub use policy::{
-    Backoff, Config, FailurePolicy, MAX_DURATION, MAX_HALF_OPEN_TRIALS, OnStorageFailure,
+    Backoff, Config, FailurePolicy, MAX_DURATION, MAX_HALF_OPEN_TRIALS, OnStorageFailure, Overrides,
 };
 pub use rules::{FORCED_TTL, retention};
 pub use storage::memory::MemoryStorage;

@@ -121,6 +121,100 @@ pub struct Config {
     pub recovery_jitter: f64,
 }
 
+/// An operator's runtime change to one breaker's settings, stored with the breaker in its
+/// storage: every process that shares the breaker decides by it (on a shared storage the
+/// server applies it in the same single command), until it is cleared or expires
+/// ([`FORCED_TTL`](crate::FORCED_TTL) after it was set). Unset fields keep the handler's
+/// consts. Each value has the bounds of its const; a value out of them is refused with
+/// [`StorageError::InvalidOverride`](crate::StorageError::InvalidOverride), never applied.
+///
+/// ```
+/// use circuitpy::Overrides;
+/// use std::time::Duration;
+/// let overrides = Overrides::NONE.failure_threshold(10).recovery_timeout(Duration::from_secs(30));
+/// assert!(overrides.check().is_ok());
+/// assert!(Overrides::NONE.failure_threshold(0).check().is_err());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Overrides {
+    /// In place of [`CircuitBreaker::FAILURE_THRESHOLD`].
+    pub failure_threshold: Option<u32>,
+    /// In place of [`CircuitBreaker::RECOVERY_TIMEOUT`] (whole milliseconds on the shared
+    /// storages).
+    pub recovery_timeout: Option<Duration>,
+    /// In place of [`CircuitBreaker::HALF_OPEN_TRIALS`].
+    pub half_open_trials: Option<u32>,
+}
+
+impl Overrides {
+    /// Nothing overridden: setting it clears a breaker's overrides.
+    pub const NONE: Overrides = Overrides {
+        failure_threshold: None,
+        recovery_timeout: None,
+        half_open_trials: None,
+    };
+
+    /// With the threshold overridden.
+    pub const fn failure_threshold(mut self, threshold: u32) -> Self {
+        self.failure_threshold = Some(threshold);
+        self
+    }
+
+    /// With the recovery timeout overridden.
+    pub const fn recovery_timeout(mut self, timeout: Duration) -> Self {
+        self.recovery_timeout = Some(timeout);
+        self
+    }
+
+    /// With the half-open trials overridden.
+    pub const fn half_open_trials(mut self, trials: u32) -> Self {
+        self.half_open_trials = Some(trials);
+        self
+    }
+
+    /// Whether nothing is overridden.
+    pub const fn is_none(&self) -> bool {
+        self.failure_threshold.is_none()
+            && self.recovery_timeout.is_none()
+            && self.half_open_trials.is_none()
+    }
+
+    /// Checks each value against its const's bounds.
+    pub fn check(&self) -> Result<(), crate::StorageError> {
+        let bad = |detail| Err(crate::StorageError::InvalidOverride { detail });
+        if self.failure_threshold == Some(0) {
+            return bad("threshold must be at least 1");
+        }
+        if let Some(timeout) = self.recovery_timeout
+            && (timeout.as_millis() == 0 || !in_range(timeout))
+        {
+            return bad("recovery timeout must be at least 1 ms and at most a year");
+        }
+        if let Some(trials) = self.half_open_trials
+            && (trials == 0 || trials > MAX_HALF_OPEN_TRIALS)
+        {
+            return bad("half-open trials must be between 1 and 65535");
+        }
+        Ok(())
+    }
+
+    /// `config` with these values in place of its own.
+    pub fn applied_to(&self, config: &Config) -> Config {
+        let mut config = *config;
+        if let Some(threshold) = self.failure_threshold {
+            config.failure_threshold = threshold;
+        }
+        if let Some(timeout) = self.recovery_timeout {
+            config.recovery_timeout = timeout;
+        }
+        if let Some(trials) = self.half_open_trials {
+            config.half_open_trials = trials;
+        }
+        config
+    }
+}
+
 /// How the open time grows while a dependency stays down: each half-open round whose trial
 /// fails multiplies the next open time by `factor`, up to `max`; the breaker closing starts
 /// again from [`RECOVERY_TIMEOUT`](CircuitBreaker::RECOVERY_TIMEOUT). Off by default.

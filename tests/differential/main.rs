@@ -22,7 +22,7 @@ use std::time::Duration;
 use circuitpy::testing::Reference;
 use circuitpy::{
     Backoff, Breaker, CircuitBreaker, Config, FailurePolicy, ManualClock, MemoryStorage, Op,
-    Outcome, Permit, PostgresStorage, Request, Snapshot, SqliteStorage, State, Storage,
+    Outcome, Overrides, Permit, PostgresStorage, Request, Snapshot, SqliteStorage, State, Storage,
 };
 use circuitpy_tests::redis::RedisServer;
 use proptest::prelude::*;
@@ -122,7 +122,21 @@ enum Step {
     ForceOpen,
     ForceClosed,
     Reset,
+    /// An operator's runtime overrides, one of [`OVERRIDES`].
+    Override(usize),
 }
+
+/// The overrides the cases set, clearing included.
+const OVERRIDES: [Overrides; 6] = [
+    Overrides::NONE,
+    Overrides::NONE.failure_threshold(1),
+    Overrides::NONE.failure_threshold(5),
+    Overrides::NONE.recovery_timeout(Duration::from_millis(500)),
+    Overrides::NONE
+        .recovery_timeout(Duration::from_millis(2_000))
+        .half_open_trials(1),
+    Overrides::NONE.half_open_trials(3).failure_threshold(2),
+];
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
@@ -145,6 +159,7 @@ fn step() -> impl Strategy<Value = Step> {
         ]
         .prop_map(Step::Advance),
         1 => prop_oneof![Just(Step::ForceOpen), Just(Step::ForceClosed), Just(Step::Reset)],
+        1 => (0..OVERRIDES.len()).prop_map(Step::Override),
     ]
 }
 
@@ -170,6 +185,10 @@ struct Shared<'s> {
     counts: bool,
     /// Permits held, by the round they belong to.
     held: Vec<u64>,
+    /// Whether it keeps runtime overrides; one that cannot (the primitive protocol) leaves
+    /// the comparison at the first override.
+    overrides: bool,
+    retired: bool,
 }
 
 /// The in-memory breaker, driven through the public API.
@@ -237,6 +256,12 @@ impl Shared<'_> {
             Step::ForceOpen => read(run(Op::ForceOpen, None)),
             Step::ForceClosed => read(run(Op::ForceClosed, None)),
             Step::Reset => read(run(Op::Reset, None)),
+            Step::Override(pick) => {
+                let request = Request::new(key, Op::Override, config)
+                    .at(at)
+                    .with_overrides(OVERRIDES[pick]);
+                read((self.storage)(&request))
+            }
         }
     }
 }
@@ -298,6 +323,10 @@ impl<'b, H: CircuitBreaker<Storage = MemoryStorage>> InMemory<'b, H> {
             }
             Step::Reset => {
                 self.breaker.reset().unwrap();
+                seen(state(self.breaker))
+            }
+            Step::Override(pick) => {
+                self.breaker.set_overrides(OVERRIDES[pick]).unwrap();
                 seen(state(self.breaker))
             }
         }
@@ -376,30 +405,40 @@ fn run_case<H: CircuitBreaker<Storage = MemoryStorage>>(
             storage: &reference,
             counts: true,
             held: Vec::new(),
+            overrides: true,
+            retired: false,
         },
         Shared {
             name: "primitive protocol",
             storage: &primitives,
             counts: false,
             held: Vec::new(),
+            overrides: false,
+            retired: false,
         },
         Shared {
             name: "Redis script",
             storage: &redis,
             counts: true,
             held: Vec::new(),
+            overrides: true,
+            retired: false,
         },
         Shared {
             name: "PostgreSQL function",
             storage: &postgres,
             counts: true,
             held: Vec::new(),
+            overrides: true,
+            retired: false,
         },
         Shared {
             name: "SQLite",
             storage: &sqlite,
             counts: true,
             held: Vec::new(),
+            overrides: true,
+            retired: false,
         },
     ];
     let mut history = Vec::new();
@@ -413,6 +452,12 @@ fn run_case<H: CircuitBreaker<Storage = MemoryStorage>>(
         let mut counted: Option<(&str, u64)> = None;
         let mut deadline: Option<(&str, Duration)> = None;
         for implementation in &mut shared {
+            if matches!(step, Step::Override(_)) && !implementation.overrides {
+                implementation.retired = true;
+            }
+            if implementation.retired {
+                continue;
+            }
             let seen = implementation.apply(*step, &breaker_key, &config, at);
             let agrees = seen.state == expected.state
                 && (seen.permit.is_none()

@@ -218,6 +218,9 @@ pub(crate) fn breaker_region(key: &str, info: Option<&BreakerInfo>) -> Markup {
                     (trail(forced))
                 }
             }
+            @if let Some(overridden) = &info.overrides {
+                dt { "overrides" } dd { (crate::output::overrides(overridden)) }
+            }
             @if let Some(left) = info.expires_in {
                 dt { "expires in" } dd { (crate::output::span(left)) }
             }

@@ -82,6 +82,7 @@ pub(crate) fn describe(key: &str, row: &Row, now: i64, expires_at: Option<i64>) 
             _ => 0,
         },
         forced: None,
+        overrides: row.overrides.live(now),
         expires_in: expires_at
             .filter(|&at| at > now)
             .map(|at| Duration::from_micros((at - now) as u64)),
@@ -168,7 +169,22 @@ pub(crate) fn row_of_hash(
             name => {
                 let known = matches!(
                     name,
-                    "s" | "f" | "l" | "o" | "d" | "a" | "r" | "p" | "k" | "t" | "fa" | "n"
+                    "s" | "f"
+                        | "l"
+                        | "o"
+                        | "d"
+                        | "a"
+                        | "r"
+                        | "p"
+                        | "k"
+                        | "t"
+                        | "w"
+                        | "fa"
+                        | "n"
+                        | "xt"
+                        | "xr"
+                        | "xh"
+                        | "xu"
                 ) || (name.len() == 2
                     && name.starts_with(['b', 'c', 'e'])
                     && name.as_bytes()[1].is_ascii_digit());
@@ -203,6 +219,12 @@ pub(crate) fn row_of_hash(
     let state = get("s").unwrap_or(0);
     row.round = get("r").unwrap_or(0);
     row.reopens = get("n").unwrap_or(0);
+    row.overrides = crate::rules::row::Stored {
+        threshold: get("xt").unwrap_or(0),
+        recovery: get("xr").map_or(0, us),
+        trials: get("xh").unwrap_or(0),
+        until: get("xu").map_or(0, us),
+    };
     match state {
         0 => {
             row.failures = get("f").unwrap_or(0);

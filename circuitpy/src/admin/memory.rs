@@ -38,6 +38,7 @@ impl MemoryStorage {
             permits_out: u64::from(word.permits()),
             trials_passed: 0,
             failed_rounds: word.reopens(),
+            overrides: cell.overrides(),
             forced: matches!(state, State::ForcedOpen | State::ForcedClosed)
                 .then(|| cell.forced())
                 .flatten(),
@@ -107,8 +108,16 @@ impl Admin for MemoryStorage {
         audit: Audit<'_>,
     ) -> Result<Option<BreakerInfo>, StorageError> {
         audit.check()?;
+        action.check()?;
         let described = self.with_cell(prefix, key, |cell| {
-            control_cell(cell, action.op(), audit);
+            match action {
+                Action::Override(overrides) => {
+                    cell.set_overrides((!overrides.is_none()).then_some(overrides));
+                }
+                _ => {
+                    control_cell(cell, action.op(), audit);
+                }
+            }
             self.describe(cell)
         })?;
         match described {

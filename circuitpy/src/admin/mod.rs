@@ -154,8 +154,12 @@ pub enum Action {
     ForceOpen,
     /// Admit every call and record nothing until a reset (see [`Op::ForceClosed`]).
     ForceClosed,
-    /// Back to closed with every count and the audit trail cleared.
+    /// Back to closed with every count and the audit trail cleared (runtime overrides
+    /// stay).
     Reset,
+    /// Stores runtime overrides with the breaker ([`Overrides::NONE`](crate::Overrides::NONE)
+    /// clears them; see [`Op::Override`]).
+    Override(crate::Overrides),
 }
 
 impl Action {
@@ -164,6 +168,29 @@ impl Action {
             Action::ForceOpen => Op::ForceOpen,
             Action::ForceClosed => Op::ForceClosed,
             Action::Reset => Op::Reset,
+            Action::Override(_) => Op::Override,
+        }
+    }
+
+    /// Refuses overrides out of their consts' bounds.
+    pub(crate) fn check(self) -> Result<(), StorageError> {
+        match self {
+            Action::Override(overrides) => overrides.check(),
+            _ => Ok(()),
+        }
+    }
+
+    /// The storage request that carries out this action on `key`.
+    pub(crate) fn request<'a>(
+        self,
+        key: &'a str,
+        config: &'a crate::Config,
+        audit: Audit<'a>,
+    ) -> crate::Request<'a> {
+        let request = crate::Request::new(key, self.op(), config).with_audit(audit);
+        match self {
+            Action::Override(overrides) => request.with_overrides(overrides),
+            _ => request,
         }
     }
 }
@@ -218,6 +245,8 @@ pub struct BreakerInfo {
     pub failed_rounds: u64,
     /// While forced: who forced it, why and when.
     pub forced: Option<Forced>,
+    /// An operator's runtime overrides in force, if any.
+    pub overrides: Option<crate::Overrides>,
     /// How long until the storage forgets the breaker (it then reads closed), if it
     /// expires.
     pub expires_in: Option<Duration>,

@@ -689,7 +689,8 @@ fn admit_here_slowly<'a, H: CircuitBreaker>(
     mut word: Word,
     method: &'static str,
 ) -> Result<Permit<'a, H>, CircuitBreakerOpen> {
-    let config = &H::CONFIG;
+    let overridden = cell.overridden(&H::CONFIG);
+    let config = overridden.as_ref().unwrap_or(&H::CONFIG);
     loop {
         let now = clock.coarse_now();
         match admit(word, now, config.half_open_trials, || cell.lease(word)) {
@@ -1212,8 +1213,15 @@ fn settle_here<H: CircuitBreaker>(
     admitted: Word,
     report: Report,
 ) {
-    let config = &H::CONFIG;
     let failed = matches!(report, Report::Failure { .. });
+    // An operator's overrides decide failures and trials; a closed success needs none of
+    // their settings, so it does not look.
+    let overridden = if failed || admitted.phase() != State::Closed {
+        cell.overridden(&H::CONFIG)
+    } else {
+        None
+    };
+    let config = overridden.as_ref().unwrap_or(&H::CONFIG);
     let in_window = admitted.phase() == State::Closed
         && match config.policy {
             FailurePolicy::Consecutive => false,
@@ -1390,22 +1398,21 @@ pub(crate) fn control_cell(cell: &Cell, op: Op, audit: Audit<'_>) -> (State, Sta
     (previous.phase(), state)
 }
 
-/// Runs `op` on a shared storage and adopts the reply.
+/// Runs `op` (with its audit trail or overrides) on a shared storage and adopts the reply.
 pub(crate) async fn control_shared<H: CircuitBreaker, B: Backend>(
     handler: &H,
     backend: &B,
     cell: &Cell,
     op: Op,
     audit: Audit<'_>,
+    overrides: crate::Overrides,
 ) -> Result<State, StorageError> {
     let sent = cell.load();
     let clock = backend.clock();
-    match round_trip(
-        cell,
-        backend.execute(&Request::new(cell.key.as_str(), op, &H::CONFIG).with_audit(audit)),
-    )
-    .await
-    {
+    let request = Request::new(cell.key.as_str(), op, &H::CONFIG)
+        .with_audit(audit)
+        .with_overrides(overrides);
+    match round_trip(cell, backend.execute(&request)).await {
         Ok(snapshot) => {
             adopt(handler, cell, clock.now(), sent, &snapshot);
             Ok(snapshot.state)

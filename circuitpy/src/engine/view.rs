@@ -79,6 +79,8 @@ struct Extra {
     failure: Mutex<Option<StorageError>>,
     /// In-process breakers: the audit trail of the last forcing, until a reset.
     forced: Mutex<Option<crate::admin::Forced>>,
+    /// In-process breakers: an operator's runtime overrides, until cleared.
+    overrides: Mutex<Option<crate::Overrides>>,
     /// The breaker's metric handles, registered with the cell's first recorded call.
     #[cfg(feature = "metrics")]
     meters: Meters,
@@ -92,6 +94,7 @@ impl Extra {
             calls: OnceLock::new(),
             failure: Mutex::default(),
             forced: Mutex::default(),
+            overrides: Mutex::default(),
             meters: Meters::register(&cell.key, cell.load().phase()),
         }
     }
@@ -206,6 +209,26 @@ impl Cell {
         if let Some(extra) = self.extra.get() {
             lock(&extra.window).clear(extra.calls(), word.generation());
         }
+    }
+
+    /// In-process breakers: keeps (or with `None` forgets) an operator's runtime overrides.
+    pub(crate) fn set_overrides(&self, overrides: Option<crate::Overrides>) {
+        if overrides.is_some() || self.extra.get().is_some() {
+            *lock(&self.extra().overrides) = overrides;
+        }
+    }
+
+    /// In-process breakers: the runtime overrides, if any.
+    pub(crate) fn overrides(&self) -> Option<crate::Overrides> {
+        self.extra.get().and_then(|extra| *lock(&extra.overrides))
+    }
+
+    /// In-process breakers: `config` with the runtime overrides, when there are any. Read on
+    /// the paths that decide by the threshold, the recovery timeout or the trials: failures,
+    /// trials and admissions of an open or half-open breaker, never a closed success.
+    pub(crate) fn overridden(&self, config: &Config) -> Option<Config> {
+        self.overrides()
+            .map(|overrides| overrides.applied_to(config))
     }
 
     /// In-process breakers: keeps (or with `None` forgets) the last forcing's audit trail.

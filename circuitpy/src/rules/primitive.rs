@@ -126,6 +126,15 @@ async fn delete<B: Backend>(store: &B, keys: &Keys, suffixes: &[&str]) -> Result
 }
 
 async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapshot, StorageError> {
+    if request.op == Op::Override {
+        return Err(StorageError::Unsupported {
+            key: request.key.to_owned(),
+            detail: "runtime overrides need a storage that runs the rules itself (Redis, \
+                     PostgreSQL, SQLite, memory): on the three primitives every operation \
+                     would first have to read the overrides in a round trip of its own, and \
+                     an override could not be set atomically with the state it changes",
+        });
+    }
     let config = request.config;
     let keys = Keys {
         stem: request.namespaced_key(),

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use crate::handler::State;
-use crate::policy::FailurePolicy;
+use crate::policy::{FailurePolicy, Overrides};
 use crate::rules::{
     BUCKETS, FORCED_TTL, MAX_REOPENS, jitter_seed, micros, open_for, retention, trips_on_rate,
 };
@@ -51,6 +51,53 @@ pub(crate) struct Row {
     pub(crate) forced_at: i64,
     pub(crate) forced_by: Option<String>,
     pub(crate) forced_reason: Option<String>,
+    /// An operator's runtime overrides, kept through every transition and a reset.
+    pub(crate) overrides: Stored,
+}
+
+/// Runtime overrides as a row keeps them: 0 for a setting not overridden; recovery in
+/// microseconds (whole milliseconds); in force until `until`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub(crate) threshold: i64,
+    pub(crate) recovery: i64,
+    pub(crate) trials: i64,
+    pub(crate) until: i64,
+}
+
+impl Stored {
+    /// What `request` sets at `now`: nothing at all for [`Overrides::NONE`].
+    pub(crate) fn set(overrides: &Overrides, now: i64) -> Stored {
+        if overrides.is_none() {
+            return Stored::default();
+        }
+        Stored {
+            threshold: overrides.failure_threshold.map_or(0, i64::from),
+            recovery: overrides.recovery_timeout.map_or(0, |timeout| {
+                timeout.as_millis().min(i64::MAX as u128 / 1000) as i64 * 1000
+            }),
+            trials: overrides.half_open_trials.map_or(0, i64::from),
+            until: now + micros(FORCED_TTL),
+        }
+    }
+
+    /// The overrides in force at `now`, if any.
+    pub(crate) fn live(&self, now: i64) -> Option<Overrides> {
+        if self.until <= now {
+            return None;
+        }
+        let mut overrides = Overrides::NONE;
+        if self.threshold > 0 {
+            overrides = overrides.failure_threshold(self.threshold.min(i64::from(u32::MAX)) as u32);
+        }
+        if self.recovery > 0 {
+            overrides = overrides.recovery_timeout(Duration::from_micros(self.recovery as u64));
+        }
+        if self.trials > 0 {
+            overrides = overrides.half_open_trials(self.trials.min(i64::from(u32::MAX)) as u32);
+        }
+        Some(overrides)
+    }
 }
 
 /// What an operation does to the stored row.
@@ -115,6 +162,7 @@ impl Row {
             self.tripped_until,
             self.failures_until,
             self.round_until,
+            self.overrides.until,
         ]
         .into_iter()
         .max()
@@ -176,7 +224,16 @@ impl Row {
 
 /// One operation on one breaker's row: the new row (as a change to store) and the reply.
 pub(crate) fn apply(row: &mut Row, now: i64, request: &Request<'_>) -> (Change, Snapshot) {
-    let config = request.config;
+    // Runtime overrides in force: kept through whatever this operation does (an override
+    // replaces them), and decided by from here on.
+    let kept = match row.overrides.live(now) {
+        Some(_) => row.overrides,
+        None => Stored::default(),
+    };
+    let overridden = kept
+        .live(now)
+        .map(|overrides| overrides.applied_to(request.config));
+    let config = overridden.as_ref().unwrap_or(request.config);
     let recovery = micros(config.recovery_timeout);
     let retention = micros(retention(config));
     let trials = i64::from(config.half_open_trials);
@@ -204,8 +261,31 @@ pub(crate) fn apply(row: &mut Row, now: i64, request: &Request<'_>) -> (Change, 
             (true, Snapshot::forced(forced))
         }
         (Op::Reset, _) => {
-            *row = Row::default();
-            return (Change::Delete, Snapshot::closed(0));
+            *row = Row {
+                overrides: kept,
+                ..Row::default()
+            };
+            return if kept.until > now {
+                (
+                    Change::Write {
+                        expires_at: row.expires_at(config.policy),
+                    },
+                    Snapshot::closed(0),
+                )
+            } else {
+                (Change::Delete, Snapshot::closed(0))
+            };
+        }
+        (Op::Override, state) => {
+            row.overrides = Stored::set(&request.overrides, now);
+            // Whatever the row held, it is written back with the new overrides (or without).
+            let snapshot = row.snapshot(state, now);
+            let expires_at = row.expires_at(config.policy);
+            return if expires_at <= now {
+                (Change::Delete, snapshot)
+            } else {
+                (Change::Write { expires_at }, snapshot)
+            };
         }
         (Op::Success, State::Closed) => match config.policy {
             FailurePolicy::Consecutive if row.live_failures(now) != 0 => {
@@ -309,6 +389,7 @@ pub(crate) fn apply(row: &mut Row, now: i64, request: &Request<'_>) -> (Change, 
         // Reads, and outcomes that arrive after the state moved on, change nothing.
         (_, state) => (false, row.snapshot(state, now)),
     };
+    row.overrides = kept;
     let change = if !changed {
         Change::Keep
     } else {

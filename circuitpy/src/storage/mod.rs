@@ -255,6 +255,9 @@ pub struct Request<'a> {
     /// For [`Op::ForceOpen`] and [`Op::ForceClosed`]: who forced the breaker and why, stored
     /// with it together with the time (see [`crate::admin`]). Empty otherwise.
     pub audit: Audit<'a>,
+    /// For [`Op::Override`]: the settings to store with the breaker
+    /// ([`Overrides::NONE`](crate::Overrides::NONE) clears them). Empty otherwise.
+    pub overrides: crate::Overrides,
 }
 
 impl<'a> Request<'a> {
@@ -274,7 +277,22 @@ impl<'a> Request<'a> {
             round: None,
             at: None,
             audit: Audit::NONE,
+            overrides: crate::Overrides::NONE,
         }
+    }
+
+    /// An [`Op::Override`] request carrying the settings to store.
+    ///
+    /// ```
+    /// # fn f(config: &circuitpy::Config) {
+    /// let overrides = circuitpy::Overrides::NONE.failure_threshold(10);
+    /// let request = circuitpy::Request::new("k", circuitpy::Op::Override, config)
+    ///     .with_overrides(overrides);
+    /// assert_eq!(request.overrides.failure_threshold, Some(10));
+    /// # }
+    /// ```
+    pub fn with_overrides(self, overrides: crate::Overrides) -> Self {
+        Request { overrides, ..self }
     }
 
     /// A forcing request carrying who forces the breaker and why (see [`Request::audit`]).
@@ -379,8 +397,13 @@ pub enum Op {
     ForceOpen,
     /// Admit every call and record nothing until [`Op::Reset`].
     ForceClosed,
-    /// Back to closed with every count cleared.
+    /// Back to closed with every count cleared (runtime overrides stay).
     Reset,
+    /// Stores [`Request::overrides`] with the breaker, replacing any before
+    /// ([`Overrides::NONE`](crate::Overrides::NONE) clears them), for
+    /// [`FORCED_TTL`](crate::FORCED_TTL): until then every operation on the breaker decides
+    /// by the overridden threshold, recovery timeout and half-open trials.
+    Override,
 }
 
 /// A breaker's state as a storage reports it after an operation.

@@ -20,7 +20,7 @@ use crate::admin::{
     config as admin_config, describe,
 };
 use crate::error::StorageError;
-use crate::rules::row::{self, Change, Row};
+use crate::rules::row::{self, Change, Row, Stored};
 use crate::rules::{BUCKETS, micros};
 
 /// A storage in a SQLite file: one host, many processes, one breaker.
@@ -111,6 +111,10 @@ impl SqliteStorage {
                     forced_by TEXT,
                     forced_reason TEXT,
                     reopens INTEGER NOT NULL DEFAULT 0,
+                    o_threshold INTEGER NOT NULL DEFAULT 0,
+                    o_recovery INTEGER NOT NULL DEFAULT 0,
+                    o_trials INTEGER NOT NULL DEFAULT 0,
+                    o_until INTEGER NOT NULL DEFAULT 0,
                     expires_at INTEGER NOT NULL
                  ) WITHOUT ROWID;
                  CREATE INDEX IF NOT EXISTS {table}_expires ON {table} (expires_at);
@@ -173,6 +177,27 @@ impl SqliteStorage {
             connection
                 .execute_batch(&format!(
                     "ALTER TABLE {table} ADD COLUMN reopens INTEGER NOT NULL DEFAULT 0"
+                ))
+                .map_err(fail)?;
+        }
+        // A table made before runtime overrides gains their columns.
+        let has_overrides: bool = connection
+            .query_row(
+                &format!(
+                    "SELECT count(*) FROM pragma_table_info('{table}') WHERE name = 'o_until'"
+                ),
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(fail)?
+            > 0;
+        if !has_overrides {
+            connection
+                .execute_batch(&format!(
+                    "ALTER TABLE {table} ADD COLUMN o_threshold INTEGER NOT NULL DEFAULT 0;
+                     ALTER TABLE {table} ADD COLUMN o_recovery INTEGER NOT NULL DEFAULT 0;
+                     ALTER TABLE {table} ADD COLUMN o_trials INTEGER NOT NULL DEFAULT 0;
+                     ALTER TABLE {table} ADD COLUMN o_until INTEGER NOT NULL DEFAULT 0;"
                 ))
                 .map_err(fail)?;
         }
@@ -345,9 +370,10 @@ impl Storage for SqliteStorage {
                             "INSERT OR REPLACE INTO {table} (key, mode, mode_until, open_until,
                                 opened_at, tripped_until, failures, failures_until, round,
                                 trials, passed, round_until, buckets, expires_at, forced_at,
-                                forced_by, forced_reason, reopens)
+                                forced_by, forced_reason, reopens, o_threshold, o_recovery,
+                                o_trials, o_until)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                                ?15, ?16, ?17, ?18)"
+                                ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
                         ))?
                         .execute(params![
                             key,
@@ -367,7 +393,11 @@ impl Storage for SqliteStorage {
                             row.forced_at,
                             row.forced_by,
                             row.forced_reason,
-                            row.reopens
+                            row.reopens,
+                            row.overrides.threshold,
+                            row.overrides.recovery,
+                            row.overrides.trials,
+                            row.overrides.until
                         ])?;
                     if !existed {
                         transaction
@@ -393,7 +423,7 @@ impl Storage for SqliteStorage {
 /// The columns [`row_of`] reads, in its order.
 const COLUMNS: &str = "mode, mode_until, open_until, opened_at, tripped_until, failures,
     failures_until, round, trials, passed, round_until, buckets, forced_at, forced_by,
-    forced_reason, expires_at, key, reopens";
+    forced_reason, expires_at, key, reopens, o_threshold, o_recovery, o_trials, o_until";
 
 fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     let buckets: String = r.get(11)?;
@@ -414,6 +444,12 @@ fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         forced_by: r.get(13)?,
         forced_reason: r.get(14)?,
         reopens: r.get(17)?,
+        overrides: Stored {
+            threshold: r.get(18)?,
+            recovery: r.get(19)?,
+            trials: r.get(20)?,
+            until: r.get(21)?,
+        },
     })
 }
 
@@ -497,11 +533,9 @@ impl Admin for SqliteStorage {
     ) -> Result<Option<BreakerInfo>, StorageError> {
         check_key(prefix, key)?;
         audit.check()?;
+        action.check()?;
         let config = admin_config(prefix);
-        Storage::execute(
-            self,
-            &Request::new(key, action.op(), &config).with_audit(audit),
-        )?;
+        Storage::execute(self, &action.request(key, &config, audit))?;
         self.inspect(prefix, key)
     }
 }

@@ -701,6 +701,7 @@ pub(crate) async fn run<F: Flavor>(flavor: &F, options: Options) -> Result<Repor
     run.primitives().await?;
     run.execute_level().await?;
     run.backoff().await?;
+    run.overrides().await?;
     run.consecutive().await?;
     run.forced_and_reset().await?;
     run.trials().await?;

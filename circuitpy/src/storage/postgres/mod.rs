@@ -226,7 +226,7 @@ impl Sql {
             schema,
             version,
             op: format!(
-                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
             ),
             increment: format!(
                 "WITH gone AS (
@@ -315,6 +315,7 @@ fn op_code(op: Op) -> i32 {
         Op::ForceClosed => 7,
         Op::Reset => 8,
         Op::ReleaseTrial => 9,
+        Op::Override => 10,
     }
 }
 
@@ -335,6 +336,8 @@ enum Work {
         audit: Option<Box<(Option<String>, Option<String>)>>,
         /// The key's jitter seed, when the handler has a jitter.
         seed: u64,
+        /// For an override: the settings to store.
+        overrides: crate::Overrides,
     },
     /// The admin's reads: every breaker whose key starts with `stem`, or the one at `key`.
     List {
@@ -383,6 +386,7 @@ impl Work {
             } else {
                 0
             },
+            overrides: request.overrides,
             audit: (request.audit.actor.is_some() || request.audit.reason.is_some()).then(|| {
                 Box::new((
                     request.audit.actor.map(str::to_owned),
@@ -572,8 +576,9 @@ impl Db {
     ) -> Result<Option<BreakerInfo>, StorageError> {
         check_key(prefix, key)?;
         audit.check()?;
+        action.check()?;
         let config = admin_config(prefix);
-        let request = Request::new(key, action.op(), &config).with_audit(audit);
+        let request = action.request(key, &config, audit);
         let work = Work::execute(&request);
         let stored = work.key().to_owned();
         self.perform(work, ADMIN_TIMEOUT).await?.snapshot(&stored)?;
@@ -692,6 +697,7 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
             at,
             audit,
             seed,
+            overrides,
         } => {
             let (actor, reason) = audit.as_deref().cloned().unwrap_or_default();
             let statement = object.prepare_cached(&sql.op).await?;
@@ -721,6 +727,15 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
                         &micros(config.backoff.max),
                         &config.recovery_jitter,
                         &(*seed as i64),
+                        &overrides
+                            .failure_threshold
+                            .map_or(0, |n| n.min(i32::MAX as u32) as i32),
+                        &overrides.recovery_timeout.map_or(0, |timeout| {
+                            micros(Duration::from_millis(timeout.as_millis() as u64))
+                        }),
+                        &overrides
+                            .half_open_trials
+                            .map_or(0, |n| n.min(i32::MAX as u32) as i32),
                     ],
                 )
                 .await?;
@@ -774,14 +789,15 @@ fn lock_wait(timeout: Duration) -> i32 {
 /// The columns [`rows_of`] reads, in its order, and the clock.
 const ADMIN_COLUMNS: &str = "key, expires_at, mode, mode_until, open_until, opened_at,
     tripped_until, failures, failures_until, round, trials, passed, round_until, b_ids,
-    b_calls, b_errs, forced_at, forced_by, forced_reason, reopens";
+    b_calls, b_errs, forced_at, forced_by, forced_reason, reopens, o_threshold, o_recovery_us,
+    o_trials, o_until";
 
 /// The admin's rows, as the rules' rows.
 fn rows_of(rows: &[tokio_postgres::Row]) -> Result<Done, Failed> {
     let mut now = 0;
     let mut found = Vec::with_capacity(rows.len());
     for r in rows {
-        now = r.try_get::<_, i64>(20)?;
+        now = r.try_get::<_, i64>(24)?;
         let (ids, calls, errs): (Vec<i64>, Vec<i64>, Vec<i64>) =
             (r.try_get(13)?, r.try_get(14)?, r.try_get(15)?);
         let mut buckets = [(0, 0, 0); BUCKETS];
@@ -809,6 +825,12 @@ fn rows_of(rows: &[tokio_postgres::Row]) -> Result<Done, Failed> {
             forced_by: r.try_get(17)?,
             forced_reason: r.try_get(18)?,
             reopens: i64::from(r.try_get::<_, i32>(19)?),
+            overrides: crate::rules::row::Stored {
+                threshold: i64::from(r.try_get::<_, i32>(20)?),
+                recovery: r.try_get(21)?,
+                trials: i64::from(r.try_get::<_, i32>(22)?),
+                until: r.try_get(23)?,
+            },
         };
         found.push((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?, row));
     }

@@ -12,7 +12,7 @@
 -- row by a trip, a close or a reset, as rules/row.rs does.
 --
 -- Op codes: 0 read, 1 success, 2 failure, 3 acquire trial, 4 trial success, 5 trial
--- failure, 6 force open, 7 force closed, 8 reset, 9 release trial. Policies: 0 consecutive,
+-- failure, 6 force open, 7 force closed, 8 reset, 9 release trial, 10 override. Policies: 0 consecutive,
 -- 1 count in window, 2 rate. States: 0 closed, 1 open, 2 half-open, 3 forced open, 4
 -- forced closed.
 
@@ -57,6 +57,12 @@ ALTER TABLE {t} ADD COLUMN IF NOT EXISTS forced_by text;
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS forced_reason text;
 -- Failed trial rounds in a row since the breaker last closed: the backoff's step.
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS reopens integer NOT NULL DEFAULT 0;
+-- An operator's runtime overrides (0: not overridden), in force until o_until; kept through
+-- every transition and a reset.
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS o_threshold integer NOT NULL DEFAULT 0;
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS o_recovery_us bigint NOT NULL DEFAULT 0;
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS o_trials integer NOT NULL DEFAULT 0;
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS o_until bigint NOT NULL DEFAULT 0;
 
 CREATE TABLE IF NOT EXISTS {t}_counts (
     key text PRIMARY KEY,
@@ -76,6 +82,9 @@ DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer,
 DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
     double precision, integer, bigint, bigint, bigint, bigint, bigint, integer, text, text,
     double precision, bigint);
+DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
+    double precision, integer, bigint, bigint, bigint, bigint, bigint, integer, text, text,
+    double precision, bigint, double precision, bigint);
 
 CREATE OR REPLACE FUNCTION {t}_op(
     p_key text, p_op integer, p_threshold integer, p_recovery_us bigint, p_trials integer,
@@ -83,7 +92,7 @@ CREATE OR REPLACE FUNCTION {t}_op(
     p_retention_us bigint, p_forced_us bigint, p_count bigint, p_round bigint,
     p_at_us bigint, p_lock_ms integer, p_actor text, p_reason text,
     p_backoff double precision, p_backoff_max_us bigint, p_jitter double precision,
-    p_seed bigint)
+    p_seed bigint, p_set_threshold integer, p_set_recovery_us bigint, p_set_trials integer)
 RETURNS TABLE (state integer, permit boolean, retry_in_us bigint, open_since_us bigint,
     failures bigint, round bigint)
 LANGUAGE plpgsql AS $fn$
@@ -122,7 +131,17 @@ BEGIN
     PERFORM set_config('lock_timeout', p_lock_ms::text, true);
 
     IF p_op = 8 THEN
-        DELETE FROM {t} WHERE key = p_key;
+        -- A reset keeps runtime overrides in force.
+        DELETE FROM {t} WHERE key = p_key AND o_until <= now_;
+        IF NOT FOUND THEN
+            UPDATE {t} SET mode = 0, mode_until = 0, open_until = 0, opened_at = 0,
+                tripped_until = 0, failures = 0, failures_until = 0, round = 0, trials = 0,
+                passed = 0, round_until = 0, b_ids = array_fill(0::bigint, ARRAY[10]),
+                b_calls = array_fill(0::bigint, ARRAY[10]),
+                b_errs = array_fill(0::bigint, ARRAY[10]), forced_at = 0, forced_by = NULL,
+                forced_reason = NULL, reopens = 0, expires_at = o_until
+            WHERE key = p_key;
+        END IF;
         RETURN QUERY SELECT 0, true, NULL::bigint, NULL::bigint, 0::bigint, 0::bigint;
         RETURN;
     END IF;
@@ -151,6 +170,15 @@ BEGIN
         END LOOP;
     END IF;
 
+    -- Runtime overrides in force are decided by; expired ones are forgotten.
+    IF r.o_until > now_ THEN
+        IF r.o_threshold > 0 THEN p_threshold := r.o_threshold; END IF;
+        IF r.o_recovery_us > 0 THEN p_recovery_us := r.o_recovery_us; END IF;
+        IF r.o_trials > 0 THEN p_trials := r.o_trials; END IF;
+    ELSE
+        r.o_threshold := 0; r.o_recovery_us := 0; r.o_trials := 0; r.o_until := 0;
+    END IF;
+
     st := CASE
         WHEN r.mode_until > now_ AND r.mode = 1 THEN 3
         WHEN r.mode_until > now_ AND r.mode = 2 THEN 4
@@ -161,7 +189,17 @@ BEGIN
     -- The outcome belongs to the current round, which is not over.
     this_round := (p_round IS NULL OR p_round = r.round) AND r.round_until > now_;
 
-    IF p_op IN (6, 7) THEN
+    IF p_op = 10 THEN
+        IF p_set_threshold > 0 OR p_set_recovery_us > 0 OR p_set_trials > 0 THEN
+            r.o_threshold := p_set_threshold;
+            r.o_recovery_us := p_set_recovery_us;
+            r.o_trials := p_set_trials;
+            r.o_until := now_ + p_forced_us;
+        ELSE
+            r.o_threshold := 0; r.o_recovery_us := 0; r.o_trials := 0; r.o_until := 0;
+        END IF;
+        changed := true;
+    ELSIF p_op IN (6, 7) THEN
         r.mode := CASE WHEN p_op = 6 THEN 1 ELSE 2 END;
         r.mode_until := now_ + p_forced_us;
         r.open_until := 0; r.opened_at := 0; r.tripped_until := 0;
@@ -299,7 +337,7 @@ BEGIN
     IF changed THEN
         expires := GREATEST(
             CASE WHEN r.mode <> 0 THEN r.mode_until ELSE 0 END,
-            r.open_until, r.tripped_until, r.failures_until, r.round_until);
+            r.open_until, r.tripped_until, r.failures_until, r.round_until, r.o_until);
         IF p_policy = 2 THEN
             width := GREATEST(p_window_us / 10, 1);
             SELECT GREATEST(expires, coalesce(max((b.i + 1) * width + p_window_us), 0))
@@ -315,7 +353,8 @@ BEGIN
                 trials = r.trials, passed = r.passed, round_until = r.round_until,
                 b_ids = r.b_ids, b_calls = r.b_calls, b_errs = r.b_errs, expires_at = expires,
                 forced_at = r.forced_at, forced_by = r.forced_by, forced_reason = r.forced_reason,
-                reopens = r.reopens
+                reopens = r.reopens, o_threshold = r.o_threshold,
+                o_recovery_us = r.o_recovery_us, o_trials = r.o_trials, o_until = r.o_until
             WHERE key = p_key;
         END IF;
     ELSIF inserted THEN

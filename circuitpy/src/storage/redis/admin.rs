@@ -13,7 +13,7 @@ use crate::admin::{
     config as admin_config, describe, row_of_hash,
 };
 use crate::error::StorageError;
-use crate::storage::{Request, Storage};
+use crate::storage::Storage;
 
 static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("inspect.lua")));
 
@@ -158,11 +158,9 @@ impl Admin for redis::Client {
     ) -> Result<Option<BreakerInfo>, StorageError> {
         check_key(prefix, key)?;
         audit.check()?;
+        action.check()?;
         let config = admin_config(prefix);
-        Storage::execute(
-            self,
-            &Request::new(key, action.op(), &config).with_audit(audit),
-        )?;
+        Storage::execute(self, &action.request(key, &config, audit))?;
         self.inspect(prefix, key)
     }
 }

@@ -87,6 +87,7 @@ fn op_name(op: Op) -> &'static str {
         Op::ForceOpen => "force_open",
         Op::ForceClosed => "force_closed",
         Op::Reset => "reset",
+        Op::Override => "override",
     }
 }
 
@@ -130,7 +131,15 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
             crate::rules::jitter_seed(request.key)
         } else {
             0
-        });
+        })
+        .arg(request.overrides.failure_threshold.unwrap_or(0))
+        .arg(
+            request
+                .overrides
+                .recovery_timeout
+                .map_or(0, |timeout| timeout.as_millis() as u64),
+        )
+        .arg(request.overrides.half_open_trials.unwrap_or(0));
     (key, invocation)
 }
 

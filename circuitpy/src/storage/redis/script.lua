@@ -10,7 +10,8 @@
 --          actor, reason (who forces the breaker and why, or ''; at most 256 bytes each),
 --          backoff (the factor per failed trial round; 1 is off), backoff_max_ms,
 --          jitter (the share of an open time it may be shortened by; 0 is off), seed (the
---          key's jitter seed)
+--          key's jitter seed), and for `override`: threshold, recovery_ms, trials (0: not
+--          overridden; all 0 clears the overrides)
 --
 -- Hash fields (non-negative integers but fb and fr; no hash is a closed breaker with nothing
 -- counted):
@@ -23,9 +24,13 @@
 --   n       open or half-open: failed trial rounds in a row since it last closed (at most
 --           31), the backoff's step
 --   p, k, t half-open: permits out this round, trials that succeeded, last event
+--   w       half-open: the recovery timeout in force at the last event, the round's lease
 --   bN cN eN  rate policy, slot N = bucket % 10: bucket number, calls, failures
 --   fa      forced: when it was forced (the audit trail, written by force ops only)
 --   fb, fr  forced: who forced it and why (text, at most 256 bytes), when the op said
+--   xt, xr, xh, xu  an operator's runtime overrides of the threshold, the recovery (ms) and
+--           the half-open trials (each only when overridden), in force until xu; kept
+--           through every transition and a reset
 --
 -- Reply: {state, permit, retry_in_ms or -1, open_since_ms or -1, failures, round}
 local key = KEYS[1]
@@ -49,6 +54,9 @@ local backoff = tonumber(ARGV[17]) or 1
 local backoff_max = tonumber(ARGV[18]) or 0
 local jitter = tonumber(ARGV[19]) or 0
 local seed = tonumber(ARGV[20]) or 0
+local set_threshold = tonumber(ARGV[21]) or 0
+local set_recovery = tonumber(ARGV[22]) or 0
+local set_trials = tonumber(ARGV[23]) or 0
 
 -- Writes after reading TIME need effects replication: the only mode since Redis 7, to be
 -- asked for on older servers.
@@ -60,9 +68,35 @@ local function invalid(detail)
   return redis.error_reply('CIRCUITPY ' .. key .. ': ' .. detail)
 end
 
--- A reset clears whatever the key holds, even a value this script did not write.
+local function clock()
+  if at ~= nil then
+    return at
+  end
+  local time = redis.call('TIME')
+  return tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
+
+-- A reset clears whatever the key holds, even a value this script did not write, but for
+-- runtime overrides in force, which it keeps.
 if op == 'reset' then
+  local kept = redis.pcall('HMGET', key, 'xt', 'xr', 'xh', 'xu')
   redis.call('DEL', key)
+  local until_ = type(kept) == 'table' and tonumber(kept[4])
+  if until_ then
+    local t = clock()
+    if until_ > t then
+      local args = {'s', '0', 'xu', string.format('%.0f', until_)}
+      for i, field in ipairs({'xt', 'xr', 'xh'}) do
+        local value = tonumber(kept[i])
+        if value then
+          args[#args + 1] = field
+          args[#args + 1] = string.format('%.0f', value)
+        end
+      end
+      redis.call('HSET', key, unpack(args))
+      redis.call('PEXPIRE', key, until_ - t)
+    end
+  end
   return {0, 1, -1, -1, 0, 0}
 end
 
@@ -73,7 +107,8 @@ if flat['err'] then
   return invalid('expected a hash (' .. flat['err'] .. ')')
 end
 local known = {s = true, f = true, l = true, o = true, d = true, a = true, r = true,
-  p = true, k = true, t = true, fa = true, n = true}
+  p = true, k = true, t = true, w = true, fa = true, n = true, xt = true, xr = true, xh = true,
+  xu = true}
 -- The audit trail's text, kept as it is while the breaker stays forced.
 local text = {}
 local texts = {fb = true, fr = true}
@@ -121,9 +156,24 @@ local reported = nil
 local now = 0
 if at ~= nil then
   now = at
-elseif not (op == 'success' and policy ~= 2 and (s == 0 or s == 4)) then
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+elseif not (op == 'success' and policy ~= 2 and (s == 0 or s == 4) and v.xu == nil) then
+  now = clock()
+end
+
+-- Runtime overrides in force: kept through whatever this operation does (an override
+-- replaces them), and decided by from here on.
+local ov = nil
+if v.xu ~= nil and v.xu > now then
+  ov = {xt = v.xt, xr = v.xr, xh = v.xh, xu = v.xu}
+  if (v.xt or 0) > 0 then
+    threshold = v.xt
+  end
+  if (v.xr or 0) > 0 then
+    recovery = v.xr
+  end
+  if (v.xh or 0) > 0 then
+    trials = v.xh
+  end
 end
 
 -- How long to open after `n` failed trial rounds in a row: rules::open_time, in whole
@@ -164,7 +214,8 @@ local function opened(n)
 end
 
 local function new_round()
-  v = {s = 2, r = math.max(now, (v.r or 0) + 1), p = 1, k = 0, t = now, a = v.a, n = v.n}
+  v = {s = 2, r = math.max(now, (v.r or 0) + 1), p = 1, k = 0, t = now, w = recovery, a = v.a,
+    n = v.n}
   s = 2
   permit = 1
   changed = true
@@ -199,7 +250,10 @@ if s == 1 and now >= v.d then
 end
 -- Whether a trial's outcome belongs to the current round (one without a round does), and
 -- the round is not over: nothing happened in it for a recovery timeout.
-local this_round = (round == nil or round == v.r) and v.t ~= nil and now - v.t < recovery
+-- A round's lease is the recovery timeout in force at its last event (w; a runtime override
+-- applies to leases taken after it).
+local lease = v.w or recovery
+local this_round = (round == nil or round == v.r) and v.t ~= nil and now - v.t < lease
 
 if op == 'success' then
   if s == 0 then
@@ -240,13 +294,13 @@ elseif op == 'acquire' then
   if s == 0 or s == 4 then
     permit = 1
   elseif s == 2 then
-    if v.s ~= 2 or now - v.t >= recovery then
+    if v.s ~= 2 or now - v.t >= lease then
       -- The first caller after the open period, or a round in which nothing happened for
       -- a recovery timeout: a new round begins.
       new_round()
     elseif v.p < trials then
       v.p = v.p + 1
-      v.t = now
+      v.t, v.w = now, recovery
       permit = 1
       changed = true
     end
@@ -254,7 +308,7 @@ elseif op == 'acquire' then
 elseif op == 'trial_success' then
   if s == 2 and v.s == 2 and this_round then
     v.k = v.k + 1
-    v.t = now
+    v.t, v.w = now, recovery
     changed = true
     if v.k >= trials then
       v = {}
@@ -268,9 +322,24 @@ elseif op == 'trial_failure' then
 elseif op == 'release' then
   if s == 2 and v.s == 2 and this_round and v.p > 0 then
     v.p = v.p - 1
-    v.t = now
+    v.t, v.w = now, recovery
     changed = true
   end
+elseif op == 'override' then
+  ov = nil
+  if set_threshold > 0 or set_recovery > 0 or set_trials > 0 then
+    ov = {xu = now + forced_ttl}
+    if set_threshold > 0 then
+      ov.xt = set_threshold
+    end
+    if set_recovery > 0 then
+      ov.xr = set_recovery
+    end
+    if set_trials > 0 then
+      ov.xh = set_trials
+    end
+  end
+  changed = true
 elseif op == 'force_open' or op == 'force_closed' then
   s = op == 'force_open' and 3 or 4
   v = {s = s, r = v.r, fa = now}
@@ -286,6 +355,12 @@ elseif op == 'force_open' or op == 'force_closed' then
 end
 
 if changed then
+  v.xt, v.xr, v.xh, v.xu = nil, nil, nil, nil
+  if ov then
+    for field, value in pairs(ov) do
+      v[field] = value
+    end
+  end
   redis.call('DEL', key)
   local args = {}
   local counted = false
@@ -310,14 +385,17 @@ if changed then
       args[#args + 1] = '0'
     end
     redis.call('HSET', key, unpack(args))
+    local ttl = retention
     if s == 3 or s == 4 then
-      redis.call('PEXPIRE', key, forced_ttl)
+      ttl = forced_ttl
     elseif s == 1 then
       -- A backoff's open time may outlast the retention.
-      redis.call('PEXPIRE', key, math.max(retention, v.d - now))
-    else
-      redis.call('PEXPIRE', key, retention)
+      ttl = math.max(retention, v.d - now)
     end
+    if ov then
+      ttl = math.max(ttl, ov.xu - now)
+    end
+    redis.call('PEXPIRE', key, ttl)
   end
 end
 

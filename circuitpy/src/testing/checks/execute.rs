@@ -208,4 +208,57 @@ impl<F: Flavor> Run<'_, F> {
         )?;
         Ok(())
     }
+
+    /// Runtime overrides decide, survive a reset, and clearing them restores the consts. A
+    /// storage that cannot keep them must say so ([`StorageError::Unsupported`]).
+    pub(crate) async fn overrides(&mut self) -> Result<(), Failure> {
+        let flavor = self.flavor;
+        let config = Config::of::<Kit<F::S, Three>>();
+        let key = self.key("overridden");
+        let request = |op| Request::new(&key, op, &config);
+        let set = |overrides| request(Op::Override).with_overrides(overrides);
+        let rule = "overrides-decide-the-threshold";
+        match flavor
+            .execute(&set(crate::Overrides::NONE.failure_threshold(1)))
+            .await
+        {
+            Err(crate::StorageError::Unsupported { .. }) => {
+                self.pass("overrides-unsupported-said-so");
+                return Ok(());
+            }
+            other => {
+                other.or_broke(rule)?;
+            }
+        }
+        let tripped = flavor.execute(&request(Op::Failure)).await.or_broke(rule)?;
+        self.check(rule, tripped.state == State::Open, || {
+            format!(
+                "with the threshold of 3 overridden to 1, one failure answered {}",
+                tripped.state
+            )
+        })?;
+        let rule = "a-reset-keeps-the-overrides";
+        flavor.execute(&request(Op::Reset)).await.or_broke(rule)?;
+        let tripped = flavor.execute(&request(Op::Failure)).await.or_broke(rule)?;
+        self.check(rule, tripped.state == State::Open, || {
+            format!(
+                "after a reset, with the threshold still overridden to 1, one failure answered {}",
+                tripped.state
+            )
+        })?;
+        let rule = "clearing-the-overrides-restores-the-consts";
+        flavor
+            .execute(&set(crate::Overrides::NONE))
+            .await
+            .or_broke(rule)?;
+        flavor.execute(&request(Op::Reset)).await.or_broke(rule)?;
+        let counted = flavor.execute(&request(Op::Failure)).await.or_broke(rule)?;
+        self.check(rule, counted.state == State::Closed, || {
+            format!(
+                "with the overrides cleared (threshold 3 again), one failure answered {}",
+                counted.state
+            )
+        })?;
+        Ok(())
+    }
 }
