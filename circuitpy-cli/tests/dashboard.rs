@@ -132,12 +132,18 @@ async fn browser() -> Option<(Killed, Client)> {
 
 /// Waits for the element `css` names, up to 10 s (the page refreshes every 300 ms).
 async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element {
-    browser
+    match browser
         .wait()
         .at_most(Duration::from_secs(10))
         .for_element(Locator::Css(css))
         .await
-        .unwrap_or_else(|error| panic!("{css} never appeared: {error}"))
+    {
+        Ok(element) => element,
+        Err(error) => {
+            let page = browser.source().await.unwrap_or_default();
+            panic!("{css} never appeared ({error}); the page:\n{page}")
+        }
+    }
 }
 
 fn fail(storage: &redis::Client, key: &str, times: u32) {
@@ -235,6 +241,32 @@ async fn the_page_follows_a_trip_live_and_forcing_needs_the_token() {
         "{}",
         details.text().await.unwrap()
     );
+    // Runtime overrides through the page's second form (the tab kept the token).
+    let form = wait_for(&browser, "form#overrides").await;
+    form.find(Locator::Css("input[name='threshold']"))
+        .await
+        .unwrap()
+        .send_keys("7")
+        .await
+        .unwrap();
+    form.find(Locator::Css("button[value='override']"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let done = wait_for(&browser, ".outcome.ok").await;
+    assert_eq!(done.text().await.unwrap(), "overrides set");
+    let details = wait_for(&browser, "dl.breaker").await.text().await.unwrap();
+    assert!(details.contains("threshold=7"), "{details}");
+    let overridden = tokio::task::spawn_blocking(move || storage.inspect(PREFIX, "payments"))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .overrides;
+    assert_eq!(overridden.and_then(|o| o.failure_threshold), Some(7));
+
     let ran = tokio::task::spawn_blocking(move || {
         let breaker = Breaker::new(Payments(storage));
         breaker.call(|| Ok::<_, circuitpy::CircuitBreakerOpen>("ran"))
@@ -404,6 +436,38 @@ async fn the_api_and_metrics_say_what_the_storage_holds_and_control_needs_the_to
     )
     .await;
     assert_eq!((status, body["state"].clone()), (200, json!("closed")));
+
+    // Runtime overrides: set, refused out of bounds, cleared.
+    let (status, body) = post(
+        &base,
+        "/api/breakers/payments/overrides",
+        &[("authorization", &bearer)],
+        r#"{"failure_threshold": 10, "recovery_timeout_ms": 30000}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["overrides"]["failure_threshold"], 10);
+    assert_eq!(body["overrides"]["recovery_timeout_ms"], 30_000);
+    let (status, body) = post(
+        &base,
+        "/api/breakers/payments/overrides",
+        &[("authorization", &bearer)],
+        r#"{"half_open_trials": 0}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("invalid override"));
+    let (status, _) = post(&base, "/api/breakers/payments/overrides", &[], "{}").await;
+    assert_eq!(status, 401);
+    let (status, body) = post(
+        &base,
+        "/api/breakers/payments/overrides",
+        &[("authorization", &bearer)],
+        "{}",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["overrides"].is_null(), "{body}");
 
     // The page's form outside a browser: the token is in the body, like any field.
     let form = reqwest::Client::new()

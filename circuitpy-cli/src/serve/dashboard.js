@@ -25,8 +25,7 @@
     };
     setTimeout(tick, every);
   }
-  const control = document.getElementById("control");
-  if (control) {
+  for (const control of document.querySelectorAll("form.control")) {
     const token = control.elements.token;
     token.value = sessionStorage.getItem("circuitpy-token") || "";
     control.addEventListener("submit", () => {

@@ -19,8 +19,8 @@ use axum::extract::{Form, Path, Query, State as Shared};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use circuitpy::State;
 use circuitpy::admin::{Action, Audit, BreakerInfo, Listing};
+use circuitpy::{Overrides, State};
 use clap::ValueEnum;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -441,10 +441,16 @@ async fn breaker_page(
 ) -> Response {
     // Only the outcomes an action has: a link cannot make the page say anything else.
     let done = outcome.done.as_deref().and_then(|done| {
-        [Action::ForceOpen, Action::ForceClosed, Action::Reset]
-            .into_iter()
-            .map(self::done)
-            .find(|known| *known == done)
+        [
+            Action::ForceOpen,
+            Action::ForceClosed,
+            Action::Reset,
+            Action::Override(Overrides::NONE),
+            Action::Override(Overrides::NONE.failure_threshold(1)),
+        ]
+        .into_iter()
+        .map(self::done)
+        .find(|known| *known == done)
     });
     match app.inspect(key.clone()).await {
         Ok(info) => {
@@ -471,6 +477,35 @@ struct ControlForm {
     reason: String,
     #[serde(default)]
     actor: String,
+    /// For `override`: each setting, empty when not overridden.
+    #[serde(default)]
+    threshold: String,
+    #[serde(default)]
+    recovery: String,
+    #[serde(default)]
+    trials: String,
+}
+
+impl ControlForm {
+    /// The overrides the form's fields give (all empty: clear them).
+    fn overrides(&self) -> Result<Overrides, String> {
+        let number = |name: &str, text: &str| {
+            text.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("{name} takes a whole number, not {text:?}"))
+        };
+        let mut overrides = Overrides::NONE;
+        if !self.threshold.trim().is_empty() {
+            overrides = overrides.failure_threshold(number("threshold", &self.threshold)?);
+        }
+        if !self.recovery.trim().is_empty() {
+            overrides = overrides.recovery_timeout(crate::parse_duration(self.recovery.trim())?);
+        }
+        if !self.trials.trim().is_empty() {
+            overrides = overrides.half_open_trials(number("trials", &self.trials)?);
+        }
+        Ok(overrides)
+    }
 }
 
 fn action_named(name: &str) -> Option<Action> {
@@ -486,6 +521,8 @@ fn done(action: Action) -> &'static str {
     match action {
         Action::ForceOpen => "forced open",
         Action::ForceClosed => "forced closed",
+        Action::Override(overrides) if overrides.is_none() => "overrides cleared",
+        Action::Override(_) => "overrides set",
         _ => "reset",
     }
 }
@@ -524,8 +561,15 @@ async fn breaker_form(
     headers: HeaderMap,
     Form(form): Form<ControlForm>,
 ) -> Response {
-    let Some(action) = action_named(&form.action) else {
-        return Refusal::new(StatusCode::BAD_REQUEST, "unknown action").page();
+    let action = match form.action.as_str() {
+        "override" => match form.overrides() {
+            Ok(overrides) => Action::Override(overrides),
+            Err(message) => return Refusal::new(StatusCode::BAD_REQUEST, message).page(),
+        },
+        name => match action_named(name) {
+            Some(action) => action,
+            None => return Refusal::new(StatusCode::BAD_REQUEST, "unknown action").page(),
+        },
     };
     if let Some(refusal) = refuse_control(&app, &headers, Some(&form.token)) {
         // The breaker's page again, with the refusal where the outcome shows.
@@ -549,7 +593,7 @@ async fn breaker_form(
             page::encode(done(action))
         ))
         .into_response(),
-        Err(failure) => Refusal::storage(failure).page(),
+        Err(failure) => Refusal::new(StatusCode::BAD_REQUEST, failure.0).page(),
     }
 }
 
@@ -597,6 +641,13 @@ struct ActBody {
     reason: Option<String>,
     #[serde(default)]
     actor: Option<String>,
+    /// For `overrides`: each setting, absent when not overridden (all absent: clear).
+    #[serde(default)]
+    failure_threshold: Option<u32>,
+    #[serde(default)]
+    recovery_timeout_ms: Option<u64>,
+    #[serde(default)]
+    half_open_trials: Option<u32>,
 }
 
 async fn api_act(
@@ -605,13 +656,14 @@ async fn api_act(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    let Some(action) = action_named(&action) else {
+    let named = action_named(&action);
+    if named.is_none() && action != "overrides" {
         return Refusal::new(
             StatusCode::NOT_FOUND,
-            format!("unknown action {action:?}: open, close or reset"),
+            format!("unknown action {action:?}: open, close, reset or overrides"),
         )
         .json();
-    };
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -627,12 +679,28 @@ async fn api_act(
             Err(error) => {
                 return Refusal::new(
                     StatusCode::BAD_REQUEST,
-                    format!("the body is JSON {{\"reason\": …, \"actor\": …}}: {error}"),
+                    format!(
+                        "the body is JSON {{\"reason\": …, \"actor\": …}} (and for overrides \
+                         \"failure_threshold\", \"recovery_timeout_ms\", \"half_open_trials\"): {error}"
+                    ),
                 )
                 .json();
             }
         }
     };
+    let action = named.unwrap_or_else(|| {
+        let mut overrides = Overrides::NONE;
+        if let Some(threshold) = body.failure_threshold {
+            overrides = overrides.failure_threshold(threshold);
+        }
+        if let Some(ms) = body.recovery_timeout_ms {
+            overrides = overrides.recovery_timeout(Duration::from_millis(ms));
+        }
+        if let Some(trials) = body.half_open_trials {
+            overrides = overrides.half_open_trials(trials);
+        }
+        Action::Override(overrides)
+    });
     let actor = body
         .actor
         .and_then(non_empty)

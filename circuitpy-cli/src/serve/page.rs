@@ -169,7 +169,7 @@ pub(crate) fn breaker(
                 (breaker_region(key, info))
             }
             @if frame.control {
-                form #control method="post" action={ "/breakers/" (encode(key)) } {
+                form #control .control method="post" action={ "/breakers/" (encode(key)) } {
                     label { "Reason " input name="reason" placeholder="why (kept with the breaker)"; }
                     label { "Actor " input name="actor" placeholder="who (kept with the breaker)"; }
                     label { "Token " input type="password" name="token" autocomplete="off"; }
@@ -177,6 +177,17 @@ pub(crate) fn breaker(
                         button.danger type="submit" name="action" value="open" { "Force open" }
                         button type="submit" name="action" value="close" { "Force closed" }
                         button type="submit" name="action" value="reset" { "Reset" }
+                    }
+                }
+                h2 { "Runtime overrides" }
+                @let current = info.and_then(|info| info.overrides).unwrap_or_default();
+                form #overrides .control method="post" action={ "/breakers/" (encode(key)) } {
+                    label { "Threshold " input name="threshold" inputmode="numeric" placeholder="the handler's" value=[current.failure_threshold]; }
+                    label { "Recovery " input name="recovery" placeholder="e.g. 30s" value=[current.recovery_timeout.map(|timeout| format!("{}ms", timeout.as_millis()))]; }
+                    label { "Trials " input name="trials" inputmode="numeric" placeholder="the handler's" value=[current.half_open_trials]; }
+                    label { "Token " input type="password" name="token" autocomplete="off"; }
+                    div.buttons {
+                        button type="submit" name="action" value="override" { "Set (empty fields: the handler's)" }
                     }
                 }
             } @else {
