@@ -146,6 +146,19 @@ async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element 
     }
 }
 
+/// The text of the element `css` names, once it is there; read again if the live region
+/// replaced it in between (the page swaps it every 300 ms).
+async fn text_of(browser: &Client, css: &str) -> String {
+    for _ in 0..20 {
+        let element = wait_for(browser, css).await;
+        match element.text().await {
+            Ok(text) => return text,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    panic!("{css} kept being replaced")
+}
+
 fn fail(storage: &redis::Client, key: &str, times: u32) {
     let config = Config::of::<Payments>();
     for _ in 0..times {
@@ -180,8 +193,8 @@ async fn the_page_follows_a_trip_live_and_forcing_needs_the_token() {
 
     // The library trips it; the page shows it open without a reload.
     fail_in("payments", 2).await.unwrap();
-    let row = wait_for(&browser, "tr[data-key='payments'][data-state='open']").await;
-    assert!(row.text().await.unwrap().contains("next trial"));
+    let row = text_of(&browser, "tr[data-key='payments'][data-state='open']").await;
+    assert!(row.contains("next trial"), "{row}");
     let mark = browser
         .execute("return window.circuitpyMark;", vec![])
         .await
@@ -207,8 +220,11 @@ async fn the_page_follows_a_trip_live_and_forcing_needs_the_token() {
         .click()
         .await
         .unwrap();
-    let refused = wait_for(&browser, ".outcome.refused").await;
-    assert!(refused.text().await.unwrap().contains("token"));
+    assert!(
+        text_of(&browser, ".outcome.refused")
+            .await
+            .contains("token")
+    );
     wait_for(&browser, "dl[data-state='open']").await;
     let info = tokio::task::spawn_blocking(move || storage.inspect(PREFIX, "payments"))
         .await
@@ -233,14 +249,9 @@ async fn the_page_follows_a_trip_live_and_forcing_needs_the_token() {
         .click()
         .await
         .unwrap();
-    let done = wait_for(&browser, ".outcome.ok").await;
-    assert_eq!(done.text().await.unwrap(), "forced closed");
-    let details = wait_for(&browser, "dl[data-state='forced-closed']").await;
-    assert!(
-        details.text().await.unwrap().contains("by alice (drill)"),
-        "{}",
-        details.text().await.unwrap()
-    );
+    assert_eq!(text_of(&browser, ".outcome.ok").await, "forced closed");
+    let details = text_of(&browser, "dl[data-state='forced-closed']").await;
+    assert!(details.contains("by alice (drill)"), "{details}");
     // Runtime overrides through the page's second form (the tab kept the token).
     let form = wait_for(&browser, "form#overrides").await;
     form.find(Locator::Css("input[name='threshold']"))
@@ -255,9 +266,16 @@ async fn the_page_follows_a_trip_live_and_forcing_needs_the_token() {
         .click()
         .await
         .unwrap();
-    let done = wait_for(&browser, ".outcome.ok").await;
-    assert_eq!(done.text().await.unwrap(), "overrides set");
-    let details = wait_for(&browser, "dl.breaker").await.text().await.unwrap();
+    // The outcome of this action, not the previous page's.
+    browser
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::XPath(
+            "//p[contains(@class, 'outcome') and text() = 'overrides set']",
+        ))
+        .await
+        .expect("the overrides were set");
+    let details = text_of(&browser, "dl.breaker").await;
     assert!(details.contains("threshold=7"), "{details}");
     let overridden = tokio::task::spawn_blocking(move || storage.inspect(PREFIX, "payments"))
         .await
@@ -584,7 +602,7 @@ async fn ten_thousand_breakers_are_listed_and_paged() {
         .await
         .unwrap();
     assert_eq!(rows.len(), 100, "a page holds 100 rows");
-    let pager = wait_for(&browser, "nav.pages").await.text().await.unwrap();
+    let pager = text_of(&browser, "nav.pages").await;
     assert!(pager.contains("page 1 of 10"), "{pager}");
     let load = browser
         .execute(
@@ -593,7 +611,7 @@ async fn ten_thousand_breakers_are_listed_and_paged() {
         )
         .await
         .unwrap();
-    let counts = wait_for(&browser, "p.counts").await.text().await.unwrap();
+    let counts = text_of(&browser, "p.counts").await;
     assert!(counts.starts_with("10000 breakers"), "{counts}");
     browser.close().await.unwrap();
     println!(

@@ -181,6 +181,7 @@ impl Action {
     }
 
     /// The storage request that carries out this action on `key`.
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
     pub(crate) fn request<'a>(
         self,
         key: &'a str,
