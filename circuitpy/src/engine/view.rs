@@ -100,6 +100,12 @@ impl Extra {
     }
 }
 
+#[cold]
+#[inline(never)]
+fn overridden_by(extra: &Extra, config: &Config) -> Option<Config> {
+    lock(&extra.overrides).map(|overrides| overrides.applied_to(config))
+}
+
 /// The ring of a breaker that never counted under the rate policy: always empty.
 static NO_CALLS: std::sync::LazyLock<Calls> = std::sync::LazyLock::new(Calls::default);
 
@@ -226,9 +232,13 @@ impl Cell {
     /// In-process breakers: `config` with the runtime overrides, when there are any. Read on
     /// the paths that decide by the threshold, the recovery timeout or the trials: failures,
     /// trials and admissions of an open or half-open breaker, never a closed success.
+    #[inline]
     pub(crate) fn overridden(&self, config: &Config) -> Option<Config> {
-        self.overrides()
-            .map(|overrides| overrides.applied_to(config))
+        match self.extra.get() {
+            // Most breakers never make their extra part: one load and a branch.
+            None => None,
+            Some(extra) => overridden_by(extra, config),
+        }
     }
 
     /// In-process breakers: keeps (or with `None` forgets) the last forcing's audit trail.

@@ -127,11 +127,19 @@ pub(crate) const MAX_REOPENS: u64 = 31;
 /// from closed): the recovery timeout, multiplied per round by the backoff's factor in whole
 /// milliseconds (each step rounded down), up to its max. The Lua script and the PL/pgSQL
 /// function compute the same steps.
+#[inline]
 pub(crate) fn open_time(config: &Config, reopens: u64) -> Duration {
-    let backoff = config.backoff;
-    if reopens == 0 || backoff.is_off() {
+    if reopens == 0 || config.backoff.is_off() {
         return config.recovery_timeout;
     }
+    backed_off(config, reopens)
+}
+
+/// [`open_time`] past the first opening, with a backoff.
+#[cold]
+#[inline(never)]
+fn backed_off(config: &Config, reopens: u64) -> Duration {
+    let backoff = config.backoff;
     let max = backoff.max.as_millis() as u64;
     let mut open = config.recovery_timeout.as_millis() as u64;
     for _ in 0..reopens.min(MAX_REOPENS) {
