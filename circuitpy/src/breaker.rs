@@ -700,7 +700,7 @@ impl<H: CircuitBreaker> Breaker<H> {
     /// Overrides the breaker's threshold, recovery timeout or half-open trials at runtime,
     /// for every process that shares it: stored with the breaker, decided by in the same
     /// single command on a shared storage (in this process for the in-memory storage), for
-    /// [`FORCED_TTL`](crate::FORCED_TTL) or until set again; [`Overrides::NONE`] clears
+    /// [`FORCED_TTL`](crate::FORCED_TTL) or until set again; [`Overrides::NONE`](crate::Overrides::NONE) clears
     /// them. A value out of its const's bounds is refused, never applied. A storage built
     /// on the three primitives alone cannot keep them
     /// ([`StorageError::Unsupported`]).
