@@ -76,10 +76,12 @@ enum Command {
     /// Back to closed, counts and the forcing's trail cleared.
     Reset(Steer),
     /// Override a breaker's settings at runtime, for every process: `threshold=10`,
-    /// `recovery=30s`, `trials=2` (any of them; the others keep the handler's consts).
+    /// `recovery=30s`, `trials=2`, `backoff=2:5m` or `backoff=off` (any of them; the others
+    /// keep the handler's consts).
     Set {
         key: String,
-        /// `threshold=N`, `recovery=DURATION` (`500ms`, `30s`, `2m`), `trials=N`.
+        /// `threshold=N`, `recovery=DURATION` (`500ms`, `30s`, `2m`), `trials=N`,
+        /// `backoff=FACTOR:MAX` (`2:5m`) or `backoff=off`.
         #[arg(required = true, value_parser = parse_setting)]
         settings: Vec<Setting>,
     },
@@ -187,6 +189,7 @@ enum Setting {
     Threshold(u32),
     Recovery(Duration),
     Trials(u32),
+    Backoff(circuitpy::Backoff),
 }
 
 fn parse_setting(text: &str) -> Result<Setting, String> {
@@ -202,8 +205,21 @@ fn parse_setting(text: &str) -> Result<Setting, String> {
         "threshold" => number(value).map(Setting::Threshold),
         "recovery" => parse_duration(value).map(Setting::Recovery),
         "trials" => number(value).map(Setting::Trials),
+        "backoff" if value == "off" => Ok(Setting::Backoff(circuitpy::Backoff::OFF)),
+        "backoff" => {
+            let (factor, max) = value
+                .split_once(':')
+                .ok_or_else(|| format!("backoff takes FACTOR:MAX (2:5m) or off, not {value:?}"))?;
+            let factor: f64 = factor
+                .parse()
+                .map_err(|_| format!("a backoff's factor is a number, not {factor:?}"))?;
+            Ok(Setting::Backoff(circuitpy::Backoff::exponential(
+                factor,
+                parse_duration(max)?,
+            )))
+        }
         _ => Err(format!(
-            "unknown setting {name:?}: threshold, recovery or trials"
+            "unknown setting {name:?}: threshold, recovery, trials or backoff"
         )),
     }
 }
@@ -332,6 +348,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     Setting::Threshold(n) => overrides.failure_threshold(n),
                     Setting::Recovery(timeout) => overrides.recovery_timeout(timeout),
                     Setting::Trials(n) => overrides.half_open_trials(n),
+                    Setting::Backoff(backoff) => overrides.backoff(backoff),
                 };
             }
             let info = admin.act(prefix, &key, Action::Override(overrides), Audit::NONE)?;
@@ -521,6 +538,12 @@ mod tests {
                 .contains("unknown setting")
         );
         assert!(parse_setting("threshold").is_err());
+        assert!(matches!(
+            parse_setting("backoff=2:5m"),
+            Ok(Setting::Backoff(b)) if b.factor == 2.0 && b.max == Duration::from_secs(300)
+        ));
+        assert!(matches!(parse_setting("backoff=off"), Ok(Setting::Backoff(b)) if b.is_off()));
+        assert!(parse_setting("backoff=2").is_err());
     }
 
     #[test]

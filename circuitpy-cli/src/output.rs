@@ -31,6 +31,8 @@ struct OverridesJson {
     failure_threshold: Option<u32>,
     recovery_timeout_ms: Option<u128>,
     half_open_trials: Option<u32>,
+    backoff_factor: Option<f64>,
+    backoff_max_ms: Option<u128>,
 }
 
 #[derive(Serialize)]
@@ -78,6 +80,8 @@ pub(crate) fn breaker(info: &BreakerInfo) -> BreakerJson<'_> {
                 .recovery_timeout
                 .map(|timeout| timeout.as_millis()),
             half_open_trials: overrides.half_open_trials,
+            backoff_factor: overrides.backoff.map(|backoff| backoff.factor),
+            backoff_max_ms: overrides.backoff.map(|backoff| backoff.max.as_millis()),
         }),
         forced: info.forced.as_ref().map(|forced| ForcedJson {
             at: time(forced.at),
@@ -122,6 +126,16 @@ pub(crate) fn relative(then: SystemTime, now: SystemTime) -> String {
     }
 }
 
+/// `30s` or `1500ms`: as `set` takes durations.
+fn seconds_or_ms(duration: Duration) -> String {
+    let ms = duration.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
 /// `threshold=10 recovery=30s`: as `set` takes them.
 pub(crate) fn overrides(overrides: &Overrides) -> String {
     let mut parts = Vec::new();
@@ -129,15 +143,17 @@ pub(crate) fn overrides(overrides: &Overrides) -> String {
         parts.push(format!("threshold={threshold}"));
     }
     if let Some(timeout) = overrides.recovery_timeout {
-        let ms = timeout.as_millis();
-        parts.push(if ms % 1000 == 0 {
-            format!("recovery={}s", ms / 1000)
-        } else {
-            format!("recovery={ms}ms")
-        });
+        parts.push(format!("recovery={}", seconds_or_ms(timeout)));
     }
     if let Some(trials) = overrides.half_open_trials {
         parts.push(format!("trials={trials}"));
+    }
+    if let Some(backoff) = overrides.backoff {
+        parts.push(if backoff.is_off() {
+            "backoff=off".to_owned()
+        } else {
+            format!("backoff={}:{}", backoff.factor, seconds_or_ms(backoff.max))
+        });
     }
     parts.join(" ")
 }

@@ -135,7 +135,7 @@ pub struct Config {
 /// assert!(overrides.check().is_ok());
 /// assert!(Overrides::NONE.failure_threshold(0).check().is_err());
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct Overrides {
     /// In place of [`CircuitBreaker::FAILURE_THRESHOLD`].
@@ -145,6 +145,9 @@ pub struct Overrides {
     pub recovery_timeout: Option<Duration>,
     /// In place of [`CircuitBreaker::HALF_OPEN_TRIALS`].
     pub half_open_trials: Option<u32>,
+    /// In place of [`CircuitBreaker::RECOVERY_BACKOFF`] (its max in whole milliseconds on
+    /// the shared storages; a max below the recovery timeout in force is taken as it).
+    pub backoff: Option<Backoff>,
 }
 
 impl Overrides {
@@ -153,6 +156,7 @@ impl Overrides {
         failure_threshold: None,
         recovery_timeout: None,
         half_open_trials: None,
+        backoff: None,
     };
 
     /// With the threshold overridden.
@@ -173,11 +177,18 @@ impl Overrides {
         self
     }
 
+    /// With the backoff overridden ([`Backoff::OFF`] turns the handler's off).
+    pub const fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = Some(backoff);
+        self
+    }
+
     /// Whether nothing is overridden.
     pub const fn is_none(&self) -> bool {
         self.failure_threshold.is_none()
             && self.recovery_timeout.is_none()
             && self.half_open_trials.is_none()
+            && self.backoff.is_none()
     }
 
     /// Checks each value against its const's bounds.
@@ -196,6 +207,17 @@ impl Overrides {
         {
             return bad("half-open trials must be between 1 and 65535");
         }
+        if let Some(backoff) = self.backoff
+            && !backoff.is_off()
+        {
+            // Written so that NaN fails too.
+            if !(backoff.factor > 1.0 && backoff.factor <= 16.0) {
+                return bad("a backoff's factor must be above 1 and at most 16");
+            }
+            if backoff.max.as_millis() == 0 || !in_range(backoff.max) {
+                return bad("a backoff's max must be at least 1 ms and at most a year");
+            }
+        }
         Ok(())
     }
 
@@ -210,6 +232,9 @@ impl Overrides {
         }
         if let Some(trials) = self.half_open_trials {
             config.half_open_trials = trials;
+        }
+        if let Some(backoff) = self.backoff {
+            config.backoff = backoff;
         }
         config
     }

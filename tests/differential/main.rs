@@ -104,6 +104,15 @@ policy_handler!(
     0.5
 );
 
+// The spelled-out override sequences' own handlers: every test moves its handler's clock.
+policy_handler!(Overridden, FailurePolicy::Consecutive);
+policy_handler!(
+    OverriddenBackoff,
+    FailurePolicy::Consecutive,
+    Backoff::exponential(1.5, Duration::from_millis(5_000)),
+    0.0
+);
+
 /// One step of a sequence.
 #[derive(Clone, Copy, Debug)]
 enum Step {
@@ -127,8 +136,10 @@ enum Step {
 }
 
 /// The overrides the cases set, clearing included.
-const OVERRIDES: [Overrides; 6] = [
+const OVERRIDES: [Overrides; 8] = [
     Overrides::NONE,
+    Overrides::NONE.backoff(Backoff::exponential(2.0, Duration::from_millis(4_000))),
+    Overrides::NONE.backoff(Backoff::OFF),
     Overrides::NONE.failure_threshold(1),
     Overrides::NONE.failure_threshold(5),
     Overrides::NONE.recovery_timeout(Duration::from_millis(500)),
@@ -526,4 +537,52 @@ proptest! {
     fn rate(steps in prop::collection::vec(step(), 1..80)) {
         run_case(Rated, Rated::clock(), Rated::memory(), backends!("rated"), &steps);
     }
+}
+
+/// The sequences an overridden backoff must decide alike, spelled out: random cases reach a
+/// failed trial round under an override too rarely to be relied on.
+#[test]
+fn overridden_backoffs_decide_alike() {
+    use Step::*;
+    let reopen = [
+        Failure,
+        Failure,
+        Failure,
+        Advance(1_000),
+        Acquire,
+        TrialFailure(0),
+        Read,
+    ];
+    let mut doubled = vec![Override(1)];
+    doubled.extend(reopen);
+    // Open for 2 s after the failed round: open a millisecond before, half-open at 2 s.
+    doubled.extend([
+        Advance(1_999),
+        Read,
+        Advance(1),
+        Read,
+        Acquire,
+        TrialFailure(0),
+        Read,
+    ]);
+    doubled.extend([Advance(3_999), Read, Advance(1), Read]);
+    let backends = backends!("overridden");
+    run_case(
+        Overridden,
+        Overridden::clock(),
+        Overridden::memory(),
+        backends,
+        &doubled,
+    );
+    // The handler's backoff overridden off: 1 s after every failed round.
+    let mut off = vec![Override(2)];
+    off.extend(reopen);
+    off.extend([Advance(999), Read, Advance(1), Read]);
+    run_case(
+        OverriddenBackoff,
+        OverriddenBackoff::clock(),
+        OverriddenBackoff::memory(),
+        backends,
+        &off,
+    );
 }

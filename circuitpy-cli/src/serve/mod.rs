@@ -648,6 +648,10 @@ struct ActBody {
     recovery_timeout_ms: Option<u64>,
     #[serde(default)]
     half_open_trials: Option<u32>,
+    #[serde(default)]
+    backoff_factor: Option<f64>,
+    #[serde(default)]
+    backoff_max_ms: Option<u64>,
 }
 
 async fn api_act(
@@ -698,6 +702,10 @@ async fn api_act(
         }
         if let Some(trials) = body.half_open_trials {
             overrides = overrides.half_open_trials(trials);
+        }
+        if let Some(factor) = body.backoff_factor {
+            let max = Duration::from_millis(body.backoff_max_ms.unwrap_or(0));
+            overrides = overrides.backoff(circuitpy::Backoff::exponential(factor, max));
         }
         Action::Override(overrides)
     });

@@ -155,6 +155,16 @@ pub(crate) fn row_of_hash(
                 .collect::<String>()
         };
         match &*field {
+            // The backoff's factor is the one field that is not a count.
+            "xb" => {
+                let factor = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|text| text.len() <= 32)
+                    .and_then(|text| text.parse::<f64>().ok())
+                    .filter(|factor| factor.is_finite() && *factor >= 0.0)
+                    .ok_or_else(|| invalid(format!("field xb holds {:?}", shown())))?;
+                row.overrides.backoff = factor;
+            }
             "fb" | "fr" => {
                 let text = std::str::from_utf8(value)
                     .ok()
@@ -185,6 +195,7 @@ pub(crate) fn row_of_hash(
                         | "xr"
                         | "xh"
                         | "xu"
+                        | "xm"
                 ) || (name.len() == 2
                     && name.starts_with(['b', 'c', 'e'])
                     && name.as_bytes()[1].is_ascii_digit());
@@ -223,6 +234,8 @@ pub(crate) fn row_of_hash(
         threshold: get("xt").unwrap_or(0),
         recovery: get("xr").map_or(0, us),
         trials: get("xh").unwrap_or(0),
+        backoff: row.overrides.backoff,
+        backoff_max: get("xm").map_or(0, us),
         until: get("xu").map_or(0, us),
     };
     match state {

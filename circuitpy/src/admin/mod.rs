@@ -147,7 +147,7 @@ impl<'a> Audit<'a> {
 }
 
 /// What an operator does to a breaker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Action {
     /// Reject every call until a reset (see [`Op::ForceOpen`]).
@@ -220,7 +220,7 @@ pub struct Forced {
 }
 
 /// One breaker as its storage holds it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct BreakerInfo {
     /// The breaker's key: the handler's, then `:` and the per-call key if any.

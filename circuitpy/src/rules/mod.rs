@@ -140,8 +140,9 @@ pub(crate) fn open_time(config: &Config, reopens: u64) -> Duration {
 #[inline(never)]
 fn backed_off(config: &Config, reopens: u64) -> Duration {
     let backoff = config.backoff;
-    let max = backoff.max.as_millis() as u64;
     let mut open = config.recovery_timeout.as_millis() as u64;
+    // Never below the recovery timeout: an override may lower the max under it.
+    let max = (backoff.max.as_millis() as u64).max(open);
     for _ in 0..reopens.min(MAX_REOPENS) {
         if open >= max {
             break;

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use crate::handler::State;
-use crate::policy::{FailurePolicy, Overrides};
+use crate::policy::{Backoff, FailurePolicy, Overrides};
 use crate::rules::{
     BUCKETS, FORCED_TTL, MAX_REOPENS, jitter_seed, micros, open_for, retention, trips_on_rate,
 };
@@ -57,11 +57,14 @@ pub(crate) struct Row {
 
 /// Runtime overrides as a row keeps them: 0 for a setting not overridden; recovery in
 /// microseconds (whole milliseconds); in force until `until`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct Stored {
     pub(crate) threshold: i64,
     pub(crate) recovery: i64,
     pub(crate) trials: i64,
+    /// The backoff's factor (0: not overridden; 1: overridden off) and max (µs).
+    pub(crate) backoff: f64,
+    pub(crate) backoff_max: i64,
     pub(crate) until: i64,
 }
 
@@ -77,6 +80,10 @@ impl Stored {
                 timeout.as_millis().min(i64::MAX as u128 / 1000) as i64 * 1000
             }),
             trials: overrides.half_open_trials.map_or(0, i64::from),
+            backoff: overrides.backoff.map_or(0.0, |backoff| backoff.factor),
+            backoff_max: overrides.backoff.map_or(0, |backoff| {
+                backoff.max.as_millis().min(i64::MAX as u128 / 1000) as i64 * 1000
+            }),
             until: now + micros(FORCED_TTL),
         }
     }
@@ -95,6 +102,12 @@ impl Stored {
         }
         if self.trials > 0 {
             overrides = overrides.half_open_trials(self.trials.min(i64::from(u32::MAX)) as u32);
+        }
+        if self.backoff > 0.0 {
+            overrides = overrides.backoff(Backoff::exponential(
+                self.backoff,
+                Duration::from_micros(self.backoff_max.max(0) as u64),
+            ));
         }
         Some(overrides)
     }

@@ -114,6 +114,8 @@ impl SqliteStorage {
                     o_threshold INTEGER NOT NULL DEFAULT 0,
                     o_recovery INTEGER NOT NULL DEFAULT 0,
                     o_trials INTEGER NOT NULL DEFAULT 0,
+                    o_backoff REAL NOT NULL DEFAULT 0,
+                    o_backoff_max INTEGER NOT NULL DEFAULT 0,
                     o_until INTEGER NOT NULL DEFAULT 0,
                     expires_at INTEGER NOT NULL
                  ) WITHOUT ROWID;
@@ -181,25 +183,31 @@ impl SqliteStorage {
                 .map_err(fail)?;
         }
         // A table made before runtime overrides gains their columns.
-        let has_overrides: bool = connection
-            .query_row(
-                &format!(
-                    "SELECT count(*) FROM pragma_table_info('{table}') WHERE name = 'o_until'"
-                ),
-                [],
-                |row| row.get::<_, i64>(0),
-            )
-            .map_err(fail)?
-            > 0;
-        if !has_overrides {
-            connection
-                .execute_batch(&format!(
-                    "ALTER TABLE {table} ADD COLUMN o_threshold INTEGER NOT NULL DEFAULT 0;
-                     ALTER TABLE {table} ADD COLUMN o_recovery INTEGER NOT NULL DEFAULT 0;
-                     ALTER TABLE {table} ADD COLUMN o_trials INTEGER NOT NULL DEFAULT 0;
-                     ALTER TABLE {table} ADD COLUMN o_until INTEGER NOT NULL DEFAULT 0;"
-                ))
-                .map_err(fail)?;
+        for (column, declaration) in [
+            ("o_threshold", "INTEGER NOT NULL DEFAULT 0"),
+            ("o_recovery", "INTEGER NOT NULL DEFAULT 0"),
+            ("o_trials", "INTEGER NOT NULL DEFAULT 0"),
+            ("o_until", "INTEGER NOT NULL DEFAULT 0"),
+            ("o_backoff", "REAL NOT NULL DEFAULT 0"),
+            ("o_backoff_max", "INTEGER NOT NULL DEFAULT 0"),
+        ] {
+            let present: bool = connection
+                .query_row(
+                    &format!(
+                        "SELECT count(*) FROM pragma_table_info('{table}') WHERE name = '{column}'"
+                    ),
+                    [],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map_err(fail)?
+                > 0;
+            if !present {
+                connection
+                    .execute_batch(&format!(
+                        "ALTER TABLE {table} ADD COLUMN {column} {declaration}"
+                    ))
+                    .map_err(fail)?;
+            }
         }
         Ok(SqliteStorage {
             connection: Mutex::new(Connected {
@@ -371,9 +379,9 @@ impl Storage for SqliteStorage {
                                 opened_at, tripped_until, failures, failures_until, round,
                                 trials, passed, round_until, buckets, expires_at, forced_at,
                                 forced_by, forced_reason, reopens, o_threshold, o_recovery,
-                                o_trials, o_until)
+                                o_trials, o_until, o_backoff, o_backoff_max)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                                ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+                                ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
                         ))?
                         .execute(params![
                             key,
@@ -397,7 +405,9 @@ impl Storage for SqliteStorage {
                             row.overrides.threshold,
                             row.overrides.recovery,
                             row.overrides.trials,
-                            row.overrides.until
+                            row.overrides.until,
+                            row.overrides.backoff,
+                            row.overrides.backoff_max
                         ])?;
                     if !existed {
                         transaction
@@ -423,7 +433,8 @@ impl Storage for SqliteStorage {
 /// The columns [`row_of`] reads, in its order.
 const COLUMNS: &str = "mode, mode_until, open_until, opened_at, tripped_until, failures,
     failures_until, round, trials, passed, round_until, buckets, forced_at, forced_by,
-    forced_reason, expires_at, key, reopens, o_threshold, o_recovery, o_trials, o_until";
+    forced_reason, expires_at, key, reopens, o_threshold, o_recovery, o_trials, o_until,
+    o_backoff, o_backoff_max";
 
 fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     let buckets: String = r.get(11)?;
@@ -449,6 +460,8 @@ fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
             recovery: r.get(19)?,
             trials: r.get(20)?,
             until: r.get(21)?,
+            backoff: r.get(22)?,
+            backoff_max: r.get(23)?,
         },
     })
 }

@@ -226,7 +226,7 @@ impl Sql {
             schema,
             version,
             op: format!(
-                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
+                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
             ),
             increment: format!(
                 "WITH gone AS (
@@ -736,6 +736,10 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
                         &overrides
                             .half_open_trials
                             .map_or(0, |n| n.min(i32::MAX as u32) as i32),
+                        &overrides.backoff.map_or(0.0, |backoff| backoff.factor),
+                        &overrides.backoff.map_or(0, |backoff| {
+                            micros(Duration::from_millis(backoff.max.as_millis() as u64))
+                        }),
                     ],
                 )
                 .await?;
@@ -790,14 +794,14 @@ fn lock_wait(timeout: Duration) -> i32 {
 const ADMIN_COLUMNS: &str = "key, expires_at, mode, mode_until, open_until, opened_at,
     tripped_until, failures, failures_until, round, trials, passed, round_until, b_ids,
     b_calls, b_errs, forced_at, forced_by, forced_reason, reopens, o_threshold, o_recovery_us,
-    o_trials, o_until";
+    o_trials, o_until, o_backoff, o_backoff_max_us";
 
 /// The admin's rows, as the rules' rows.
 fn rows_of(rows: &[tokio_postgres::Row]) -> Result<Done, Failed> {
     let mut now = 0;
     let mut found = Vec::with_capacity(rows.len());
     for r in rows {
-        now = r.try_get::<_, i64>(24)?;
+        now = r.try_get::<_, i64>(26)?;
         let (ids, calls, errs): (Vec<i64>, Vec<i64>, Vec<i64>) =
             (r.try_get(13)?, r.try_get(14)?, r.try_get(15)?);
         let mut buckets = [(0, 0, 0); BUCKETS];
@@ -830,6 +834,8 @@ fn rows_of(rows: &[tokio_postgres::Row]) -> Result<Done, Failed> {
                 recovery: r.try_get(21)?,
                 trials: i64::from(r.try_get::<_, i32>(22)?),
                 until: r.try_get(23)?,
+                backoff: r.try_get(24)?,
+                backoff_max: r.try_get(25)?,
             },
         };
         found.push((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?, row));

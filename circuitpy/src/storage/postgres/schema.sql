@@ -63,6 +63,9 @@ ALTER TABLE {t} ADD COLUMN IF NOT EXISTS o_threshold integer NOT NULL DEFAULT 0;
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS o_recovery_us bigint NOT NULL DEFAULT 0;
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS o_trials integer NOT NULL DEFAULT 0;
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS o_until bigint NOT NULL DEFAULT 0;
+-- An overridden backoff: its factor (0: not overridden, 1: overridden off) and max.
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS o_backoff double precision NOT NULL DEFAULT 0;
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS o_backoff_max_us bigint NOT NULL DEFAULT 0;
 
 CREATE TABLE IF NOT EXISTS {t}_counts (
     key text PRIMARY KEY,
@@ -85,6 +88,9 @@ DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer,
 DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
     double precision, integer, bigint, bigint, bigint, bigint, bigint, integer, text, text,
     double precision, bigint, double precision, bigint);
+DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
+    double precision, integer, bigint, bigint, bigint, bigint, bigint, integer, text, text,
+    double precision, bigint, double precision, bigint, integer, bigint, integer);
 
 CREATE OR REPLACE FUNCTION {t}_op(
     p_key text, p_op integer, p_threshold integer, p_recovery_us bigint, p_trials integer,
@@ -92,7 +98,8 @@ CREATE OR REPLACE FUNCTION {t}_op(
     p_retention_us bigint, p_forced_us bigint, p_count bigint, p_round bigint,
     p_at_us bigint, p_lock_ms integer, p_actor text, p_reason text,
     p_backoff double precision, p_backoff_max_us bigint, p_jitter double precision,
-    p_seed bigint, p_set_threshold integer, p_set_recovery_us bigint, p_set_trials integer)
+    p_seed bigint, p_set_threshold integer, p_set_recovery_us bigint, p_set_trials integer,
+    p_set_backoff double precision, p_set_backoff_max_us bigint)
 RETURNS TABLE (state integer, permit boolean, retry_in_us bigint, open_since_us bigint,
     failures bigint, round bigint)
 LANGUAGE plpgsql AS $fn$
@@ -175,8 +182,13 @@ BEGIN
         IF r.o_threshold > 0 THEN p_threshold := r.o_threshold; END IF;
         IF r.o_recovery_us > 0 THEN p_recovery_us := r.o_recovery_us; END IF;
         IF r.o_trials > 0 THEN p_trials := r.o_trials; END IF;
+        IF r.o_backoff > 0 THEN
+            p_backoff := r.o_backoff;
+            p_backoff_max_us := r.o_backoff_max_us;
+        END IF;
     ELSE
         r.o_threshold := 0; r.o_recovery_us := 0; r.o_trials := 0; r.o_until := 0;
+        r.o_backoff := 0; r.o_backoff_max_us := 0;
     END IF;
 
     st := CASE
@@ -190,13 +202,17 @@ BEGIN
     this_round := (p_round IS NULL OR p_round = r.round) AND r.round_until > now_;
 
     IF p_op = 10 THEN
-        IF p_set_threshold > 0 OR p_set_recovery_us > 0 OR p_set_trials > 0 THEN
+        IF p_set_threshold > 0 OR p_set_recovery_us > 0 OR p_set_trials > 0
+            OR p_set_backoff > 0 THEN
             r.o_threshold := p_set_threshold;
             r.o_recovery_us := p_set_recovery_us;
             r.o_trials := p_set_trials;
+            r.o_backoff := p_set_backoff;
+            r.o_backoff_max_us := p_set_backoff_max_us;
             r.o_until := now_ + p_forced_us;
         ELSE
             r.o_threshold := 0; r.o_recovery_us := 0; r.o_trials := 0; r.o_until := 0;
+            r.o_backoff := 0; r.o_backoff_max_us := 0;
         END IF;
         changed := true;
     ELSIF p_op IN (6, 7) THEN
@@ -298,8 +314,9 @@ BEGIN
         IF p_op = 5 THEN
             n := LEAST(r.reopens + 1, 31);
             IF p_backoff > 1 THEN
-                max_ms := p_backoff_max_us / 1000;
                 open_ms := p_recovery_us / 1000;
+                -- Never below the recovery timeout: an override may lower the max under it.
+                max_ms := GREATEST(p_backoff_max_us / 1000, open_ms);
                 FOR i IN 1..n LOOP
                     EXIT WHEN open_ms >= max_ms;
                     open_ms := LEAST(floor(open_ms * p_backoff)::bigint, max_ms);
@@ -354,7 +371,8 @@ BEGIN
                 b_ids = r.b_ids, b_calls = r.b_calls, b_errs = r.b_errs, expires_at = expires,
                 forced_at = r.forced_at, forced_by = r.forced_by, forced_reason = r.forced_reason,
                 reopens = r.reopens, o_threshold = r.o_threshold,
-                o_recovery_us = r.o_recovery_us, o_trials = r.o_trials, o_until = r.o_until
+                o_recovery_us = r.o_recovery_us, o_trials = r.o_trials, o_until = r.o_until,
+                o_backoff = r.o_backoff, o_backoff_max_us = r.o_backoff_max_us
             WHERE key = p_key;
         END IF;
     ELSIF inserted THEN

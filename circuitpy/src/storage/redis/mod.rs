@@ -139,7 +139,19 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
                 .recovery_timeout
                 .map_or(0, |timeout| timeout.as_millis() as u64),
         )
-        .arg(request.overrides.half_open_trials.unwrap_or(0));
+        .arg(request.overrides.half_open_trials.unwrap_or(0))
+        .arg(
+            request
+                .overrides
+                .backoff
+                .map_or(0.0, |backoff| backoff.factor),
+        )
+        .arg(
+            request
+                .overrides
+                .backoff
+                .map_or(0, |backoff| backoff.max.as_millis() as u64),
+        );
     (key, invocation)
 }
 

@@ -10,8 +10,8 @@
 --          actor, reason (who forces the breaker and why, or ''; at most 256 bytes each),
 --          backoff (the factor per failed trial round; 1 is off), backoff_max_ms,
 --          jitter (the share of an open time it may be shortened by; 0 is off), seed (the
---          key's jitter seed), and for `override`: threshold, recovery_ms, trials (0: not
---          overridden; all 0 clears the overrides)
+--          key's jitter seed), and for `override`: threshold, recovery_ms, trials, backoff
+--          factor, backoff_max_ms (0: not overridden; all 0 clears the overrides)
 --
 -- Hash fields (non-negative integers but fb and fr; no hash is a closed breaker with nothing
 -- counted):
@@ -28,9 +28,10 @@
 --   bN cN eN  rate policy, slot N = bucket % 10: bucket number, calls, failures
 --   fa      forced: when it was forced (the audit trail, written by force ops only)
 --   fb, fr  forced: who forced it and why (text, at most 256 bytes), when the op said
---   xt, xr, xh, xu  an operator's runtime overrides of the threshold, the recovery (ms) and
---           the half-open trials (each only when overridden), in force until xu; kept
---           through every transition and a reset
+--   xt, xr, xh, xb, xm, xu  an operator's runtime overrides of the threshold, the recovery
+--           (ms), the half-open trials and the backoff's factor (xb, the one field that is not
+--           a whole number; 1 turns it off) and max (ms), each only when overridden, in force
+--           until xu; kept through every transition and a reset
 --
 -- Reply: {state, permit, retry_in_ms or -1, open_since_ms or -1, failures, round}
 local key = KEYS[1]
@@ -57,6 +58,8 @@ local seed = tonumber(ARGV[20]) or 0
 local set_threshold = tonumber(ARGV[21]) or 0
 local set_recovery = tonumber(ARGV[22]) or 0
 local set_trials = tonumber(ARGV[23]) or 0
+local set_backoff = tonumber(ARGV[24]) or 0
+local set_backoff_max = tonumber(ARGV[25]) or 0
 
 -- Writes after reading TIME need effects replication: the only mode since Redis 7, to be
 -- asked for on older servers.
@@ -79,7 +82,7 @@ end
 -- A reset clears whatever the key holds, even a value this script did not write, but for
 -- runtime overrides in force, which it keeps.
 if op == 'reset' then
-  local kept = redis.pcall('HMGET', key, 'xt', 'xr', 'xh', 'xu')
+  local kept = redis.pcall('HMGET', key, 'xt', 'xr', 'xh', 'xu', 'xb', 'xm')
   redis.call('DEL', key)
   local until_ = type(kept) == 'table' and tonumber(kept[4])
   if until_ then
@@ -92,6 +95,13 @@ if op == 'reset' then
           args[#args + 1] = field
           args[#args + 1] = string.format('%.0f', value)
         end
+      end
+      local factor, max = tonumber(kept[5]), tonumber(kept[6])
+      if factor and max then
+        args[#args + 1] = 'xb'
+        args[#args + 1] = string.format('%.17g', factor)
+        args[#args + 1] = 'xm'
+        args[#args + 1] = string.format('%.0f', max)
       end
       redis.call('HSET', key, unpack(args))
       redis.call('PEXPIRE', key, until_ - t)
@@ -108,7 +118,7 @@ if flat['err'] then
 end
 local known = {s = true, f = true, l = true, o = true, d = true, a = true, r = true,
   p = true, k = true, t = true, w = true, fa = true, n = true, xt = true, xr = true, xh = true,
-  xu = true}
+  xm = true, xu = true}
 -- The audit trail's text, kept as it is while the breaker stays forced.
 local text = {}
 local texts = {fb = true, fr = true}
@@ -123,6 +133,12 @@ for i = 1, #flat, 2 do
       return invalid('field ' .. field .. ' holds ' .. string.len(value) .. ' bytes, at most 256')
     end
     text[field] = value
+  elseif field == 'xb' then
+    local factor = tonumber(value)
+    if factor == nil or factor < 0 or string.len(value) > 32 then
+      return invalid('field xb holds ' .. string.sub(value, 1, 40) .. ', expected a factor')
+    end
+    v.xb = factor
   elseif not known[field] then
     return invalid('unknown field ' .. string.sub(field, 1, 40))
   elseif not string.match(value, '^%d+$') or string.len(value) > 15 then
@@ -164,7 +180,7 @@ end
 -- replaces them), and decided by from here on.
 local ov = nil
 if v.xu ~= nil and v.xu > now then
-  ov = {xt = v.xt, xr = v.xr, xh = v.xh, xu = v.xu}
+  ov = {xt = v.xt, xr = v.xr, xh = v.xh, xb = v.xb, xm = v.xm, xu = v.xu}
   if (v.xt or 0) > 0 then
     threshold = v.xt
   end
@@ -173,6 +189,10 @@ if v.xu ~= nil and v.xu > now then
   end
   if (v.xh or 0) > 0 then
     trials = v.xh
+  end
+  if (v.xb or 0) > 0 then
+    backoff = v.xb
+    backoff_max = v.xm or 0
   end
 end
 
@@ -183,13 +203,15 @@ local function open_time(n)
     return recovery
   end
   local open = recovery
+  -- Never below the recovery timeout: an override may lower the max under it.
+  local cap = math.max(backoff_max, recovery)
   for _ = 1, n do
-    if open >= backoff_max then
+    if open >= cap then
       break
     end
-    open = math.min(math.floor(open * backoff), backoff_max)
+    open = math.min(math.floor(open * backoff), cap)
   end
-  return math.min(open, backoff_max)
+  return math.min(open, cap)
 end
 
 -- Opens after `n` failed trial rounds in a row (0: a trip from closed), shortened by the
@@ -327,8 +349,12 @@ elseif op == 'release' then
   end
 elseif op == 'override' then
   ov = nil
-  if set_threshold > 0 or set_recovery > 0 or set_trials > 0 then
+  if set_threshold > 0 or set_recovery > 0 or set_trials > 0 or set_backoff > 0 then
     ov = {xu = now + forced_ttl}
+    if set_backoff > 0 then
+      ov.xb = set_backoff
+      ov.xm = set_backoff_max
+    end
     if set_threshold > 0 then
       ov.xt = set_threshold
     end
@@ -355,7 +381,7 @@ elseif op == 'force_open' or op == 'force_closed' then
 end
 
 if changed then
-  v.xt, v.xr, v.xh, v.xu = nil, nil, nil, nil
+  v.xt, v.xr, v.xh, v.xb, v.xm, v.xu = nil, nil, nil, nil, nil, nil
   if ov then
     for field, value in pairs(ov) do
       v[field] = value
@@ -366,7 +392,11 @@ if changed then
   local counted = false
   for field, value in pairs(v) do
     args[#args + 1] = field
-    args[#args + 1] = string.format('%.0f', value)
+    if field == 'xb' then
+      args[#args + 1] = string.format('%.17g', value)
+    else
+      args[#args + 1] = string.format('%.0f', value)
+    end
     if field ~= 's' and field ~= 'r' then
       counted = true
     end
