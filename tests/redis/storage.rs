@@ -308,8 +308,8 @@ struct Counter {
 }
 
 /// Commands the script runs inside the server, and the inspection's own INFO.
-const NOT_SENT: [&str; 8] = [
-    "type", "hgetall", "pttl", "time", "del", "hset", "pexpire", "info",
+const NOT_SENT: [&str; 10] = [
+    "exists", "type", "hgetall", "hmget", "pttl", "time", "del", "hset", "pexpire", "info",
 ];
 
 impl Counter {

@@ -36,6 +36,13 @@
 -- Reply: {state, permit, retry_in_ms or -1, open_since_ms or -1, failures, round}
 local key = KEYS[1]
 local op = ARGV[1]
+
+-- The common case first, before anything else is parsed or built: a success on a breaker
+-- that holds nothing (closed, nothing counted, no overrides) changes nothing, outside the
+-- rate policy (ARGV[5] = 2), which counts it.
+if op == 'success' and ARGV[5] ~= '2' and redis.call('EXISTS', key) == 0 then
+  return {0, 1, -1, -1, 0, 0}
+end
 local threshold = tonumber(ARGV[2])
 local recovery = tonumber(ARGV[3])
 local trials = tonumber(ARGV[4])
