@@ -8,6 +8,7 @@
 --          count (calls a success reports: more than one when local mode held some back),
 --          round (of a trial's outcome, or ''), at_ms (a time given by a test, or ''),
 --          actor, reason (who forces the breaker and why, or ''; at most 256 bytes each),
+--          (a success without a given time stops after count: the rest read as empty)
 --          backoff (the factor per failed trial round; 1 is off), backoff_max_ms,
 --          jitter (the share of an open time it may be shortened by; 0 is off), seed (the
 --          key's jitter seed), and for `override`: threshold, recovery_ms, trials, backoff
