@@ -180,6 +180,21 @@ impl Action {
         }
     }
 
+    /// Checks what an operator asked of `key` (the key, the audit trail, any overrides) and
+    /// gives the configuration its request is made with.
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+    pub(crate) fn checked(
+        self,
+        prefix: &str,
+        key: &str,
+        audit: Audit<'_>,
+    ) -> Result<crate::Config, StorageError> {
+        check_key(prefix, key)?;
+        audit.check()?;
+        self.check()?;
+        Ok(config(prefix))
+    }
+
     /// The storage request that carries out this action on `key`.
     #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
     pub(crate) fn request<'a>(
@@ -334,4 +349,19 @@ pub(crate) fn check_key(prefix: &str, key: &str) -> Result<(), StorageError> {
         }
     }
     Ok(())
+}
+
+/// [`Admin::act`] for a blocking storage that runs the rules itself: checks the action,
+/// carries it out with one `execute`, and reads the breaker back.
+#[cfg(any(feature = "redis", feature = "sqlite"))]
+pub(crate) fn act_by_executing<S: crate::Storage + Admin>(
+    storage: &S,
+    prefix: &str,
+    key: &str,
+    action: Action,
+    audit: Audit<'_>,
+) -> Result<Option<BreakerInfo>, StorageError> {
+    let config = action.checked(prefix, key, audit)?;
+    crate::Storage::execute(storage, &action.request(key, &config, audit))?;
+    storage.inspect(prefix, key)
 }

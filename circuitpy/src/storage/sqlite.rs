@@ -16,8 +16,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{Op, Request, Snapshot, Storage};
 use crate::admin::{
-    ADMIN_TIMEOUT, Action, Admin, Audit, BreakerInfo, Listing, breaker_key, check_key,
-    config as admin_config, describe,
+    ADMIN_TIMEOUT, Action, Admin, Audit, BreakerInfo, Listing, breaker_key, check_key, describe,
 };
 use crate::error::StorageError;
 use crate::rules::row::{self, Change, Row, Stored};
@@ -544,12 +543,7 @@ impl Admin for SqliteStorage {
         action: Action,
         audit: Audit<'_>,
     ) -> Result<Option<BreakerInfo>, StorageError> {
-        check_key(prefix, key)?;
-        audit.check()?;
-        action.check()?;
-        let config = admin_config(prefix);
-        Storage::execute(self, &action.request(key, &config, audit))?;
-        self.inspect(prefix, key)
+        crate::admin::act_by_executing(self, prefix, key, action, audit)
     }
 }
 

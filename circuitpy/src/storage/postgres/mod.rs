@@ -29,8 +29,7 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 
 use crate::admin::{
-    ADMIN_TIMEOUT, Action, Audit, BreakerInfo, Listing, breaker_key, check_key,
-    config as admin_config, describe,
+    ADMIN_TIMEOUT, Action, Audit, BreakerInfo, Listing, breaker_key, check_key, describe,
 };
 use crate::error::StorageError;
 use crate::handler::State;
@@ -574,10 +573,7 @@ impl Db {
         action: Action,
         audit: Audit<'_>,
     ) -> Result<Option<BreakerInfo>, StorageError> {
-        check_key(prefix, key)?;
-        audit.check()?;
-        action.check()?;
-        let config = admin_config(prefix);
+        let config = action.checked(prefix, key, audit)?;
         let request = action.request(key, &config, audit);
         let work = Work::execute(&request);
         let stored = work.key().to_owned();

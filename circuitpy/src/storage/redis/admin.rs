@@ -9,11 +9,10 @@ use redis::{Connection, RedisResult, Script};
 
 use super::blocking::{own_pool, run};
 use crate::admin::{
-    ADMIN_TIMEOUT, Action, Admin, Audit, BreakerInfo, Listing, breaker_key, check_key,
-    config as admin_config, describe, row_of_hash,
+    ADMIN_TIMEOUT, Action, Admin, Audit, BreakerInfo, Listing, breaker_key, check_key, describe,
+    row_of_hash,
 };
 use crate::error::StorageError;
-use crate::storage::Storage;
 
 static INSPECT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("inspect.lua")));
 
@@ -156,12 +155,7 @@ impl Admin for redis::Client {
         action: Action,
         audit: Audit<'_>,
     ) -> Result<Option<BreakerInfo>, StorageError> {
-        check_key(prefix, key)?;
-        audit.check()?;
-        action.check()?;
-        let config = admin_config(prefix);
-        Storage::execute(self, &action.request(key, &config, audit))?;
-        self.inspect(prefix, key)
+        crate::admin::act_by_executing(self, prefix, key, action, audit)
     }
 }
 
