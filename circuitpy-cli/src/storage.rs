@@ -87,28 +87,7 @@ impl Connected {
 /// `text` without the password of `url` (`scheme://user:password@host`) and without the
 /// credentials of any URL in it.
 pub(crate) fn redact(text: &str, url: &str) -> String {
-    let mut text = text.to_owned();
-    if let Some(password) = password_of(url) {
-        text = text.replace(password, "***");
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c == '/' || c.is_whitespace())
-            .unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
-            Some(user_end) => {
-                out.push_str("***");
-                rest = &tail[user_end..];
-            }
-            None => rest = tail,
-        }
-    }
-    out.push_str(rest);
-    out
+    circuitpy::admin::redact(text, password_of(url))
 }
 
 fn password_of(url: &str) -> Option<&str> {

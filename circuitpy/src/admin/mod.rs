@@ -365,3 +365,39 @@ pub(crate) fn act_by_executing<S: crate::Storage + Admin>(
     crate::Storage::execute(storage, &action.request(key, &config, audit))?;
     storage.inspect(prefix, key)
 }
+
+/// `text` without `secret` (a password) and without the user information of any URL in it
+/// (`scheme://user:pass@host` becomes `scheme://***@host`): for messages that name a
+/// storage's URL or carry a server's own error text.
+///
+/// ```
+/// let text = "WRONGPASS s3cret for redis://ops:s3cret@cache:6379";
+/// assert_eq!(
+///     circuitpy::admin::redact(text, Some("s3cret")),
+///     "WRONGPASS *** for redis://***@cache:6379"
+/// );
+/// ```
+pub fn redact(text: &str, secret: Option<&str>) -> String {
+    let mut text = text.to_owned();
+    if let Some(secret) = secret.filter(|secret| !secret.is_empty()) {
+        text = text.replace(secret, "***");
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c == '/' || c.is_whitespace())
+            .unwrap_or(tail.len());
+        match tail[..end].rfind('@') {
+            Some(user_end) => {
+                out.push_str("***");
+                rest = &tail[user_end..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}

@@ -251,7 +251,7 @@ fn storage_error(
     let detail = error.detail().unwrap_or_default();
     if code == "CIRCUITPY" {
         let detail = detail.split_once(": ").map_or(detail, |(_, rest)| rest);
-        return StorageError::invalid_data(key, redact(detail, secret));
+        return StorageError::invalid_data(key, crate::admin::redact(detail, secret));
     }
     if code == "WRONGTYPE" || detail.contains("WRONGTYPE") {
         return StorageError::invalid_data(key, "the key holds a value of another type");
@@ -278,7 +278,7 @@ impl RedisFailure {
 
     fn from_text(text: &str, secret: Option<&str>) -> Self {
         RedisFailure {
-            text: redact(text, secret),
+            text: crate::admin::redact(text, secret),
         }
     }
 }
@@ -296,32 +296,6 @@ impl fmt::Debug for RedisFailure {
 }
 
 impl std::error::Error for RedisFailure {}
-
-/// Removes `secret` and the user information of any URL (`scheme://user:pass@host`).
-fn redact(text: &str, secret: Option<&str>) -> String {
-    let mut text = text.to_owned();
-    if let Some(secret) = secret.filter(|secret| !secret.is_empty()) {
-        text = text.replace(secret, "***");
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
-    while let Some(at) = rest.find("://") {
-        let (head, tail) = rest.split_at(at + 3);
-        out.push_str(head);
-        let end = tail
-            .find(|c: char| c == '/' || c.is_whitespace())
-            .unwrap_or(tail.len());
-        match tail[..end].rfind('@') {
-            Some(user_end) => {
-                out.push_str("***");
-                rest = &tail[user_end..];
-            }
-            None => rest = tail,
-        }
-    }
-    out.push_str(rest);
-    out
-}
 
 /// The identity of a server and login, for sharing connections between equal clients.
 ///
@@ -372,6 +346,7 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::admin::redact;
 
     #[test]
     fn redact_removes_the_password_and_url_credentials() {
