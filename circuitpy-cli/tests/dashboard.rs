@@ -146,6 +146,25 @@ async fn wait_for(browser: &Client, css: &str) -> fantoccini::elements::Element 
     }
 }
 
+/// Fills the fields of the form `form` names and presses its button with `action`.
+async fn submit(browser: &Client, form: &str, fields: &[(&str, &str)], action: &str) {
+    let form = wait_for(browser, form).await;
+    for (field, value) in fields {
+        form.find(Locator::Css(&format!("input[name='{field}']")))
+            .await
+            .unwrap()
+            .send_keys(value)
+            .await
+            .unwrap();
+    }
+    form.find(Locator::Css(&format!("button[value='{action}']")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// The text of the element `css` names, once it is there; read again if the live region
 /// replaced it in between (the page swaps it every 300 ms).
 async fn text_of(browser: &Client, css: &str) -> String {
@@ -207,19 +226,7 @@ async fn the_page_follows_a_trip_live_and_forcing_needs_the_token() {
         .await
         .unwrap();
     wait_for(&browser, "dl[data-state='open']").await;
-    let form = wait_for(&browser, "form#control").await;
-    form.find(Locator::Css("input[name='reason']"))
-        .await
-        .unwrap()
-        .send_keys("drill")
-        .await
-        .unwrap();
-    form.find(Locator::Css("button[value='close']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit(&browser, "form#control", &[("reason", "drill")], "close").await;
     assert!(
         text_of(&browser, ".outcome.refused")
             .await
@@ -234,38 +241,19 @@ async fn the_page_follows_a_trip_live_and_forcing_needs_the_token() {
     assert_eq!(info.state, State::Open);
 
     // With the token: forced closed, with the trail, and the library's next call runs.
-    let form = wait_for(&browser, "form#control").await;
-    for (field, value) in [("token", TOKEN), ("reason", "drill"), ("actor", "alice")] {
-        form.find(Locator::Css(&format!("input[name='{field}']")))
-            .await
-            .unwrap()
-            .send_keys(value)
-            .await
-            .unwrap();
-    }
-    form.find(Locator::Css("button[value='close']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    let fields = [("token", TOKEN), ("reason", "drill"), ("actor", "alice")];
+    submit(&browser, "form#control", &fields, "close").await;
     assert_eq!(text_of(&browser, ".outcome.ok").await, "forced closed");
     let details = text_of(&browser, "dl[data-state='forced-closed']").await;
     assert!(details.contains("by alice (drill)"), "{details}");
     // Runtime overrides through the page's second form (the tab kept the token).
-    let form = wait_for(&browser, "form#overrides").await;
-    form.find(Locator::Css("input[name='threshold']"))
-        .await
-        .unwrap()
-        .send_keys("7")
-        .await
-        .unwrap();
-    form.find(Locator::Css("button[value='override']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    submit(
+        &browser,
+        "form#overrides",
+        &[("threshold", "7")],
+        "override",
+    )
+    .await;
     // The outcome of this action, not the previous page's.
     browser
         .wait()

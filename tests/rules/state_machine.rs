@@ -903,24 +903,18 @@ fn a_jitter_spreads_the_trials_of_breakers_that_opened_together() {
         deadlines.len()
     );
     // None waits longer than the recovery timeout, none less than half of it.
+    let still_open = || {
+        (0..50)
+            .filter(|tenant| {
+                Breaker::keyed(Jittered, &format!("tenant-{tenant}"))
+                    .state()
+                    .unwrap()
+                    == State::Open
+            })
+            .count()
+    };
     Jittered::clock().advance(Duration::from_secs(5) - SLACK);
-    let opened = (0..50)
-        .filter(|tenant| {
-            Breaker::keyed(Jittered, &format!("tenant-{tenant}"))
-                .state()
-                .unwrap()
-                == State::Open
-        })
-        .count();
-    assert_eq!(opened, 50);
+    assert_eq!(still_open(), 50);
     Jittered::clock().advance(Duration::from_secs(5) + SLACK);
-    let open = (0..50)
-        .filter(|tenant| {
-            Breaker::keyed(Jittered, &format!("tenant-{tenant}"))
-                .state()
-                .unwrap()
-                == State::Open
-        })
-        .count();
-    assert_eq!(open, 0);
+    assert_eq!(still_open(), 0);
 }
