@@ -164,8 +164,9 @@ pub(crate) fn jitter_seed(key: &str) -> u64 {
 /// after `reopens` failed rounds: [`open_time`], shortened by the jitter's share for its key
 /// and that instant. Without jitter exactly [`open_time`]; with it, in whole milliseconds:
 /// `open − ⌊open × jitter × share⌋`, where `share` is `x / 2^26` after three rounds of
-/// `x ← (x × 40503 + ⌊x / 8192⌋) mod 2^26` from `x = (seed + at_ms) mod 2^26`: arithmetic
-/// every storage's language does exactly.
+/// `x ← (x × 40503 + 12345) mod 2^26; x ← ⌊x² / 8192⌋ mod 2^26` from
+/// `x = (seed + at_ms) mod 2^26`: arithmetic every storage's language does exactly (`x²` stays
+/// below 2^52).
 pub(crate) fn open_for(config: &Config, reopens: u64, seed: u64, at_ms: u64) -> Duration {
     let open = open_time(config, reopens);
     if config.recovery_jitter == 0.0 {
@@ -174,7 +175,9 @@ pub(crate) fn open_for(config: &Config, reopens: u64, seed: u64, at_ms: u64) -> 
     const SPAN: u64 = 1 << 26;
     let mut x = (seed + at_ms) % SPAN;
     for _ in 0..3 {
-        x = (x * 40503 + x / 8192) % SPAN;
+        x = (x * 40503 + 12345) % SPAN;
+        // The middle bits of the square: neighbouring keys and instants land far apart.
+        x = (x * x / 8192) % SPAN;
     }
     let share = x as f64 / SPAN as f64;
     let ms = open.as_millis() as u64;

@@ -29,6 +29,7 @@ pub(crate) trait Profile: 'static {
     const TRIALS: u32 = 1;
     const POLICY: FailurePolicy = FailurePolicy::Consecutive;
     const BACKOFF: Backoff = Backoff::OFF;
+    const JITTER: f64 = 0.0;
 }
 
 /// Consecutive failures, threshold 3, one trial.
@@ -70,6 +71,14 @@ impl Profile for Backing {
     const BACKOFF: Backoff = Backoff::exponential(2.0, Duration::from_millis(1000));
 }
 
+/// Trips on the first failure; each opening shortened by up to half its length.
+pub(crate) struct Spread;
+impl Profile for Spread {
+    const KEY: &'static str = "spread";
+    const THRESHOLD: u32 = 1;
+    const JITTER: f64 = 0.5;
+}
+
 pub(crate) const WINDOW: Duration = Duration::from_millis(400);
 
 pub(crate) struct Windowed;
@@ -103,6 +112,7 @@ impl<S: Send + Sync + 'static, P: Profile> CircuitBreaker for Kit<S, P> {
     const HALF_OPEN_TRIALS: u32 = P::TRIALS;
     const FAILURE_POLICY: FailurePolicy = P::POLICY;
     const RECOVERY_BACKOFF: Backoff = P::BACKOFF;
+    const RECOVERY_JITTER: f64 = P::JITTER;
     // Generous: a slow shared server under a loaded test machine must not make the kit
     // see storage failures where there are none.
     const STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -701,6 +711,7 @@ pub(crate) async fn run<F: Flavor>(flavor: &F, options: Options) -> Result<Repor
     run.primitives().await?;
     run.execute_level().await?;
     run.backoff().await?;
+    run.jitter().await?;
     run.overrides().await?;
     run.consecutive().await?;
     run.forced_and_reset().await?;

@@ -329,7 +329,8 @@ BEGIN
             open_ms := open_us / 1000;
             x := (p_seed + now_ / 1000) % 67108864;
             FOR i IN 1..3 LOOP
-                x := (x * 40503 + x / 8192) % 67108864;
+                x := (x * 40503 + 12345) % 67108864;
+                x := (x * x / 8192) % 67108864;
             END LOOP;
             share := x::double precision / 67108864;
             open_ms := open_ms - LEAST(floor(open_ms * p_jitter * share)::bigint, open_ms);

@@ -229,7 +229,8 @@ local function opened(n)
   if jitter > 0 then
     local x = (seed + now) % 67108864
     for _ = 1, 3 do
-      x = (x * 40503 + math.floor(x / 8192)) % 67108864
+      x = (x * 40503 + 12345) % 67108864
+      x = math.floor(x * x / 8192) % 67108864
     end
     local share = x / 67108864
     open = open - math.min(math.floor(open * jitter * share), open)

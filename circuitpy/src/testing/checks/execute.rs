@@ -261,4 +261,38 @@ impl<F: Flavor> Run<'_, F> {
         })?;
         Ok(())
     }
+
+    /// With a jitter, breakers tripped together reopen over a span, none later than the
+    /// recovery timeout.
+    pub(crate) async fn jitter(&mut self) -> Result<(), Failure> {
+        let flavor = self.flavor;
+        let config = Config::of::<Kit<F::S, Spread>>();
+        let rule = "jitter-spreads-openings";
+        let mut open_for = Vec::new();
+        for n in 0..12 {
+            let key = self.key(&format!("spread-{n}"));
+            let tripped = flavor
+                .execute(&Request::new(&key, Op::Failure, &config))
+                .await
+                .or_broke(rule)?;
+            self.check(rule, tripped.state == State::Open, || {
+                format!("a failure with threshold 1 answered {}", tripped.state)
+            })?;
+            open_for.push(tripped.retry_in.unwrap_or_default());
+        }
+        let (shortest, longest) = (
+            open_for.iter().min().copied().unwrap_or_default(),
+            open_for.iter().max().copied().unwrap_or_default(),
+        );
+        self.check(
+            rule,
+            longest <= RECOVERY && longest - shortest >= RECOVERY / 10,
+            || {
+                format!(
+                    "12 breakers tripped one after another with a jitter of 0.5 of {RECOVERY:?} opened for {open_for:?}: expected a spread of at least {:?}, none longer than the recovery timeout",
+                    RECOVERY / 10
+                )
+            },
+        )
+    }
 }
