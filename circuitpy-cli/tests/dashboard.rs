@@ -382,6 +382,14 @@ async fn the_api_and_metrics_say_what_the_storage_holds_and_control_needs_the_to
     );
     let (status, _) = get(&base, "/api/breakers?state=ajar").await;
     assert_eq!(status, 400);
+    // By name: a glob, or a part of the key.
+    for (query, key) in [("match=pay*", "payments"), ("q=ear", "search")] {
+        let (status, body) = get(&base, &format!("/api/breakers?{query}")).await;
+        assert_eq!(status, 200, "{body}");
+        let found: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(found["total"], 1, "{query}: {body}");
+        assert_eq!(found["breakers"][0]["key"], key, "{query}");
+    }
 
     let (status, body) = get(&base, "/api/breakers/search").await;
     assert_eq!(status, 200);

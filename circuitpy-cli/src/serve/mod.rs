@@ -440,18 +440,10 @@ async fn breaker_page(
     Query(outcome): Query<Outcome>,
 ) -> Response {
     // Only the outcomes an action has: a link cannot make the page say anything else.
-    let done = outcome.done.as_deref().and_then(|done| {
-        [
-            Action::ForceOpen,
-            Action::ForceClosed,
-            Action::Reset,
-            Action::Override(Overrides::NONE),
-            Action::Override(Overrides::NONE.failure_threshold(1)),
-        ]
-        .into_iter()
-        .map(self::done)
-        .find(|known| *known == done)
-    });
+    let done = outcome
+        .done
+        .as_deref()
+        .and_then(|done| OUTCOMES.into_iter().find(|known| *known == done));
     match app.inspect(key.clone()).await {
         Ok(info) => {
             page::breaker(&page::Frame::of(&app), &key, info.as_ref(), done.map(Ok)).into_response()
@@ -517,13 +509,22 @@ fn action_named(name: &str) -> Option<Action> {
     }
 }
 
+/// What a breaker's page can say an action did.
+const OUTCOMES: [&str; 5] = [
+    "forced open",
+    "forced closed",
+    "reset",
+    "overrides set",
+    "overrides cleared",
+];
+
 fn done(action: Action) -> &'static str {
     match action {
-        Action::ForceOpen => "forced open",
-        Action::ForceClosed => "forced closed",
-        Action::Override(overrides) if overrides.is_none() => "overrides cleared",
-        Action::Override(_) => "overrides set",
-        _ => "reset",
+        Action::ForceOpen => OUTCOMES[0],
+        Action::ForceClosed => OUTCOMES[1],
+        Action::Override(overrides) if overrides.is_none() => OUTCOMES[4],
+        Action::Override(_) => OUTCOMES[3],
+        _ => OUTCOMES[2],
     }
 }
 
