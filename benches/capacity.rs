@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use circuitpy::{Breaker, CircuitBreaker, CircuitBreakerOpen};
+// The tests' error type: `Down` fails a call, a rejection converts into it.
+use circuitpy::{Breaker, CircuitBreaker};
+use circuitpy_tests::handlers::Error as CallError;
 use circuitpy_tests::redis::RedisServer;
 use redis::aio::MultiplexedConnection;
 
@@ -21,18 +23,6 @@ static CONNECTION: OnceLock<MultiplexedConnection> = OnceLock::new();
 
 const CALLERS: usize = 64;
 const RUN: Duration = Duration::from_secs(3);
-
-#[derive(Debug)]
-enum CallError {
-    Down,
-    Open,
-}
-
-impl From<CircuitBreakerOpen> for CallError {
-    fn from(_: CircuitBreakerOpen) -> Self {
-        CallError::Open
-    }
-}
 
 macro_rules! handler {
     ($name:ident, $key:literal, $threshold:expr, $interval:expr) => {

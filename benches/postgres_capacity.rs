@@ -17,10 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use circuitpy::{
-    AsyncPostgresStorage, Breaker, CircuitBreaker, CircuitBreakerOpen, PostgresOptions,
-    PostgresStorage,
-};
+// The tests' error type: `Down` fails a call, a rejection converts into it.
+use circuitpy::{AsyncPostgresStorage, Breaker, CircuitBreaker, PostgresOptions, PostgresStorage};
+use circuitpy_tests::handlers::Error as CallError;
 
 static ASYNC: OnceLock<AsyncPostgresStorage> = OnceLock::new();
 static BLOCKING: OnceLock<PostgresStorage> = OnceLock::new();
@@ -29,18 +28,6 @@ const CALLERS: usize = 64;
 const THREADS: usize = 32;
 const POOL: usize = 16;
 const RUN: Duration = Duration::from_secs(3);
-
-#[derive(Debug)]
-enum CallError {
-    Down,
-    Open,
-}
-
-impl From<CircuitBreakerOpen> for CallError {
-    fn from(_: CircuitBreakerOpen) -> Self {
-        CallError::Open
-    }
-}
 
 macro_rules! handler {
     ($name:ident, $storage:ty, $cell:ident, $key:literal, $threshold:expr, $interval:expr) => {
