@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-// The tests' error type: `Down` fails a call, a rejection converts into it.
 use circuitpy::{Breaker, CircuitBreaker};
 use circuitpy_tests::handlers::Error as CallError;
 use circuitpy_tests::redis::RedisServer;

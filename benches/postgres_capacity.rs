@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-// The tests' error type: `Down` fails a call, a rejection converts into it.
 use circuitpy::{AsyncPostgresStorage, Breaker, CircuitBreaker, PostgresOptions, PostgresStorage};
 use circuitpy_tests::handlers::Error as CallError;
 
