@@ -87,9 +87,24 @@ pub fn check_admin<S: Storage + Admin>(
         .unwrap()
         .expect("closed is stored");
     assert_eq!(
-        (closed.state, closed.failures),
-        (State::Closed, 2),
+        (closed.state, closed.failures, closed.reporters),
+        (State::Closed, 2, 0),
         "{closed:?}"
+    );
+
+    // Under a quorum, the distinct processes that reported the failures counted.
+    let mut quorate = config;
+    quorate.quorum = 3;
+    for reporter in [7, 8, 7] {
+        storage
+            .execute(&Request::new("quorate", Op::Failure, &quorate).reported_by(reporter))
+            .unwrap();
+    }
+    let counted = storage.inspect(prefix, "quorate").unwrap().unwrap();
+    assert_eq!(
+        (counted.state, counted.failures, counted.reporters),
+        (State::Closed, 3, 2),
+        "three failures from two processes, short of a quorum of three: {counted:?}"
     );
 
     let open = storage.inspect(prefix, "open").unwrap().unwrap();
@@ -151,14 +166,14 @@ pub fn check_admin<S: Storage + Admin>(
     let keys: Vec<&str> = listing.breakers.iter().map(|b| b.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["closed", "forced", "half", "kept", "open"],
+        ["closed", "forced", "half", "kept", "open", "quorate"],
         "{listing:?}"
     );
     assert!(listing.invalid.is_empty(), "{:?}", listing.invalid);
 
     let planted = plant_invalid();
     let listing = storage.list(prefix).unwrap();
-    assert_eq!(listing.breakers.len(), 5);
+    assert_eq!(listing.breakers.len(), 6);
     assert_eq!(listing.invalid.len(), 1, "{:?}", listing.invalid);
     match &listing.invalid[0] {
         StorageError::InvalidData { key, .. } => assert_eq!(key, &planted),

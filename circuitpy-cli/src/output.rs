@@ -20,6 +20,7 @@ pub(crate) struct BreakerJson<'a> {
     permits_out: u64,
     trials_passed: u64,
     failed_rounds: u64,
+    reporters: u64,
     forced: Option<ForcedJson<'a>>,
     overrides: Option<OverridesJson>,
     expires_in_ms: Option<u128>,
@@ -74,6 +75,7 @@ pub(crate) fn breaker(info: &BreakerInfo) -> BreakerJson<'_> {
         permits_out: info.permits_out,
         trials_passed: info.trials_passed,
         failed_rounds: info.failed_rounds,
+        reporters: info.reporters,
         overrides: info.overrides.map(|overrides| OverridesJson {
             failure_threshold: overrides.failure_threshold,
             recovery_timeout_ms: overrides
@@ -261,6 +263,9 @@ pub(crate) fn details(info: &BreakerInfo, colour: bool) -> String {
                     "window",
                     format!("{} calls, {} failed", window.calls, window.failures),
                 );
+            }
+            if info.reporters > 0 {
+                line("reported by", format!("{} processes", info.reporters));
             }
         }
         State::Open | State::HalfOpen => {

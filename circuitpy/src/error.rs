@@ -21,6 +21,7 @@ use crate::key::Key;
 ///         Rejection::Open | Rejection::TrialsInProgress => format!("retry at {:?}", error.retry_at()),
 ///         Rejection::ForcedOpen => "switched off by an operator".to_owned(),
 ///         Rejection::StorageFailed(cause) => format!("state unavailable: {cause}"),
+///         Rejection::OpenHere { .. } => "failing from this process only".to_owned(),
 ///         _ => error.to_string(),
 ///     }
 /// }
@@ -54,6 +55,14 @@ pub enum Rejection {
     /// The storage failed and the handler's policy is
     /// [`OnStorageFailure::Reject`](crate::OnStorageFailure::Reject).
     StorageFailed(Box<StorageError>),
+    /// Open in this process only: its own failures would trip the breaker, but fewer than
+    /// [`QUORUM`](crate::CircuitBreaker::QUORUM) processes reported failures, so the
+    /// fleet's breaker stays closed for the others. This process runs its own trials
+    /// (the rejection then says so, as for [`Rejection::TrialsInProgress`]).
+    OpenHere {
+        /// Whether this process's own trial calls are under way.
+        trials_in_progress: bool,
+    },
 }
 
 impl Rejection {
@@ -69,7 +78,7 @@ impl Rejection {
     }
 
     /// The reason as a label for logs and metrics: `open`, `trials_in_progress`,
-    /// `forced_open` or `storage_failed`.
+    /// `forced_open`, `storage_failed` or `open_here`.
     ///
     /// ```
     /// assert_eq!(circuitpy::Rejection::TrialsInProgress.name(), "trials_in_progress");
@@ -80,6 +89,7 @@ impl Rejection {
             Rejection::TrialsInProgress => "trials_in_progress",
             Rejection::ForcedOpen => "forced_open",
             Rejection::StorageFailed(_) => "storage_failed",
+            Rejection::OpenHere { .. } => "open_here",
         }
     }
 }
@@ -154,11 +164,23 @@ impl fmt::Display for CircuitBreakerOpen {
                 self.method,
                 self.key.as_str()
             )?,
+            Rejection::OpenHere { .. } => write!(
+                f,
+                "circuit breaker is open in this process for method \"{}\" (key \"{}\"), short of a quorum for the fleet",
+                self.method,
+                self.key.as_str()
+            )?,
         }
         if let Some(at) = self.opened_at() {
             write!(f, ", opened at {}", Rfc3339(at))?;
         }
-        if matches!(self.reason, Rejection::TrialsInProgress) {
+        if matches!(
+            self.reason,
+            Rejection::TrialsInProgress
+                | Rejection::OpenHere {
+                    trials_in_progress: true
+                }
+        ) {
             f.write_str(", trial calls in progress")?;
         } else if let Some(at) = self.retry_at() {
             write!(f, ", next trial at {}", Rfc3339(at))?;

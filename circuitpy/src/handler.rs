@@ -109,6 +109,37 @@ pub trait CircuitBreaker: Send + Sync + 'static {
     /// then send their trials over a span instead of in the same millisecond, and every
     /// process and storage still computes the same deadline. Off (0) by default.
     const RECOVERY_JITTER: f64 = 0.0;
+    /// On a shared storage: how many distinct processes must have reported failures that
+    /// count before the breaker trips for the whole fleet. 1 (the default) trips on the
+    /// failures alone, wherever they come from. With 2 or more, failures that would trip the
+    /// breaker but came from fewer processes leave it closed for the fleet, and a process
+    /// whose own failures would trip it (counted by the same policy over its own calls) opens
+    /// its own view only: its calls are rejected and it runs its own trials, while the
+    /// other processes keep calling. One sick instance (its network, its bug) then cannot
+    /// open the breaker for every other. At most [`MAX_QUORUM`](crate::MAX_QUORUM).
+    ///
+    /// A process is one reporter (an id drawn at random when it first reports). No effect
+    /// on the in-memory storage, whose breakers live in one process; the primitive protocol
+    /// cannot keep reporters and answers a quorum breaker's failure with
+    /// [`StorageError::Unsupported`](crate::StorageError::Unsupported).
+    ///
+    /// ```
+    /// # use circuitpy::{CircuitBreaker, FailurePolicy, MemoryStorage};
+    /// # use std::time::Duration;
+    /// struct Search;
+    /// impl CircuitBreaker for Search {
+    ///     const FAILURE_THRESHOLD: u32 = 20;
+    ///     const RECOVERY_TIMEOUT: Duration = Duration::from_secs(10);
+    ///     const FAILURE_KEY: &'static str = "search";
+    ///     const FAILURE_POLICY: FailurePolicy =
+    ///         FailurePolicy::CountInWindow { window: Duration::from_secs(30) };
+    ///     // 20 failures within 30 s of each other, from at least 3 processes.
+    ///     const QUORUM: u32 = 3;
+    ///     type Storage = MemoryStorage;
+    ///     fn storage(&self) -> &MemoryStorage { unimplemented!() }
+    /// }
+    /// ```
+    const QUORUM: u32 = 1;
 
     /// Where the breaker's state lives: [`MemoryStorage`](crate::MemoryStorage), a Redis
     /// client or connection, or any [`Storage`](crate::Storage) /

@@ -79,7 +79,8 @@ pub use engine::{Outcome, Permit, RunAsync};
 pub use error::{CircuitBreakerOpen, Rejection, StorageError};
 pub use handler::{CircuitBreaker, State};
 pub use policy::{
-    Backoff, Config, FailurePolicy, MAX_DURATION, MAX_HALF_OPEN_TRIALS, OnStorageFailure, Overrides,
+    Backoff, Config, FailurePolicy, MAX_DURATION, MAX_HALF_OPEN_TRIALS, MAX_QUORUM,
+    OnStorageFailure, Overrides,
 };
 pub use rules::{FORCED_TTL, retention};
 pub use storage::memory::MemoryStorage;

@@ -119,7 +119,17 @@ pub struct Config {
     pub backoff: Backoff,
     /// [`CircuitBreaker::RECOVERY_JITTER`].
     pub recovery_jitter: f64,
+    /// [`CircuitBreaker::QUORUM`].
+    pub quorum: u32,
 }
+
+/// The largest [`CircuitBreaker::QUORUM`]: a shared breaker remembers at most this many
+/// distinct reporters.
+///
+/// ```
+/// assert_eq!(circuitpy::MAX_QUORUM, 16);
+/// ```
+pub const MAX_QUORUM: u32 = 16;
 
 /// An operator's runtime change to one breaker's settings, stored with the breaker in its
 /// storage: every process that shares the breaker decides by it (on a shared storage the
@@ -354,6 +364,7 @@ impl Config {
             sync_interval: H::SYNC_INTERVAL,
             backoff: H::RECOVERY_BACKOFF,
             recovery_jitter: H::RECOVERY_JITTER,
+            quorum: H::QUORUM,
         };
         match config.check() {
             Ok(()) => config,
@@ -431,6 +442,9 @@ impl Config {
         // Written so that NaN fails too.
         if !(self.recovery_jitter >= 0.0 && self.recovery_jitter <= 0.5) {
             return Err("circuitpy: RECOVERY_JITTER must be between 0 and 0.5");
+        }
+        if self.quorum == 0 || self.quorum > MAX_QUORUM {
+            return Err("circuitpy: QUORUM must be between 1 and 16");
         }
         if !self.backoff.is_off() {
             // Written so that NaN fails too.

@@ -41,6 +41,9 @@ macro_rules! policy_handler {
         policy_handler!($name, $policy, Backoff::OFF, 0.0);
     };
     ($name:ident, $policy:expr, $backoff:expr, $jitter:expr) => {
+        policy_handler!($name, $policy, $backoff, $jitter, 1);
+    };
+    ($name:ident, $policy:expr, $backoff:expr, $jitter:expr, $quorum:expr) => {
         struct $name;
         impl $name {
             fn clock() -> &'static ManualClock {
@@ -63,6 +66,7 @@ macro_rules! policy_handler {
             const FAILURE_POLICY: FailurePolicy = $policy;
             const RECOVERY_BACKOFF: Backoff = $backoff;
             const RECOVERY_JITTER: f64 = $jitter;
+            const QUORUM: u32 = $quorum;
             const STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
             const KEY_PREFIX: &'static str = "differential";
             type Storage = MemoryStorage;
@@ -113,6 +117,36 @@ policy_handler!(
     0.0
 );
 
+// Quorums: the row machine is the reference (the packed word lives in one process and
+// has none), with failures from four reporters.
+policy_handler!(
+    QuorateConsecutive,
+    FailurePolicy::Consecutive,
+    Backoff::OFF,
+    0.0,
+    2
+);
+policy_handler!(
+    QuorateWindowed,
+    FailurePolicy::CountInWindow {
+        window: Duration::from_millis(3_000)
+    },
+    Backoff::OFF,
+    0.0,
+    3
+);
+policy_handler!(
+    QuorateRated,
+    FailurePolicy::Rate {
+        rate: 0.5,
+        window: Duration::from_millis(2_000),
+        minimum_calls: 4,
+    },
+    Backoff::OFF,
+    0.0,
+    2
+);
+
 /// One step of a sequence.
 #[derive(Clone, Copy, Debug)]
 enum Step {
@@ -120,6 +154,8 @@ enum Step {
     /// closed changes nothing).
     Success,
     Failure,
+    /// A failure reported by the n-th of four processes (a quorum's reporters).
+    FailureBy(u64),
     /// Asks for a trial permit; a granted one is kept until an outcome names it.
     Acquire,
     /// The outcome of the n-th permit still held (modulo their number).
@@ -174,6 +210,14 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The steps of a quorum's cases: failures come from four reporters.
+fn quorum_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        5 => (1u64..=4).prop_map(Step::FailureBy),
+        6 => step(),
+    ]
+}
+
 /// What every implementation must agree on after a step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Seen {
@@ -218,13 +262,14 @@ fn outcome_op(step: Step) -> (Op, Outcome) {
 
 impl Shared<'_> {
     fn apply(&mut self, step: Step, key: &str, config: &Config, at: Duration) -> Seen {
-        let run = |op, round: Option<u64>| {
-            let mut request = Request::new(key, op, config).at(at);
+        let run_by = |op, round: Option<u64>, reporter: u64| {
+            let mut request = Request::new(key, op, config).at(at).reported_by(reporter);
             if let Some(round) = round {
                 request = request.in_round(round);
             }
             (self.storage)(&request)
         };
+        let run = |op, round| run_by(op, round, 0);
         let counts = self.counts;
         let read = |snapshot: Snapshot| Seen {
             state: snapshot.state,
@@ -238,8 +283,12 @@ impl Shared<'_> {
         };
         match step {
             Step::Success => read(run(Op::Success, None)),
-            Step::Failure => {
-                let snapshot = run(Op::Failure, None);
+            Step::Failure | Step::FailureBy(_) => {
+                let reporter = match step {
+                    Step::FailureBy(reporter) => reporter,
+                    _ => 0,
+                };
+                let snapshot = run_by(Op::Failure, None, reporter);
                 Seen {
                     failures: (self.counts && snapshot.state == State::Closed)
                         .then_some(snapshot.failures),
@@ -287,7 +336,7 @@ impl<'b, H: CircuitBreaker<Storage = MemoryStorage>> InMemory<'b, H> {
             retry_in: None,
         };
         match step {
-            Step::Success | Step::Failure => {
+            Step::Success | Step::Failure | Step::FailureBy(_) => {
                 // An outcome of a call admitted while closed: only while it still is.
                 if state(self.breaker) == State::Closed {
                     let permit = self.breaker.acquire().expect("closed admits");
@@ -452,6 +501,10 @@ fn run_case<H: CircuitBreaker<Storage = MemoryStorage>>(
             retired: false,
         },
     ];
+    // Under a quorum the row machine is the reference, and the primitive protocol (which
+    // cannot keep reporters) sits out.
+    let quorate = config.quorum > 1;
+    shared[1].retired = quorate;
     let mut history = Vec::new();
     for step in steps {
         if let Step::Advance(ms) = step {
@@ -459,10 +512,18 @@ fn run_case<H: CircuitBreaker<Storage = MemoryStorage>>(
         }
         let at = clock.clock().elapsed();
         history.push(*step);
-        let expected = memory.apply(*step);
+        let expected = if quorate {
+            shared[0].apply(*step, &breaker_key, &config, at)
+        } else {
+            memory.apply(*step)
+        };
         let mut counted: Option<(&str, u64)> = None;
         let mut deadline: Option<(&str, Duration)> = None;
-        for implementation in &mut shared {
+        if quorate {
+            counted = expected.failures.map(|count| ("row machine", count));
+            deadline = expected.retry_in.map(|retry_in| ("row machine", retry_in));
+        }
+        for implementation in shared.iter_mut().skip(usize::from(quorate)) {
             if matches!(step, Step::Override(_)) && !implementation.overrides {
                 implementation.retired = true;
             }
@@ -476,8 +537,13 @@ fn run_case<H: CircuitBreaker<Storage = MemoryStorage>>(
                     || seen.permit == expected.permit);
             assert!(
                 agrees,
-                "{} disagrees with the packed word after {history:?}: it saw {seen:?}, the word {expected:?}",
-                implementation.name
+                "{} disagrees with the {} after {history:?}: it saw {seen:?}, the reference {expected:?}",
+                implementation.name,
+                if quorate {
+                    "row machine"
+                } else {
+                    "packed word"
+                }
             );
             if let Some(retry_in) = seen.retry_in {
                 match deadline {
@@ -536,6 +602,21 @@ proptest! {
     #[test]
     fn rate(steps in prop::collection::vec(step(), 1..80)) {
         run_case(Rated, Rated::clock(), Rated::memory(), backends!("rated"), &steps);
+    }
+
+    #[test]
+    fn quorum_consecutive(steps in prop::collection::vec(quorum_step(), 1..80)) {
+        run_case(QuorateConsecutive, QuorateConsecutive::clock(), QuorateConsecutive::memory(), backends!("quorum_consecutive"), &steps);
+    }
+
+    #[test]
+    fn quorum_count_in_window(steps in prop::collection::vec(quorum_step(), 1..80)) {
+        run_case(QuorateWindowed, QuorateWindowed::clock(), QuorateWindowed::memory(), backends!("quorum_windowed"), &steps);
+    }
+
+    #[test]
+    fn quorum_rate(steps in prop::collection::vec(quorum_step(), 1..80)) {
+        run_case(QuorateRated, QuorateRated::clock(), QuorateRated::memory(), backends!("quorum_rated"), &steps);
     }
 }
 

@@ -30,3 +30,29 @@ fn fleet_child() {
     let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
     processes::run_child(&storage);
 }
+
+#[test]
+fn a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet() {
+    let Some(url) = server() else { return };
+    let table = fresh_table("quorum");
+    let _cleanup = cleanup(&url, &table);
+    let storage: &'static PostgresStorage = Box::leak(Box::new(
+        PostgresStorage::connect_with(&url, options(&table)).unwrap(),
+    ));
+    let report = processes::check_quorum_across_processes(
+        storage,
+        &test_name!(quorum_child),
+        &[(TABLE_VAR, &table), (URL_VAR, &url)],
+    )
+    .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(report.rules.len(), 3);
+}
+
+#[test]
+#[ignore = "run by a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet as a child process"]
+fn quorum_child() {
+    let url = url();
+    let table = std::env::var(TABLE_VAR).expect("run as a child process");
+    let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
+    processes::run_quorum_child(Box::leak(Box::new(storage)));
+}

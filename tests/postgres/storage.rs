@@ -24,6 +24,7 @@ fn blocking_storage_passes_the_kit() {
     ));
     let report = check_storage(storage, Options::default()).unwrap_or_else(|f| panic!("{f}"));
     assert!(report.rules.contains(&"concurrent-failures-trip-once"));
+    assert!(report.rules.contains(&"reporters-go-with-the-count"));
 }
 
 #[test]

@@ -218,3 +218,26 @@ fn a_fleet_trips_once_at_the_threshold_and_admits_k_trials_per_round() {
         "failed trials reopen it, they do not trip it anew"
     );
 }
+
+#[test]
+fn a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client: &'static redis::Client = Box::leak(Box::new(server.client()));
+    let report = circuitpy::testing::processes::check_quorum_across_processes(
+        client,
+        &test_name!(quorum_child),
+        &[("CIRCUITPY_FLEET_URL", &server.url())],
+    )
+    .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(report.rules.len(), 3);
+}
+
+#[test]
+#[ignore = "run by a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet as a child process"]
+fn quorum_child() {
+    let url = std::env::var("CIRCUITPY_FLEET_URL").expect("run as a child process");
+    let client = redis::Client::open(url).expect("a valid URL");
+    circuitpy::testing::processes::run_quorum_child(Box::leak(Box::new(client)));
+}

@@ -12,6 +12,11 @@ fn redis_client_passes_the_kit_blocking() {
     let report =
         check_storage(client, Options::default()).unwrap_or_else(|failure| panic!("{failure}"));
     assert!(report.rules.contains(&"half-open-admits-exactly-k-trials"));
+    assert!(
+        report
+            .rules
+            .contains(&"a-second-reporter-completes-the-quorum")
+    );
 }
 
 #[test]

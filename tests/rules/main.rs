@@ -9,5 +9,6 @@ mod local_mode;
 mod metrics;
 mod model;
 mod primitives;
+mod quorum;
 mod robustness;
 mod state_machine;

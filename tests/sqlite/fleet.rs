@@ -34,3 +34,27 @@ fn fleet_child() {
     let storage = SqliteStorage::open_with_table(path, "fleet").unwrap();
     processes::run_child(&storage);
 }
+
+#[test]
+fn a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_file() {
+    let path = fresh_database("quorum");
+    let storage: &'static SqliteStorage = Box::leak(Box::new(
+        SqliteStorage::open_with_table(&path, "fleet").unwrap(),
+    ));
+    let path = path.to_str().unwrap();
+    let report = processes::check_quorum_across_processes(
+        storage,
+        &test_name!(quorum_child),
+        &[(PATH_VAR, path)],
+    )
+    .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(report.rules.len(), 3);
+}
+
+#[test]
+#[ignore = "run by a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_file as a child process"]
+fn quorum_child() {
+    let path = std::env::var(PATH_VAR).expect("run as a child process");
+    let storage = SqliteStorage::open_with_table(path, "fleet").unwrap();
+    processes::run_quorum_child(Box::leak(Box::new(storage)));
+}

@@ -11,6 +11,7 @@ fn sqlite_storage_passes_the_kit() {
     ));
     let report = check_storage(storage, Options::default()).unwrap_or_else(|f| panic!("{f}"));
     assert!(report.rules.contains(&"half-open-admits-exactly-k-trials"));
+    assert!(report.rules.contains(&"reporters-go-with-the-count"));
     println!(
         "sqlite kit: {} rules in {:?}",
         report.rules.len(),

@@ -215,6 +215,9 @@ pub(crate) fn breaker_region(key: &str, info: Option<&BreakerInfo>) -> Markup {
             @if let Some(window) = info.window {
                 dt { "window" } dd { (window.calls) " calls, " (window.failures) " failed" }
             }
+            @if info.reporters > 0 {
+                dt { "reported by" } dd { (info.reporters) " processes (towards the quorum)" }
+            }
             @if let Some(at) = info.opened_at { dt { "opened at" } dd { (when(at)) } }
             @if let Some(at) = info.next_trial_at { dt { "next trial at" } dd { (when(at)) } }
             @if info.failed_rounds > 0 {

@@ -45,6 +45,7 @@ pub(crate) fn config(prefix: &str) -> Config {
         sync_interval: None,
         backoff: crate::policy::Backoff::OFF,
         recovery_jitter: 0.0,
+        quorum: 1,
     }
 }
 
@@ -80,6 +81,14 @@ pub(crate) fn describe(key: &str, row: &Row, now: i64, expires_at: Option<i64>) 
         failed_rounds: match state {
             State::Open | State::HalfOpen => row.reopens.max(0) as u64,
             _ => 0,
+        },
+        reporters: if state == State::Closed {
+            row.reporters
+                .iter()
+                .filter(|&&(_, until)| until > now)
+                .count() as u64
+        } else {
+            0
         },
         forced: None,
         overrides: row.overrides.live(now),
@@ -198,7 +207,12 @@ pub(crate) fn row_of_hash(
                         | "xm"
                 ) || (name.len() == 2
                     && name.starts_with(['b', 'c', 'e'])
-                    && name.as_bytes()[1].is_ascii_digit());
+                    && name.as_bytes()[1].is_ascii_digit())
+                    || (name.starts_with(['q', 'u'])
+                        && name[1..]
+                            .parse::<u32>()
+                            .is_ok_and(|n| n < crate::MAX_QUORUM)
+                        && !name[1..].starts_with('+'));
                 if !known {
                     return Err(invalid(format!(
                         "unknown field {}",
@@ -247,6 +261,11 @@ pub(crate) fn row_of_hash(
                     (get(&format!("b{slot}")), get(&format!("c{slot}")))
                 {
                     row.buckets[slot] = (bucket, calls, get(&format!("e{slot}")).unwrap_or(0));
+                }
+            }
+            for n in 0..crate::MAX_QUORUM {
+                if let (Some(id), Some(until)) = (get(&format!("q{n}")), get(&format!("u{n}"))) {
+                    row.reporters.push((id, us(until)));
                 }
             }
         }

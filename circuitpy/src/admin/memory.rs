@@ -38,6 +38,8 @@ impl MemoryStorage {
             permits_out: u64::from(word.permits()),
             trials_passed: 0,
             failed_rounds: word.reopens(),
+            // One process: no quorum to count towards.
+            reporters: 0,
             overrides: cell.overrides(),
             forced: matches!(state, State::ForcedOpen | State::ForcedClosed)
                 .then(|| cell.forced())

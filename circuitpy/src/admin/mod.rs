@@ -259,6 +259,10 @@ pub struct BreakerInfo {
     /// While open or half-open: trial rounds that failed in a row since it last closed,
     /// the step of its [`Backoff`](crate::Backoff).
     pub failed_rounds: u64,
+    /// Under a [`QUORUM`](crate::CircuitBreaker::QUORUM), while closed: how many distinct
+    /// processes reported the failures counted (up to the quorum; the breaker trips only
+    /// once it is reached).
+    pub reporters: u64,
     /// While forced: who forced it, why and when.
     pub forced: Option<Forced>,
     /// An operator's runtime overrides in force, if any.

@@ -593,7 +593,15 @@ where
     if decided_here::<H::Storage>() {
         return admit_here(handler, cell, clock, method);
     }
-    match admit_on_view(handler, cell, clock, method) {
+    let local = if H::CONFIG.quorum > 1 {
+        match admit_local(handler, &cell, clock, method) {
+            Ok(local) => local.map(|word| (word, cell.clone())),
+            Err(rejected) => return Err(rejected),
+        }
+    } else {
+        None
+    };
+    let admission = match admit_on_view(handler, cell, clock, method) {
         Local::Decided(decided) => decided,
         Local::Ask { cell, sent } => ready(ask_storage(
             handler,
@@ -603,6 +611,10 @@ where
             sent,
             method,
         )),
+    };
+    match local {
+        None => admission,
+        Some((word, cell)) => with_local(handler, clock, &cell, word, admission),
     }
 }
 
@@ -632,11 +644,95 @@ where
     if decided_here::<H::Storage>() {
         return Entering::Decided(admit_here(handler, cell, clock, method));
     }
-    match admit_on_view(handler, cell, clock, method) {
-        Local::Decided(decided) => Entering::Decided(decided),
-        Local::Ask { cell, sent } => Entering::Asking(Box::pin(async move {
-            ask_storage(handler, &Async(storage), clock, cell, sent, method).await
+    let local = if H::CONFIG.quorum > 1 {
+        match admit_local(handler, &cell, clock, method) {
+            Ok(local) => local.map(|word| (word, cell.clone())),
+            Err(rejected) => return Entering::Decided(Err(rejected)),
+        }
+    } else {
+        None
+    };
+    match (admit_on_view(handler, cell, clock, method), local) {
+        (Local::Decided(decided), None) => Entering::Decided(decided),
+        (Local::Decided(decided), Some((word, cell))) => {
+            Entering::Decided(with_local(handler, clock, &cell, word, decided))
+        }
+        (Local::Ask { cell, sent }, local) => Entering::Asking(Box::pin(async move {
+            let admission = ask_storage(handler, &Async(storage), clock, cell, sent, method).await;
+            match local {
+                None => admission,
+                Some((word, cell)) => with_local(handler, clock, &cell, word, admission),
+            }
         })),
+    }
+}
+
+/// Under a quorum, on a shared storage: this process's own breaker ([`Cell::local`]) admits
+/// the call before the fleet's view is asked. The word it admitted the call under, for the
+/// permit to record against; `None` when an operator forced the fleet's breaker closed,
+/// which runs every call and records nothing.
+#[inline(never)]
+fn admit_local<H: CircuitBreaker>(
+    handler: &H,
+    cell: &Cell,
+    clock: &Clock,
+    method: &'static str,
+) -> Result<Option<Word>, CircuitBreakerOpen> {
+    if cell.load().phase() == State::ForcedClosed {
+        return Ok(None);
+    }
+    let config = &H::CONFIG;
+    let local = cell.local();
+    let mut word = local.load();
+    loop {
+        if word.phase() == State::Closed {
+            return Ok(Some(word));
+        }
+        let now = clock.coarse_now();
+        match admit(word, now, config.half_open_trials, || local.lease(word)) {
+            Admit::Pass => return Ok(Some(word)),
+            Admit::Reject(rejection) => {
+                let (opened_at, retry_at) = open_times(word, config);
+                let reason = Rejection::OpenHere {
+                    trials_in_progress: matches!(rejection, Rejection::TrialsInProgress),
+                };
+                return Err(reject_at(
+                    handler, cell, method, reason, opened_at, retry_at,
+                ));
+            }
+            Admit::Trial(next) => match local.compare_exchange(word, next) {
+                Ok(_) => {
+                    local.set_lease(next, now.saturating_add(nanos(config.recovery_timeout)));
+                    notify(handler, local, word, next);
+                    return Ok(Some(next));
+                }
+                Err(actual) => word = actual,
+            },
+        }
+    }
+}
+
+/// Under a quorum: the fleet's admission of a call this process's own breaker admitted
+/// under `local`. The permit records against both; a call the fleet's breaker rejects gives
+/// back the local trial permit it held.
+fn with_local<'a, H: CircuitBreaker>(
+    handler: &'a H,
+    clock: &Clock,
+    cell: &Cell,
+    local: Word,
+    admission: Admission<'a, H>,
+) -> Admission<'a, H> {
+    match admission {
+        Ok(mut permit) => {
+            permit.admitted = local;
+            Ok(permit)
+        }
+        Err(rejected) => {
+            if local.phase() == State::HalfOpen {
+                settle_here(handler, cell.local(), clock, local, Report::Abandoned);
+            }
+            Err(rejected)
+        }
     }
 }
 
@@ -1296,6 +1392,26 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
 ) {
     let config = &H::CONFIG;
     let role = std::mem::replace(&mut permit.role, Role::Unrecorded);
+    // Under a quorum this process's own breaker counts the call first, by the word it
+    // admitted the call under.
+    if config.quorum > 1
+        && role != Role::Unrecorded
+        && let Some(cell) = permit.cell.as_deref()
+    {
+        let local = match report {
+            None if permit.admitted.phase() == State::HalfOpen => Some(Report::Abandoned),
+            report => report,
+        };
+        if let Some(local) = local {
+            settle_here(
+                permit.handler,
+                cell.local(),
+                permit.clock,
+                permit.admitted,
+                local,
+            );
+        }
+    }
     #[cfg(feature = "metrics")]
     if role != Role::Unrecorded
         && let Some(cell) = permit.cell.as_deref()
@@ -1409,6 +1525,10 @@ pub(crate) async fn control_shared<H: CircuitBreaker, B: Backend>(
 ) -> Result<State, StorageError> {
     let sent = cell.load();
     let clock = backend.clock();
+    if H::CONFIG.quorum > 1 && op == Op::Reset {
+        // A reset from this process closes its own breaker too.
+        control_cell(cell.local(), Op::Reset, Audit::NONE);
+    }
     let request = Request::new(cell.key.as_str(), op, &H::CONFIG)
         .with_audit(audit)
         .with_overrides(overrides);

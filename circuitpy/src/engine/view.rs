@@ -81,6 +81,9 @@ struct Extra {
     forced: Mutex<Option<crate::admin::Forced>>,
     /// In-process breakers: an operator's runtime overrides, until cleared.
     overrides: Mutex<Option<crate::Overrides>>,
+    /// Shared views of a breaker with a quorum: this process's own breaker, deciding by its
+    /// own calls alone (see [`Cell::local`]).
+    local: OnceLock<Box<Cell>>,
     /// The breaker's metric handles, registered with the cell's first recorded call.
     #[cfg(feature = "metrics")]
     meters: Meters,
@@ -95,6 +98,7 @@ impl Extra {
             failure: Mutex::default(),
             forced: Mutex::default(),
             overrides: Mutex::default(),
+            local: OnceLock::new(),
             meters: Meters::register(&cell.key, cell.load().phase()),
         }
     }
@@ -166,6 +170,7 @@ impl Cell {
                     .window
                     .try_lock()
                     .is_ok_and(|window| window.is_empty(extra.calls()))
+                    && extra.local.get().is_none_or(|local| local.is_idle())
             })
     }
 
@@ -215,6 +220,16 @@ impl Cell {
         if let Some(extra) = self.extra.get() {
             lock(&extra.window).clear(extra.calls(), word.generation());
         }
+    }
+
+    /// Shared views under a quorum: this process's own breaker, an in-process one under the
+    /// same key that counts only this process's calls by the handler's rules. When it
+    /// opens, this process rejects its calls and runs its own trials while the fleet's
+    /// breaker (which needs failures from `QUORUM` processes) may stay closed.
+    pub(crate) fn local(&self) -> &Cell {
+        self.extra()
+            .local
+            .get_or_init(|| Box::new(Cell::new(self.key.clone())))
     }
 
     /// In-process breakers: keeps (or with `None` forgets) an operator's runtime overrides.
@@ -419,6 +434,7 @@ fn view_of(current: Word, snapshot: &Snapshot, now: Nanos, config: &Config) -> W
 
 /// A reference to a cell: borrowed from its family for the handler's own key, shared for a
 /// key computed per call.
+#[derive(Clone)]
 pub(crate) enum CellRef<'a> {
     Borrowed(&'a Cell),
     Shared(Arc<Cell>),

@@ -185,6 +185,21 @@ pub(crate) fn open_for(config: &Config, reopens: u64, seed: u64, at_ms: u64) -> 
     Duration::from_millis(ms - cut.min(ms))
 }
 
+/// Reporter ids are below 2^48: exact in a Lua number, 15 decimal digits at most.
+pub(crate) const REPORTER_MASK: u64 = (1 << 48) - 1;
+
+/// This process's reporter id for a [`QUORUM`](crate::CircuitBreaker::QUORUM): drawn once,
+/// from the standard library's per-process random hash keys.
+pub(crate) fn reporter() -> u64 {
+    static ID: std::sync::LazyLock<u64> = std::sync::LazyLock::new(|| {
+        use std::hash::{BuildHasher, Hasher};
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish() & REPORTER_MASK
+    });
+    *ID
+}
+
 /// The rate policy's buckets per window.
 pub(crate) const BUCKETS: usize = 10;
 

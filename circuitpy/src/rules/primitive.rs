@@ -135,6 +135,14 @@ async fn execute<B: Backend>(store: &B, request: &Request<'_>) -> Result<Snapsho
                      an override could not be set atomically with the state it changes",
         });
     }
+    if request.op == Op::Failure && request.config.quorum > 1 {
+        return Err(StorageError::Unsupported {
+            key: request.key.to_owned(),
+            detail: "a quorum needs a storage that runs the rules itself (Redis, PostgreSQL, \
+                     SQLite): on the three primitives the distinct reporters of a count could \
+                     not be kept, nor checked atomically with the failure that trips",
+        });
+    }
     let config = request.config;
     let keys = Keys {
         stem: request.namespaced_key(),

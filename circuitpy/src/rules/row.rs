@@ -53,6 +53,9 @@ pub(crate) struct Row {
     pub(crate) forced_reason: Option<String>,
     /// An operator's runtime overrides, kept through every transition and a reset.
     pub(crate) overrides: Stored,
+    /// Under a quorum: the distinct reporters of the failures counted, (id, until when its
+    /// failures count), at most `QUORUM` of them, cleared with the count.
+    pub(crate) reporters: Vec<(i64, i64)>,
 }
 
 /// Runtime overrides as a row keeps them: 0 for a setting not overridden; recovery in
@@ -212,6 +215,27 @@ impl Row {
         self.round_until = now + recovery;
     }
 
+    /// Under a quorum: `reporter` reported a failure that counts until `until`. Reporters
+    /// whose failures no longer count are forgotten first; a new one is remembered while
+    /// fewer than `QUORUM` are (past that the quorum is met, whoever else reports). The
+    /// counting policies' failures count as long as the count does, so every reporter
+    /// takes the count's expiry; the rate policy's as long as their bucket is in the window.
+    fn report(&mut self, reporter: i64, now: i64, until: i64, config: &crate::policy::Config) {
+        self.reporters.retain(|&(_, lapses)| lapses > now);
+        let shared = !matches!(config.policy, FailurePolicy::Rate { .. });
+        if shared {
+            for entry in &mut self.reporters {
+                entry.1 = until;
+            }
+        }
+        let room = self.reporters.len() < config.quorum as usize;
+        match self.reporters.iter_mut().find(|(id, _)| *id == reporter) {
+            Some(entry) => entry.1 = until,
+            None if room => self.reporters.push((reporter, until)),
+            None => {}
+        }
+    }
+
     /// Records a call in the current rate bucket; the calls and failures in the window.
     fn record_rate(&mut self, now: i64, window: Duration, calls: i64, failed: bool) -> (u64, u64) {
         let width = bucket_width(window);
@@ -304,6 +328,7 @@ pub(crate) fn apply(row: &mut Row, now: i64, request: &Request<'_>) -> (Change, 
             FailurePolicy::Consecutive if row.live_failures(now) != 0 => {
                 row.failures = 0;
                 row.failures_until = 0;
+                row.reporters.clear();
                 (true, Snapshot::closed(0))
             }
             FailurePolicy::Rate { window, .. } => {
@@ -342,6 +367,19 @@ pub(crate) fn apply(row: &mut Row, now: i64, request: &Request<'_>) -> (Change, 
                         failures as i64,
                     )
                 }
+            };
+            let trips = if config.quorum > 1 {
+                let until = match config.policy {
+                    FailurePolicy::Rate { window, .. } => {
+                        let width = bucket_width(window);
+                        (now / width + BUCKETS as i64).saturating_mul(width)
+                    }
+                    _ => row.failures_until,
+                };
+                row.report(request.reporter as i64, now, until, config);
+                trips && row.reporters.len() >= config.quorum as usize
+            } else {
+                trips
             };
             if trips {
                 let open = micros(open_for(
@@ -437,6 +475,7 @@ mod tests {
             sync_interval: None,
             backoff: crate::policy::Backoff::OFF,
             recovery_jitter: 0.0,
+            quorum: 1,
         }
     }
 

@@ -287,6 +287,7 @@ mod tests {
             sync_interval: None,
             backoff: crate::policy::Backoff::OFF,
             recovery_jitter: 0.0,
+            quorum: 1,
         }
     }
 

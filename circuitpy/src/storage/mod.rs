@@ -258,6 +258,10 @@ pub struct Request<'a> {
     /// For [`Op::Override`]: the settings to store with the breaker
     /// ([`Overrides::NONE`](crate::Overrides::NONE) clears them). Empty otherwise.
     pub overrides: crate::Overrides,
+    /// For [`Op::Failure`] under a [`QUORUM`](crate::CircuitBreaker::QUORUM): who reports
+    /// it, one id per process (below 2^48, so that every storage's language holds it
+    /// exactly). [`Request::new`] fills in this process's.
+    pub reporter: u64,
 }
 
 impl<'a> Request<'a> {
@@ -278,6 +282,23 @@ impl<'a> Request<'a> {
             at: None,
             audit: Audit::NONE,
             overrides: crate::Overrides::NONE,
+            reporter: crate::rules::reporter(),
+        }
+    }
+
+    /// A failure reported by `reporter` instead of this process (see [`Request::reporter`]):
+    /// for tests that play several processes in one. Taken below 2^48.
+    ///
+    /// ```
+    /// # fn f(config: &circuitpy::Config) {
+    /// let request = circuitpy::Request::new("k", circuitpy::Op::Failure, config).reported_by(7);
+    /// assert_eq!(request.reporter, 7);
+    /// # }
+    /// ```
+    pub fn reported_by(self, reporter: u64) -> Self {
+        Request {
+            reporter: reporter & crate::rules::REPORTER_MASK,
+            ..self
         }
     }
 

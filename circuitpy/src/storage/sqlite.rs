@@ -116,6 +116,7 @@ impl SqliteStorage {
                     o_backoff REAL NOT NULL DEFAULT 0,
                     o_backoff_max INTEGER NOT NULL DEFAULT 0,
                     o_until INTEGER NOT NULL DEFAULT 0,
+                    reporters TEXT NOT NULL DEFAULT '',
                     expires_at INTEGER NOT NULL
                  ) WITHOUT ROWID;
                  CREATE INDEX IF NOT EXISTS {table}_expires ON {table} (expires_at);
@@ -181,7 +182,8 @@ impl SqliteStorage {
                 ))
                 .map_err(fail)?;
         }
-        // A table made before runtime overrides gains their columns.
+        // A table made before runtime overrides gains their columns, and one made before
+        // the quorum its reporters.
         for (column, declaration) in [
             ("o_threshold", "INTEGER NOT NULL DEFAULT 0"),
             ("o_recovery", "INTEGER NOT NULL DEFAULT 0"),
@@ -189,6 +191,7 @@ impl SqliteStorage {
             ("o_until", "INTEGER NOT NULL DEFAULT 0"),
             ("o_backoff", "REAL NOT NULL DEFAULT 0"),
             ("o_backoff_max", "INTEGER NOT NULL DEFAULT 0"),
+            ("reporters", "TEXT NOT NULL DEFAULT ''"),
         ] {
             let present: bool = connection
                 .query_row(
@@ -378,9 +381,9 @@ impl Storage for SqliteStorage {
                                 opened_at, tripped_until, failures, failures_until, round,
                                 trials, passed, round_until, buckets, expires_at, forced_at,
                                 forced_by, forced_reason, reopens, o_threshold, o_recovery,
-                                o_trials, o_until, o_backoff, o_backoff_max)
+                                o_trials, o_until, o_backoff, o_backoff_max, reporters)
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                                ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
+                                ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
                         ))?
                         .execute(params![
                             key,
@@ -406,7 +409,8 @@ impl Storage for SqliteStorage {
                             row.overrides.trials,
                             row.overrides.until,
                             row.overrides.backoff,
-                            row.overrides.backoff_max
+                            row.overrides.backoff_max,
+                            encode_reporters(&row.reporters)
                         ])?;
                     if !existed {
                         transaction
@@ -433,7 +437,7 @@ impl Storage for SqliteStorage {
 const COLUMNS: &str = "mode, mode_until, open_until, opened_at, tripped_until, failures,
     failures_until, round, trials, passed, round_until, buckets, forced_at, forced_by,
     forced_reason, expires_at, key, reopens, o_threshold, o_recovery, o_trials, o_until,
-    o_backoff, o_backoff_max";
+    o_backoff, o_backoff_max, reporters";
 
 fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     let buckets: String = r.get(11)?;
@@ -462,6 +466,7 @@ fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
             backoff: r.get(22)?,
             backoff_max: r.get(23)?,
         },
+        reporters: decode_reporters(&r.get::<_, String>(24)?),
     })
 }
 
@@ -580,6 +585,25 @@ fn decode_buckets(text: &str) -> [(i64, i64, i64); BUCKETS] {
         }
     }
     buckets
+}
+
+/// A quorum's reporters as `id:until` pairs, comma-separated.
+fn encode_reporters(reporters: &[(i64, i64)]) -> String {
+    reporters
+        .iter()
+        .map(|(id, until)| format!("{id}:{until}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn decode_reporters(text: &str) -> Vec<(i64, i64)> {
+    text.split(',')
+        .filter_map(|part| {
+            let (id, until) = part.split_once(':')?;
+            Some((id.parse().ok()?, until.parse().ok()?))
+        })
+        .take(crate::MAX_QUORUM as usize)
+        .collect()
 }
 
 #[cfg(test)]

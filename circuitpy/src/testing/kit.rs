@@ -30,6 +30,8 @@ pub(crate) trait Profile: 'static {
     const POLICY: FailurePolicy = FailurePolicy::Consecutive;
     const BACKOFF: Backoff = Backoff::OFF;
     const JITTER: f64 = 0.0;
+    const QUORUM: u32 = 1;
+    const RECOVERY: Duration = RECOVERY;
 }
 
 /// Consecutive failures, threshold 3, one trial.
@@ -79,6 +81,14 @@ impl Profile for Spread {
     const JITTER: f64 = 0.5;
 }
 
+/// Threshold 3, counted from at least two processes.
+pub(crate) struct Quorate;
+impl Profile for Quorate {
+    const KEY: &'static str = "quorate";
+    const THRESHOLD: u32 = 3;
+    const QUORUM: u32 = 2;
+}
+
 pub(crate) const WINDOW: Duration = Duration::from_millis(400);
 
 pub(crate) struct Windowed;
@@ -107,12 +117,13 @@ pub(crate) struct Kit<S: 'static, P> {
 
 impl<S: Send + Sync + 'static, P: Profile> CircuitBreaker for Kit<S, P> {
     const FAILURE_THRESHOLD: u32 = P::THRESHOLD;
-    const RECOVERY_TIMEOUT: Duration = RECOVERY;
+    const RECOVERY_TIMEOUT: Duration = P::RECOVERY;
     const FAILURE_KEY: &'static str = P::KEY;
     const HALF_OPEN_TRIALS: u32 = P::TRIALS;
     const FAILURE_POLICY: FailurePolicy = P::POLICY;
     const RECOVERY_BACKOFF: Backoff = P::BACKOFF;
     const RECOVERY_JITTER: f64 = P::JITTER;
+    const QUORUM: u32 = P::QUORUM;
     // Generous: a slow shared server under a loaded test machine must not make the kit
     // see storage failures where there are none.
     const STORAGE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -713,6 +724,7 @@ pub(crate) async fn run<F: Flavor>(flavor: &F, options: Options) -> Result<Repor
     run.backoff().await?;
     run.jitter().await?;
     run.overrides().await?;
+    run.quorum().await?;
     run.consecutive().await?;
     run.forced_and_reset().await?;
     run.trials().await?;

@@ -22,10 +22,12 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::kit::{Kit, Profile, broke, random_prefix};
+use super::kit::{Kit, KitError, Profile, broke, random_prefix};
 use super::{Failure, Report};
+use crate::breaker::Breaker;
+use crate::error::Rejection;
 use crate::handler::State;
-use crate::policy::Config;
+use crate::policy::{Config, FailurePolicy};
 use crate::storage::{Op, Request, Storage};
 
 /// The recovery timeout of the breaker the processes share.
@@ -140,6 +142,7 @@ fn spawn_phase(
                 .env("CIRCUITPY_KIT_KEY", key)
                 .env("CIRCUITPY_KIT_START", start.to_string())
                 .env("CIRCUITPY_KIT_OUT", &out)
+                .env("CIRCUITPY_KIT_CHILD", n.to_string())
                 .envs(env.iter().copied())
                 .stdout(std::process::Stdio::null())
                 .spawn();
@@ -163,9 +166,10 @@ fn spawn_phase(
         let _ = std::fs::remove_file(&out);
         lines.extend(text.lines().map(str::to_owned));
     }
-    if let Some(error) = lines.iter().find(|line| {
-        !line.starts_with("closed") && !line.starts_with("open") && !line.starts_with("permit")
-    }) {
+    if let Some(error) = lines
+        .iter()
+        .find(|line| line.starts_with("error") || line.starts_with("unexpected"))
+    {
         return Err(broke(rule, format!("a child saw: {error}")));
     }
     Ok(lines)
@@ -258,6 +262,173 @@ pub fn check_across_processes<S: Storage + 'static>(
         return Err(broke(
             rule,
             format!("after every trial succeeded the breaker read {state}"),
+        ));
+    }
+    rules.push(rule);
+    Ok(Report {
+        rules,
+        prefix,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Five failures within a minute of each other, from at least three processes.
+struct Quorum;
+impl Profile for Quorum {
+    const KEY: &'static str = "quorum";
+    const THRESHOLD: u32 = 5;
+    const POLICY: FailurePolicy = FailurePolicy::CountInWindow {
+        window: Duration::from_secs(60),
+    };
+    const QUORUM: u32 = 3;
+    // Long enough that no process's own breaker tries a trial during the check.
+    const RECOVERY: Duration = Duration::from_secs(30);
+}
+
+fn quorum_breaker<S: Send + Sync + 'static>(
+    storage: &'static S,
+    key: &str,
+) -> Breaker<Kit<S, Quorum>> {
+    Breaker::keyed(
+        Kit {
+            storage,
+            profile: std::marker::PhantomData,
+        },
+        key,
+    )
+}
+
+/// Runs one phase of [`check_quorum_across_processes`] in a child process, when this
+/// process is one (the parent sets the environment); does nothing otherwise. Each guarded
+/// call is written as `failed`, `ran` or `rejected <reason>`.
+pub fn run_quorum_child<S: Storage + 'static>(storage: &'static S) {
+    let (Ok(phase), Ok(key), Ok(start), Ok(out), Ok(child)) = (
+        std::env::var("CIRCUITPY_KIT_PHASE"),
+        std::env::var("CIRCUITPY_KIT_KEY"),
+        std::env::var("CIRCUITPY_KIT_START"),
+        std::env::var("CIRCUITPY_KIT_OUT"),
+        std::env::var("CIRCUITPY_KIT_CHILD"),
+    ) else {
+        return;
+    };
+    let breaker = quorum_breaker(storage, &key);
+    let start: u128 = start.parse().unwrap_or(0);
+    while unix_millis() < start {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // Which calls fail: the sick process's (child 0 of the first phase) all of them; a
+    // failing process's its first; the rest none.
+    let calls: Vec<bool> = match (phase.as_str(), child.as_str()) {
+        ("sick", "0") => vec![true; 8],
+        ("sick", _) => vec![false; 8],
+        ("fail", _) => vec![true, false],
+        _ => vec![false],
+    };
+    let mut lines = Vec::new();
+    for fails in calls {
+        let result: Result<(), KitError> =
+            breaker.call(|| if fails { Err(KitError::Failed) } else { Ok(()) });
+        lines.push(match result {
+            Ok(()) => "ran".to_owned(),
+            Err(KitError::Failed) => "failed".to_owned(),
+            Err(KitError::Open(open)) => match open.reason() {
+                Rejection::StorageFailed(error) => format!("error {error}"),
+                reason => format!("rejected {}", reason.name()),
+            },
+            Err(KitError::Ignored) => "unexpected ignored error".to_owned(),
+        });
+    }
+    let mut file = std::fs::File::create(out).expect("the parent's output file");
+    for line in lines {
+        writeln!(file, "{line}").expect("the parent's output file");
+    }
+}
+
+/// Runs copies of the test named `child_test` (which calls [`run_quorum_child`] with the
+/// same storage) as separate processes against one breaker with a quorum of three
+/// (`QUORUM = 3`, five failures within a minute): one process whose every call fails while
+/// three others succeed opens only its own view (it rejects, they run, the shared breaker
+/// stays closed with five failures counted); a second failing process still leaves the
+/// breaker closed; a third trips it, once, and then every process is rejected. `env` is
+/// added to the children's environment, to tell them where the storage is.
+pub fn check_quorum_across_processes<S: Storage + 'static>(
+    storage: &'static S,
+    child_test: &str,
+    env: &[(&str, &str)],
+) -> Result<Report, Failure> {
+    let started = std::time::Instant::now();
+    let prefix = random_prefix();
+    let key = format!("{prefix}-quorum");
+    let breaker_key = quorum_breaker(storage, &key).key();
+    let config = Config::of::<Kit<S, Quorum>>();
+    let read = |rule| {
+        storage
+            .execute(&Request::new(&breaker_key, Op::Read, &config))
+            .map_err(|e| broke(rule, e.to_string()))
+    };
+    let count = |lines: &[String], line: &str| lines.iter().filter(|l| *l == line).count();
+    let mut rules = Vec::new();
+
+    let rule = "one-sick-process-opens-only-its-own-view";
+    let lines = spawn_phase(child_test, 4, "sick", &key, env)?;
+    let (failed, rejected, ran) = (
+        count(&lines, "failed"),
+        count(&lines, "rejected open_here"),
+        count(&lines, "ran"),
+    );
+    let shared = read(rule)?;
+    if (failed, rejected, ran) != (5, 3, 24)
+        || shared.state != State::Closed
+        || shared.failures != 5
+    {
+        return Err(broke(
+            rule,
+            format!(
+                "one process failing 8 calls while 3 others made 8 each: {failed} failed, {rejected} rejected in that process only, {ran} ran (expected 5, 3, 24); the shared breaker read {} with {} failures (expected closed with 5)",
+                shared.state, shared.failures
+            ),
+        ));
+    }
+    rules.push(rule);
+
+    let rule = "failures-from-two-processes-are-short-of-three";
+    let lines = spawn_phase(child_test, 1, "fail", &key, env)?;
+    let shared = read(rule)?;
+    if lines != ["failed", "ran"] || shared.state != State::Closed {
+        return Err(broke(
+            rule,
+            format!(
+                "a second process failing once, then calling again, saw {lines:?} (expected the second call to run); the shared breaker read {}",
+                shared.state
+            ),
+        ));
+    }
+    rules.push(rule);
+
+    let rule = "a-third-process-trips-the-fleet-once";
+    let lines = spawn_phase(child_test, 1, "fail", &key, env)?;
+    let tripped = read(rule)?;
+    if lines != ["failed", "rejected open"] || tripped.state != State::Open {
+        return Err(broke(
+            rule,
+            format!(
+                "a third process failing once, then calling again, saw {lines:?} (expected its second call rejected by the open breaker); the shared breaker read {}",
+                tripped.state
+            ),
+        ));
+    }
+    let lines = spawn_phase(child_test, 4, "after", &key, env)?;
+    let after = read(rule)?;
+    if count(&lines, "rejected open") != 4
+        || after.state != State::Open
+        || after.open_since < tripped.open_since
+    {
+        return Err(broke(
+            rule,
+            format!(
+                "after the trip four new processes saw {lines:?} (expected each rejected); the breaker read {} open since {:?} (it had opened {:?} before)",
+                after.state, after.open_since, tripped.open_since
+            ),
         ));
     }
     rules.push(rule);

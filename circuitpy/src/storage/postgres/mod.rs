@@ -225,7 +225,7 @@ impl Sql {
             schema,
             version,
             op: format!(
-                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)"
             ),
             increment: format!(
                 "WITH gone AS (
@@ -337,6 +337,7 @@ enum Work {
         seed: u64,
         /// For an override: the settings to store.
         overrides: crate::Overrides,
+        reporter: u64,
     },
     /// The admin's reads: every breaker whose key starts with `stem`, or the one at `key`.
     List {
@@ -386,6 +387,7 @@ impl Work {
                 0
             },
             overrides: request.overrides,
+            reporter: request.reporter,
             audit: (request.audit.actor.is_some() || request.audit.reason.is_some()).then(|| {
                 Box::new((
                     request.audit.actor.map(str::to_owned),
@@ -694,6 +696,7 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
             audit,
             seed,
             overrides,
+            reporter,
         } => {
             let (actor, reason) = audit.as_deref().cloned().unwrap_or_default();
             let statement = object.prepare_cached(&sql.op).await?;
@@ -736,6 +739,8 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
                         &overrides.backoff.map_or(0, |backoff| {
                             micros(Duration::from_millis(backoff.max.as_millis() as u64))
                         }),
+                        &(config.quorum.min(i32::MAX as u32) as i32),
+                        &((*reporter & crate::rules::REPORTER_MASK) as i64),
                     ],
                 )
                 .await?;
@@ -790,14 +795,15 @@ fn lock_wait(timeout: Duration) -> i32 {
 const ADMIN_COLUMNS: &str = "key, expires_at, mode, mode_until, open_until, opened_at,
     tripped_until, failures, failures_until, round, trials, passed, round_until, b_ids,
     b_calls, b_errs, forced_at, forced_by, forced_reason, reopens, o_threshold, o_recovery_us,
-    o_trials, o_until, o_backoff, o_backoff_max_us";
+    o_trials, o_until, o_backoff, o_backoff_max_us, q_ids, q_until";
 
 /// The admin's rows, as the rules' rows.
 fn rows_of(rows: &[tokio_postgres::Row]) -> Result<Done, Failed> {
     let mut now = 0;
     let mut found = Vec::with_capacity(rows.len());
     for r in rows {
-        now = r.try_get::<_, i64>(26)?;
+        now = r.try_get::<_, i64>(28)?;
+        let (q_ids, q_until): (Vec<i64>, Vec<i64>) = (r.try_get(26)?, r.try_get(27)?);
         let (ids, calls, errs): (Vec<i64>, Vec<i64>, Vec<i64>) =
             (r.try_get(13)?, r.try_get(14)?, r.try_get(15)?);
         let mut buckets = [(0, 0, 0); BUCKETS];
@@ -833,6 +839,7 @@ fn rows_of(rows: &[tokio_postgres::Row]) -> Result<Done, Failed> {
                 backoff: r.try_get(24)?,
                 backoff_max: r.try_get(25)?,
             },
+            reporters: q_ids.into_iter().zip(q_until).collect(),
         };
         found.push((r.try_get::<_, String>(0)?, r.try_get::<_, i64>(1)?, row));
     }

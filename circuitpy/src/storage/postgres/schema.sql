@@ -66,6 +66,10 @@ ALTER TABLE {t} ADD COLUMN IF NOT EXISTS o_until bigint NOT NULL DEFAULT 0;
 -- An overridden backoff: its factor (0: not overridden, 1: overridden off) and max.
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS o_backoff double precision NOT NULL DEFAULT 0;
 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS o_backoff_max_us bigint NOT NULL DEFAULT 0;
+-- Under a quorum: the distinct reporters of the failures counted, and until when each one's
+-- failures count (rules::row::Row::report).
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS q_ids bigint[] NOT NULL DEFAULT '{}';
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS q_until bigint[] NOT NULL DEFAULT '{}';
 
 CREATE TABLE IF NOT EXISTS {t}_counts (
     key text PRIMARY KEY,
@@ -91,6 +95,10 @@ DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer,
 DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
     double precision, integer, bigint, bigint, bigint, bigint, bigint, integer, text, text,
     double precision, bigint, double precision, bigint, integer, bigint, integer);
+DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
+    double precision, integer, bigint, bigint, bigint, bigint, bigint, integer, text, text,
+    double precision, bigint, double precision, bigint, integer, bigint, integer,
+    double precision, bigint);
 
 CREATE OR REPLACE FUNCTION {t}_op(
     p_key text, p_op integer, p_threshold integer, p_recovery_us bigint, p_trials integer,
@@ -99,7 +107,8 @@ CREATE OR REPLACE FUNCTION {t}_op(
     p_at_us bigint, p_lock_ms integer, p_actor text, p_reason text,
     p_backoff double precision, p_backoff_max_us bigint, p_jitter double precision,
     p_seed bigint, p_set_threshold integer, p_set_recovery_us bigint, p_set_trials integer,
-    p_set_backoff double precision, p_set_backoff_max_us bigint)
+    p_set_backoff double precision, p_set_backoff_max_us bigint, p_quorum integer,
+    p_reporter bigint)
 RETURNS TABLE (state integer, permit boolean, retry_in_us bigint, open_since_us bigint,
     failures bigint, round bigint)
 LANGUAGE plpgsql AS $fn$
@@ -128,6 +137,7 @@ DECLARE
     max_ms bigint;
     x bigint;
     share double precision;
+    q_lapse bigint;
 BEGIN
     -- Breaker state is advisory: after a server crash, losing the last few milliseconds of
     -- counts is harmless, and not waiting for the WAL flush makes a write as cheap as a
@@ -146,7 +156,8 @@ BEGIN
                 passed = 0, round_until = 0, b_ids = array_fill(0::bigint, ARRAY[10]),
                 b_calls = array_fill(0::bigint, ARRAY[10]),
                 b_errs = array_fill(0::bigint, ARRAY[10]), forced_at = 0, forced_by = NULL,
-                forced_reason = NULL, reopens = 0, expires_at = o_until
+                forced_reason = NULL, reopens = 0, q_ids = '{}', q_until = '{}',
+                expires_at = o_until
             WHERE key = p_key;
         END IF;
         RETURN QUERY SELECT 0, true, NULL::bigint, NULL::bigint, 0::bigint, 0::bigint;
@@ -227,6 +238,7 @@ BEGIN
         -- Forcing again replaces the whole trail.
         r.forced_at := now_; r.forced_by := p_actor; r.forced_reason := p_reason;
         r.reopens := 0;
+        r.q_ids := '{}'; r.q_until := '{}';
         st := CASE WHEN p_op = 6 THEN 3 ELSE 4 END;
         changed := true;
     ELSIF st = 0 AND p_op IN (1, 2) AND p_policy = 2 THEN
@@ -252,6 +264,7 @@ BEGIN
         IF p_policy = 0 AND f <> 0 THEN
             r.failures := 0;
             r.failures_until := 0;
+            r.q_ids := '{}'; r.q_until := '{}';
             f := 0;
             changed := true;
         END IF;
@@ -292,6 +305,7 @@ BEGIN
             r.b_errs := array_fill(0::bigint, ARRAY[10]);
             r.forced_at := 0; r.forced_by := NULL; r.forced_reason := NULL;
             r.reopens := 0;
+            r.q_ids := '{}'; r.q_until := '{}';
             st := 0;
             f := 0;
         ELSE
@@ -304,6 +318,30 @@ BEGIN
         r.trials := r.trials - 1;
         r.round_until := now_ + p_recovery_us;
         changed := true;
+    END IF;
+
+    IF p_quorum > 1 AND st = 0 AND p_op = 2 THEN
+        -- The quorum's reporters (rules::row::Row::report): those whose failures no longer
+        -- count are forgotten, p_reporter is remembered while fewer than the quorum are,
+        -- and each takes the new expiry (all of them but under the rate policy, whose
+        -- failures lapse bucket by bucket).
+        IF p_policy = 2 THEN
+            width := GREATEST(p_window_us / 10, 1);
+            q_lapse := (now_ / width + 10) * width;
+        ELSE
+            q_lapse := r.failures_until;
+        END IF;
+        SELECT coalesce(array_agg(q.i ORDER BY q.o), '{}'),
+            coalesce(array_agg(CASE WHEN p_policy = 2 AND q.i <> p_reporter THEN q.u
+                ELSE q_lapse END ORDER BY q.o), '{}')
+            INTO r.q_ids, r.q_until
+            FROM unnest(r.q_ids, r.q_until) WITH ORDINALITY AS q(i, u, o)
+            WHERE q.u > now_;
+        IF NOT (p_reporter = ANY(r.q_ids)) AND cardinality(r.q_ids) < p_quorum THEN
+            r.q_ids := r.q_ids || p_reporter;
+            r.q_until := r.q_until || q_lapse;
+        END IF;
+        trips := trips AND cardinality(r.q_ids) >= p_quorum;
     END IF;
 
     IF trips THEN
@@ -347,6 +385,7 @@ BEGIN
         r.b_calls := array_fill(0::bigint, ARRAY[10]);
         r.b_errs := array_fill(0::bigint, ARRAY[10]);
         r.forced_at := 0; r.forced_by := NULL; r.forced_reason := NULL;
+        r.q_ids := '{}'; r.q_until := '{}';
         st := 1;
         f := 0;
         changed := true;
@@ -373,7 +412,8 @@ BEGIN
                 forced_at = r.forced_at, forced_by = r.forced_by, forced_reason = r.forced_reason,
                 reopens = r.reopens, o_threshold = r.o_threshold,
                 o_recovery_us = r.o_recovery_us, o_trials = r.o_trials, o_until = r.o_until,
-                o_backoff = r.o_backoff, o_backoff_max_us = r.o_backoff_max_us
+                o_backoff = r.o_backoff, o_backoff_max_us = r.o_backoff_max_us,
+                q_ids = r.q_ids, q_until = r.q_until
             WHERE key = p_key;
         END IF;
     ELSIF inserted THEN

@@ -159,6 +159,9 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
                 .backoff
                 .map_or(0, |backoff| backoff.max.as_millis() as u64),
         );
+    if config.quorum > 1 {
+        invocation.arg(config.quorum).arg(request.reporter);
+    }
     (key, invocation)
 }
 

@@ -12,7 +12,8 @@
 --          backoff (the factor per failed trial round; 1 is off), backoff_max_ms,
 --          jitter (the share of an open time it may be shortened by; 0 is off), seed (the
 --          key's jitter seed), and for `override`: threshold, recovery_ms, trials, backoff
---          factor, backoff_max_ms (0: not overridden; all 0 clears the overrides)
+--          factor, backoff_max_ms (0: not overridden; all 0 clears the overrides), then
+--          only for a handler with a quorum: quorum, reporter (the failing process's id)
 --
 -- Hash fields (non-negative integers but fb and fr; no hash is a closed breaker with nothing
 -- counted):
@@ -33,6 +34,8 @@
 --           (ms), the half-open trials and the backoff's factor (xb, the one field that is not
 --           a whole number; 1 turns it off) and max (ms), each only when overridden, in force
 --           until xu; kept through every transition and a reset
+--   qN, uN  quorum: the N-th distinct reporter of the failures counted (N < quorum) and
+--           until when its failures count
 --
 -- Reply: {state, permit, retry_in_ms or -1, open_since_ms or -1, failures, round}
 local key = KEYS[1]
@@ -68,6 +71,8 @@ local set_recovery = tonumber(ARGV[22]) or 0
 local set_trials = tonumber(ARGV[23]) or 0
 local set_backoff = tonumber(ARGV[24]) or 0
 local set_backoff_max = tonumber(ARGV[25]) or 0
+local quorum = tonumber(ARGV[26]) or 1
+local reporter = tonumber(ARGV[27]) or 0
 
 -- Writes after reading TIME need effects replication: the only mode since Redis 7, to be
 -- asked for on older servers.
@@ -132,6 +137,9 @@ local text = {}
 local texts = {fb = true, fr = true}
 for i = 0, 9 do
   known['b' .. i], known['c' .. i], known['e' .. i] = true, true, true
+end
+for i = 0, 15 do
+  known['q' .. i], known['u' .. i] = true, true
 end
 local v = {}
 for i = 1, #flat, 2 do
@@ -275,6 +283,44 @@ local function record(failed, calls_made)
   return calls, failures
 end
 
+-- The quorum's reporters (rules::row::Row::report): those whose failures no longer count
+-- are forgotten, `reporter` is remembered while fewer than the quorum are, and each takes
+-- `until` (all of them but under the rate policy, whose failures lapse bucket by bucket).
+-- Returns how many are remembered.
+local function report(until_)
+  local kept = {}
+  for i = 0, 15 do
+    local id, lapses = v['q' .. i], v['u' .. i]
+    if id ~= nil and lapses ~= nil and lapses > now then
+      kept[#kept + 1] = {id, lapses}
+    end
+    v['q' .. i], v['u' .. i] = nil, nil
+  end
+  local found = false
+  for _, entry in ipairs(kept) do
+    if policy ~= 2 then
+      entry[2] = until_
+    end
+    if entry[1] == reporter then
+      entry[2] = until_
+      found = true
+    end
+  end
+  if not found and #kept < quorum then
+    kept[#kept + 1] = {reporter, until_}
+  end
+  for i, entry in ipairs(kept) do
+    v['q' .. (i - 1)], v['u' .. (i - 1)] = entry[1], entry[2]
+  end
+  return #kept
+end
+
+local function forget_reporters()
+  for i = 0, 15 do
+    v['q' .. i], v['u' .. i] = nil, nil
+  end
+end
+
 -- An open breaker whose recovery timeout passed is ready for a trial round.
 if s == 1 and now >= v.d then
   s = 2
@@ -290,6 +336,7 @@ if op == 'success' then
   if s == 0 then
     if policy == 0 and (v.f or 0) > 0 then
       v.f, v.l = nil, nil
+      forget_reporters()
       changed = true
     elseif policy == 2 then
       local _, failures = record(false, count)
@@ -314,6 +361,17 @@ elseif op == 'failure' then
       local calls, failures = record(true, 1)
       reported = failures
       trips = calls >= minimum and failures >= rate * calls
+    end
+    if quorum > 1 then
+      local until_
+      if policy == 0 then
+        until_ = now + retention
+      elseif policy == 1 then
+        until_ = now + window
+      else
+        until_ = (math.floor(now / width) + 10) * width
+      end
+      trips = report(until_) >= quorum and trips
     end
     changed = true
     if trips then

@@ -262,6 +262,75 @@ impl<F: Flavor> Run<'_, F> {
         Ok(())
     }
 
+    /// Under a quorum of two, failures from one reporter never trip the breaker however many
+    /// there are, and the first failure from a second reporter does; a success (which
+    /// clears a consecutive count) forgets the reporters with the count. A storage that
+    /// cannot keep reporters must say so ([`StorageError::Unsupported`]).
+    pub(crate) async fn quorum(&mut self) -> Result<(), Failure> {
+        let flavor = self.flavor;
+        let config = Config::of::<Kit<F::S, Quorate>>();
+        let key = self.key("quorate");
+        let failure = |reporter| Request::new(&key, Op::Failure, &config).reported_by(reporter);
+        let rule = "one-reporter-never-trips-a-quorum";
+        for n in 1..=6u64 {
+            match flavor.execute(&failure(1)).await {
+                Err(crate::StorageError::Unsupported { .. }) => {
+                    self.pass("quorum-unsupported-said-so");
+                    return Ok(());
+                }
+                other => {
+                    let snapshot = other.or_broke(rule)?;
+                    self.check(
+                        rule,
+                        snapshot.state == State::Closed && snapshot.failures == n,
+                        || {
+                            format!(
+                                "failure {n} of one reporter (threshold 3, quorum 2) answered {} with {} counted",
+                                snapshot.state, snapshot.failures
+                            )
+                        },
+                    )?;
+                }
+            }
+        }
+        let rule = "a-second-reporter-completes-the-quorum";
+        let tripped = flavor.execute(&failure(2)).await.or_broke(rule)?;
+        self.check(rule, tripped.state == State::Open, || {
+            format!(
+                "6 failures from one reporter, then one from another, answered {}",
+                tripped.state
+            )
+        })?;
+        let rule = "reporters-go-with-the-count";
+        flavor
+            .execute(&Request::new(&key, Op::Reset, &config))
+            .await
+            .or_broke(rule)?;
+        for reporter in [1, 1, 1] {
+            flavor.execute(&failure(reporter)).await.or_broke(rule)?;
+        }
+        flavor
+            .execute(&Request::new(&key, Op::Success, &config))
+            .await
+            .or_broke(rule)?;
+        for (n, reporter) in [(1, 2), (2, 2)] {
+            let snapshot = flavor.execute(&failure(reporter)).await.or_broke(rule)?;
+            self.check(rule, snapshot.state == State::Closed, || {
+                format!(
+                    "after a success cleared the count of reporter 1, failure {n} of reporter 2 answered {}",
+                    snapshot.state
+                )
+            })?;
+        }
+        let tripped = flavor.execute(&failure(1)).await.or_broke(rule)?;
+        self.check(rule, tripped.state == State::Open, || {
+            format!(
+                "two failures of reporter 2, then one of reporter 1 (3 failures, 2 reporters), answered {}",
+                tripped.state
+            )
+        })
+    }
+
     /// With a jitter, breakers tripped together reopen over a span, none later than the
     /// recovery timeout.
     pub(crate) async fn jitter(&mut self) -> Result<(), Failure> {

@@ -1,0 +1,177 @@
+//! A quorum on a shared storage, in one process: this process's failures alone open only
+//! its own view; the fleet's breaker trips once failures came from `QUORUM` processes. The
+//! storage is the rules' reference (the row machine every shared storage follows) on a
+//! manual clock; the other processes are requests with reporters of their own.
+
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use circuitpy::testing::Reference;
+use circuitpy::{
+    Breaker, CircuitBreaker, CircuitBreakerOpen, Clock, Config, FailurePolicy, ManualClock, Op,
+    Rejection, Request, Snapshot, State, Storage, StorageError,
+};
+
+/// The reference on a manual clock, every operation counted.
+struct Clocked {
+    reference: Reference,
+    clock: ManualClock,
+    operations: AtomicU64,
+}
+
+impl Storage for Clocked {
+    fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
+        self.reference.increment(key, ttl)
+    }
+    fn get_count(&self, key: &str) -> Result<u64, StorageError> {
+        self.reference.get_count(key)
+    }
+    fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
+        self.reference.expire_after(key, ttl)
+    }
+    fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
+        self.operations.fetch_add(1, Ordering::Relaxed);
+        self.reference
+            .execute(&(*request).at(self.clock.clock().elapsed()))
+    }
+    fn clock(&self) -> &Clock {
+        static CLOCK: LazyLock<Clock> = LazyLock::new(|| STORAGE.clock.clock());
+        &CLOCK
+    }
+}
+
+static STORAGE: LazyLock<Clocked> = LazyLock::new(|| Clocked {
+    reference: Reference::new(),
+    clock: ManualClock::new(),
+    operations: AtomicU64::new(0),
+});
+
+const RECOVERY: Duration = Duration::from_secs(10);
+
+macro_rules! handler {
+    ($name:ident) => {
+        struct $name;
+        impl CircuitBreaker for $name {
+            const FAILURE_THRESHOLD: u32 = 3;
+            const RECOVERY_TIMEOUT: Duration = RECOVERY;
+            const FAILURE_KEY: &'static str = "quorate";
+            const FAILURE_POLICY: FailurePolicy = FailurePolicy::CountInWindow {
+                window: Duration::from_secs(60),
+            };
+            const QUORUM: u32 = 3;
+            type Storage = Clocked;
+            fn storage(&self) -> &Clocked {
+                &STORAGE
+            }
+        }
+    };
+}
+
+// Two handlers on one key: two views in this process, each with its own local breaker.
+handler!(Sick);
+handler!(Healthy);
+
+#[derive(Debug)]
+enum CallError {
+    Down,
+    Open(CircuitBreakerOpen),
+}
+
+impl From<CircuitBreakerOpen> for CallError {
+    fn from(open: CircuitBreakerOpen) -> Self {
+        CallError::Open(open)
+    }
+}
+
+fn call<H: CircuitBreaker<Storage = Clocked>>(handler: H, fails: bool) -> Result<(), CallError> {
+    Breaker::new(handler).call(|| if fails { Err(CallError::Down) } else { Ok(()) })
+}
+
+fn rejection(result: Result<(), CallError>) -> Option<Rejection> {
+    match result {
+        Err(CallError::Open(open)) => Some(open.reason().clone()),
+        _ => None,
+    }
+}
+
+/// The fleet's breaker as the storage holds it.
+fn fleet() -> Snapshot {
+    let config = Config::of::<Sick>();
+    STORAGE
+        .execute(&Request::new("quorate", Op::Read, &config))
+        .unwrap()
+}
+
+/// A failure reported by another process.
+fn failure_from(reporter: u64) -> Snapshot {
+    let config = Config::of::<Sick>();
+    STORAGE
+        .execute(&Request::new("quorate", Op::Failure, &config).reported_by(reporter))
+        .unwrap()
+}
+
+#[test]
+fn one_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet() {
+    // The sick process's failures reach the threshold: its own view opens, the fleet's
+    // breaker stays closed (one reporter of three).
+    for _ in 0..3 {
+        assert!(matches!(call(Sick, true), Err(CallError::Down)));
+    }
+    let shared = fleet();
+    assert_eq!((shared.state, shared.failures), (State::Closed, 3));
+    let before = STORAGE.operations.load(Ordering::Relaxed);
+    let rejected = rejection(call(Sick, false));
+    assert!(
+        matches!(
+            rejected,
+            Some(Rejection::OpenHere {
+                trials_in_progress: false
+            })
+        ),
+        "{rejected:?}"
+    );
+    assert_eq!(
+        STORAGE.operations.load(Ordering::Relaxed),
+        before,
+        "rejected here, without asking the storage"
+    );
+    // The other view runs its calls.
+    call(Healthy, false).unwrap();
+    assert_eq!(fleet().state, State::Closed);
+
+    // A recovery timeout later the sick process tries one call of its own: it fails, and
+    // its view opens again; the fleet's count takes the failure.
+    STORAGE.clock.advance(RECOVERY);
+    assert!(matches!(call(Sick, true), Err(CallError::Down)));
+    assert!(matches!(
+        rejection(call(Sick, false)),
+        Some(Rejection::OpenHere { .. })
+    ));
+    assert_eq!(fleet().failures, 4);
+
+    // A second process fails: two reporters, still short of three.
+    assert_eq!(failure_from(2).state, State::Closed);
+    call(Healthy, false).unwrap();
+    // A third: the fleet trips, once.
+    let tripped = failure_from(3);
+    assert_eq!(tripped.state, State::Open);
+    let opened = tripped.open_since;
+    // The healthy view learns it from its next call's reply, then rejects as the fleet's.
+    let _ = call(Healthy, false);
+    assert!(matches!(
+        rejection(call(Healthy, false)),
+        Some(Rejection::Open)
+    ));
+    assert_eq!(failure_from(4).state, State::Open);
+    assert_eq!(fleet().open_since, opened, "one trip, not a second");
+
+    // The sick view heals on its own: a recovery timeout later its trial succeeds locally,
+    // but the fleet is open and says so.
+    STORAGE.clock.advance(RECOVERY);
+    let _ = call(Sick, false);
+    // A reset from this process closes its own breaker too.
+    Breaker::new(Sick).reset().unwrap();
+    call(Sick, false).unwrap();
+    assert_eq!(fleet().state, State::Closed);
+}
