@@ -41,7 +41,7 @@ fn a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet() {
     ));
     let report = processes::check_quorum_across_processes(
         storage,
-        &test_name!(quorum_child),
+        &test_name!(breaker_child),
         &[(TABLE_VAR, &table), (URL_VAR, &url)],
     )
     .unwrap_or_else(|f| panic!("{f}"));
@@ -49,10 +49,27 @@ fn a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet() {
 }
 
 #[test]
-#[ignore = "run by a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet as a child process"]
-fn quorum_child() {
+#[ignore = "run by the quorum and overrides tests as a child process"]
+fn breaker_child() {
     let url = url();
     let table = std::env::var(TABLE_VAR).expect("run as a child process");
     let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
-    processes::run_quorum_child(Box::leak(Box::new(storage)));
+    processes::run_breaker_child(Box::leak(Box::new(storage)));
+}
+
+#[test]
+fn an_operators_override_decides_in_another_process() {
+    let Some(url) = server() else { return };
+    let table = fresh_table("tuned");
+    let _cleanup = cleanup(&url, &table);
+    let storage: &'static PostgresStorage = Box::leak(Box::new(
+        PostgresStorage::connect_with(&url, options(&table)).unwrap(),
+    ));
+    let report = processes::check_overrides_across_processes(
+        storage,
+        &test_name!(breaker_child),
+        &[(TABLE_VAR, &table), (URL_VAR, &url)],
+    )
+    .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(report.rules.len(), 2);
 }

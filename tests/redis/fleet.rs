@@ -227,7 +227,7 @@ fn a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet() {
     let client: &'static redis::Client = Box::leak(Box::new(server.client()));
     let report = circuitpy::testing::processes::check_quorum_across_processes(
         client,
-        &test_name!(quorum_child),
+        &test_name!(breaker_child),
         &[("CIRCUITPY_FLEET_URL", &server.url())],
     )
     .unwrap_or_else(|f| panic!("{f}"));
@@ -235,9 +235,24 @@ fn a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet() {
 }
 
 #[test]
-#[ignore = "run by a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet as a child process"]
-fn quorum_child() {
+#[ignore = "run by the quorum and overrides tests as a child process"]
+fn breaker_child() {
     let url = std::env::var("CIRCUITPY_FLEET_URL").expect("run as a child process");
     let client = redis::Client::open(url).expect("a valid URL");
-    circuitpy::testing::processes::run_quorum_child(Box::leak(Box::new(client)));
+    circuitpy::testing::processes::run_breaker_child(Box::leak(Box::new(client)));
+}
+
+#[test]
+fn an_operators_override_decides_in_another_process() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client: &'static redis::Client = Box::leak(Box::new(server.client()));
+    let report = circuitpy::testing::processes::check_overrides_across_processes(
+        client,
+        &test_name!(breaker_child),
+        &[("CIRCUITPY_FLEET_URL", &server.url())],
+    )
+    .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(report.rules.len(), 2);
 }

@@ -115,12 +115,20 @@ fn failure_from(reporter: u64) -> Snapshot {
 fn one_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet() {
     // The sick process's failures reach the threshold: its own view opens, the fleet's
     // breaker stays closed (one reporter of three).
-    for _ in 0..3 {
+    let operations = || STORAGE.operations.load(Ordering::Relaxed);
+    assert!(matches!(call(Sick, true), Err(CallError::Down)));
+    let before = operations();
+    for _ in 0..2 {
         assert!(matches!(call(Sick, true), Err(CallError::Down)));
     }
+    assert_eq!(
+        operations(),
+        before + 2,
+        "one storage operation per call under a quorum too"
+    );
     let shared = fleet();
     assert_eq!((shared.state, shared.failures), (State::Closed, 3));
-    let before = STORAGE.operations.load(Ordering::Relaxed);
+    let before = operations();
     let rejected = rejection(call(Sick, false));
     assert!(
         matches!(
@@ -132,7 +140,7 @@ fn one_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet() {
         "{rejected:?}"
     );
     assert_eq!(
-        STORAGE.operations.load(Ordering::Relaxed),
+        operations(),
         before,
         "rejected here, without asking the storage"
     );

@@ -44,7 +44,7 @@ fn a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_file() {
     let path = path.to_str().unwrap();
     let report = processes::check_quorum_across_processes(
         storage,
-        &test_name!(quorum_child),
+        &test_name!(breaker_child),
         &[(PATH_VAR, path)],
     )
     .unwrap_or_else(|f| panic!("{f}"));
@@ -52,9 +52,25 @@ fn a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_file() {
 }
 
 #[test]
-#[ignore = "run by a_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_file as a child process"]
-fn quorum_child() {
+#[ignore = "run by the quorum and overrides tests as a child process"]
+fn breaker_child() {
     let path = std::env::var(PATH_VAR).expect("run as a child process");
     let storage = SqliteStorage::open_with_table(path, "fleet").unwrap();
-    processes::run_quorum_child(Box::leak(Box::new(storage)));
+    processes::run_breaker_child(Box::leak(Box::new(storage)));
+}
+
+#[test]
+fn an_operators_override_decides_in_another_process() {
+    let path = fresh_database("tuned");
+    let storage: &'static SqliteStorage = Box::leak(Box::new(
+        SqliteStorage::open_with_table(&path, "fleet").unwrap(),
+    ));
+    let path = path.to_str().unwrap();
+    let report = processes::check_overrides_across_processes(
+        storage,
+        &test_name!(breaker_child),
+        &[(PATH_VAR, path)],
+    )
+    .unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(report.rules.len(), 2);
 }

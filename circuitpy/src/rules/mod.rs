@@ -35,6 +35,17 @@
 //!   buckets later was counted (its thread stalled in between) has left the window and is
 //!   not counted.
 //!
+//! **Quorum** (shared storages, `QUORUM` > 1). A failure carries its process's reporter id.
+//! The breaker keeps the distinct reporters of the failures it counts, at most `QUORUM` of
+//! them: a reporter is remembered while its failures count — as long as the count does
+//! under the counting policies (a success that resets a consecutive count, a window that
+//! lapses, a trip, a close and a reset forget them all), and until the bucket of its last
+//! failure leaves the window under the rate policy. A failure trips the breaker only when
+//! the policy says so and `QUORUM` reporters are remembered; otherwise the count goes on
+//! growing. Each process also decides by its own calls alone in a breaker of its own
+//! (`engine/view.rs`, `Cell::local`), which rejects its calls
+//! ([`Rejection::OpenHere`](crate::Rejection::OpenHere)) while it is open.
+//!
 //! **Trip.** The breaker opens until `now + RECOVERY_TIMEOUT`; every count is cleared.
 //!
 //! **Open.** Calls are rejected ([`Rejection::Open`](crate::Rejection::Open)) and nothing

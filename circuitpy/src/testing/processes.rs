@@ -285,10 +285,19 @@ impl Profile for Quorum {
     const RECOVERY: Duration = Duration::from_secs(30);
 }
 
-fn quorum_breaker<S: Send + Sync + 'static>(
+/// Threshold five, opening for long enough that nothing half-opens during a check: the
+/// handler an operator's runtime overrides change.
+struct Tuned;
+impl Profile for Tuned {
+    const KEY: &'static str = "tuned";
+    const THRESHOLD: u32 = 5;
+    const RECOVERY: Duration = Duration::from_secs(30);
+}
+
+fn fleet_breaker<S: Send + Sync + 'static, P: Profile>(
     storage: &'static S,
     key: &str,
-) -> Breaker<Kit<S, Quorum>> {
+) -> Breaker<Kit<S, P>> {
     Breaker::keyed(
         Kit {
             storage,
@@ -298,10 +307,33 @@ fn quorum_breaker<S: Send + Sync + 'static>(
     )
 }
 
-/// Runs one phase of [`check_quorum_across_processes`] in a child process, when this
-/// process is one (the parent sets the environment); does nothing otherwise. Each guarded
-/// call is written as `failed`, `ran` or `rejected <reason>`.
-pub fn run_quorum_child<S: Storage + 'static>(storage: &'static S) {
+/// Makes one guarded call per entry of `plan` (true: the body fails), each written as
+/// `failed`, `ran` or `rejected <reason>`.
+fn guarded_calls<S: Storage + 'static, P: Profile>(
+    breaker: &Breaker<Kit<S, P>>,
+    plan: &[bool],
+) -> Vec<String> {
+    plan.iter()
+        .map(|&fails| {
+            let result: Result<(), KitError> =
+                breaker.call(|| if fails { Err(KitError::Failed) } else { Ok(()) });
+            match result {
+                Ok(()) => "ran".to_owned(),
+                Err(KitError::Failed) => "failed".to_owned(),
+                Err(KitError::Open(open)) => match open.reason() {
+                    Rejection::StorageFailed(error) => format!("error {error}"),
+                    reason => format!("rejected {}", reason.name()),
+                },
+                Err(KitError::Ignored) => "unexpected ignored error".to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Runs one phase of [`check_quorum_across_processes`] or
+/// [`check_overrides_across_processes`] in a child process, when this process is one (the
+/// parent sets the environment); does nothing otherwise.
+pub fn run_breaker_child<S: Storage + 'static>(storage: &'static S) {
     let (Ok(phase), Ok(key), Ok(start), Ok(out), Ok(child)) = (
         std::env::var("CIRCUITPY_KIT_PHASE"),
         std::env::var("CIRCUITPY_KIT_KEY"),
@@ -311,40 +343,86 @@ pub fn run_quorum_child<S: Storage + 'static>(storage: &'static S) {
     ) else {
         return;
     };
-    let breaker = quorum_breaker(storage, &key);
     let start: u128 = start.parse().unwrap_or(0);
     while unix_millis() < start {
         std::thread::sleep(Duration::from_millis(1));
     }
-    // Which calls fail: the sick process's (child 0 of the first phase) all of them; a
-    // failing process's its first; the rest none.
-    let calls: Vec<bool> = match (phase.as_str(), child.as_str()) {
-        ("sick", "0") => vec![true; 8],
-        ("sick", _) => vec![false; 8],
-        ("fail", _) => vec![true, false],
-        _ => vec![false],
+    // Which calls fail: under the quorum, the sick process's (child 0 of the first phase)
+    // all of them, a failing process's its first, the rest none; under overrides, the
+    // first few.
+    let quorum = |plan: &[bool]| guarded_calls(&fleet_breaker::<S, Quorum>(storage, &key), plan);
+    let tuned = |plan: &[bool]| guarded_calls(&fleet_breaker::<S, Tuned>(storage, &key), plan);
+    let lines = match (phase.as_str(), child.as_str()) {
+        ("sick", "0") => quorum(&[true; 8]),
+        ("sick", _) => quorum(&[false; 8]),
+        ("fail", _) => quorum(&[true, false]),
+        ("tuned", _) => tuned(&[true, true, false]),
+        ("untuned", _) => tuned(&[true, true, true, false]),
+        _ => quorum(&[false]),
     };
-    let mut lines = Vec::new();
-    for fails in calls {
-        let result: Result<(), KitError> =
-            breaker.call(|| if fails { Err(KitError::Failed) } else { Ok(()) });
-        lines.push(match result {
-            Ok(()) => "ran".to_owned(),
-            Err(KitError::Failed) => "failed".to_owned(),
-            Err(KitError::Open(open)) => match open.reason() {
-                Rejection::StorageFailed(error) => format!("error {error}"),
-                reason => format!("rejected {}", reason.name()),
-            },
-            Err(KitError::Ignored) => "unexpected ignored error".to_owned(),
-        });
-    }
     let mut file = std::fs::File::create(out).expect("the parent's output file");
     for line in lines {
         writeln!(file, "{line}").expect("the parent's output file");
     }
 }
 
-/// Runs copies of the test named `child_test` (which calls [`run_quorum_child`] with the
+/// Runs the test named `child_test` (which calls [`run_breaker_child`] with the same
+/// storage) as a separate process after an operator's runtime override (as `circuitpy set`
+/// stores it): with the threshold of 5 overridden to 2, the process's second failure trips
+/// the breaker and its next call is rejected; with the override cleared and the breaker
+/// reset, a new process's third failure leaves it closed (the handler's 5 again).
+pub fn check_overrides_across_processes<S: Storage + 'static>(
+    storage: &'static S,
+    child_test: &str,
+    env: &[(&str, &str)],
+) -> Result<Report, Failure> {
+    let started = std::time::Instant::now();
+    let prefix = random_prefix();
+    let key = format!("{prefix}-tuned");
+    let breaker_key = fleet_breaker::<S, Tuned>(storage, &key).key();
+    let config = Config::of::<Kit<S, Tuned>>();
+    let request = |op| Request::new(&breaker_key, op, &config);
+    let mut rules = Vec::new();
+
+    let rule = "an-override-decides-in-every-process";
+    storage
+        .execute(&request(Op::Override).with_overrides(crate::Overrides::NONE.failure_threshold(2)))
+        .map_err(|e| broke(rule, e.to_string()))?;
+    let lines = spawn_phase(child_test, 1, "tuned", &key, env)?;
+    if lines != ["failed", "failed", "rejected open"] {
+        return Err(broke(
+            rule,
+            format!(
+                "with the threshold of 5 overridden to 2, another process failing twice then calling saw {lines:?}"
+            ),
+        ));
+    }
+    rules.push(rule);
+
+    let rule = "an-override-cleared-restores-the-consts-everywhere";
+    for op in [Op::Override, Op::Reset] {
+        storage
+            .execute(&request(op))
+            .map_err(|e| broke(rule, e.to_string()))?;
+    }
+    let lines = spawn_phase(child_test, 1, "untuned", &key, env)?;
+    if lines != ["failed", "failed", "failed", "ran"] {
+        return Err(broke(
+            rule,
+            format!(
+                "with the override cleared, another process failing three times then calling saw {lines:?} (threshold 5: expected the fourth call to run)"
+            ),
+        ));
+    }
+    rules.push(rule);
+    Ok(Report {
+        rules,
+        prefix,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Runs copies of the test named `child_test` (which calls [`run_breaker_child`] with the
 /// same storage) as separate processes against one breaker with a quorum of three
 /// (`QUORUM = 3`, five failures within a minute): one process whose every call fails while
 /// three others succeed opens only its own view (it rejects, they run, the shared breaker
@@ -359,7 +437,7 @@ pub fn check_quorum_across_processes<S: Storage + 'static>(
     let started = std::time::Instant::now();
     let prefix = random_prefix();
     let key = format!("{prefix}-quorum");
-    let breaker_key = quorum_breaker(storage, &key).key();
+    let breaker_key = fleet_breaker::<S, Quorum>(storage, &key).key();
     let config = Config::of::<Kit<S, Quorum>>();
     let read = |rule| {
         storage
