@@ -9,14 +9,16 @@ use std::time::Duration;
 
 use circuitpy::testing::Reference;
 use circuitpy::{
-    Breaker, CircuitBreaker, CircuitBreakerOpen, Clock, Config, FailurePolicy, ManualClock, Op,
-    Rejection, Request, Snapshot, State, Storage, StorageError,
+    AsyncStorage, Breaker, CircuitBreaker, CircuitBreakerOpen, Clock, Config, FailurePolicy,
+    ManualClock, Op, Rejection, Request, Snapshot, State, Storage, StorageError,
 };
 
 /// The reference on a manual clock, every operation counted.
 struct Clocked {
     reference: Reference,
     clock: ManualClock,
+    /// The breakers' reading of `clock`.
+    reading: Clock,
     operations: AtomicU64,
 }
 
@@ -36,33 +38,63 @@ impl Storage for Clocked {
             .execute(&(*request).at(self.clock.clock().elapsed()))
     }
     fn clock(&self) -> &Clock {
-        static CLOCK: LazyLock<Clock> = LazyLock::new(|| STORAGE.clock.clock());
-        &CLOCK
+        &self.reading
     }
 }
 
-static STORAGE: LazyLock<Clocked> = LazyLock::new(|| Clocked {
-    reference: Reference::new(),
-    clock: ManualClock::new(),
-    operations: AtomicU64::new(0),
-});
+impl AsyncStorage for Clocked {
+    async fn increment(&self, key: &str, ttl: Duration) -> Result<u64, StorageError> {
+        Storage::increment(self, key, ttl)
+    }
+    async fn get_count(&self, key: &str) -> Result<u64, StorageError> {
+        Storage::get_count(self, key)
+    }
+    async fn expire_after(&self, key: &str, ttl: Duration) -> Result<(), StorageError> {
+        Storage::expire_after(self, key, ttl)
+    }
+    async fn execute(&self, request: &Request<'_>) -> Result<Snapshot, StorageError> {
+        Storage::execute(self, request)
+    }
+    fn clock(&self) -> &Clock {
+        Storage::clock(self)
+    }
+}
+
+impl Clocked {
+    fn new() -> Self {
+        let clock = ManualClock::new();
+        Clocked {
+            reference: Reference::new(),
+            reading: clock.clock(),
+            clock,
+            operations: AtomicU64::new(0),
+        }
+    }
+}
+
+// Each test moves a clock of its own.
+static STORAGE: LazyLock<Clocked> = LazyLock::new(Clocked::new);
+static ASYNC_STORAGE: LazyLock<Clocked> = LazyLock::new(Clocked::new);
 
 const RECOVERY: Duration = Duration::from_secs(10);
 
 macro_rules! handler {
     ($name:ident) => {
+        handler!($name, "quorate", STORAGE);
+    };
+    ($name:ident, $key:literal, $storage:ident) => {
         struct $name;
         impl CircuitBreaker for $name {
             const FAILURE_THRESHOLD: u32 = 3;
             const RECOVERY_TIMEOUT: Duration = RECOVERY;
-            const FAILURE_KEY: &'static str = "quorate";
+            const FAILURE_KEY: &'static str = $key;
             const FAILURE_POLICY: FailurePolicy = FailurePolicy::CountInWindow {
                 window: Duration::from_secs(60),
             };
             const QUORUM: u32 = 3;
             type Storage = Clocked;
             fn storage(&self) -> &Clocked {
-                &STORAGE
+                &$storage
             }
         }
     };
@@ -71,6 +103,7 @@ macro_rules! handler {
 // Two handlers on one key: two views in this process, each with its own local breaker.
 handler!(Sick);
 handler!(Healthy);
+handler!(AsyncSick, "quorate-async", ASYNC_STORAGE);
 
 #[derive(Debug)]
 enum CallError {
@@ -98,17 +131,14 @@ fn rejection(result: Result<(), CallError>) -> Option<Rejection> {
 /// The fleet's breaker as the storage holds it.
 fn fleet() -> Snapshot {
     let config = Config::of::<Sick>();
-    STORAGE
-        .execute(&Request::new("quorate", Op::Read, &config))
-        .unwrap()
+    Storage::execute(&*STORAGE, &Request::new("quorate", Op::Read, &config)).unwrap()
 }
 
 /// A failure reported by another process.
 fn failure_from(reporter: u64) -> Snapshot {
     let config = Config::of::<Sick>();
-    STORAGE
-        .execute(&Request::new("quorate", Op::Failure, &config).reported_by(reporter))
-        .unwrap()
+    let failure = Request::new("quorate", Op::Failure, &config).reported_by(reporter);
+    Storage::execute(&*STORAGE, &failure).unwrap()
 }
 
 #[test]
@@ -182,4 +212,41 @@ fn one_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet() {
     Breaker::new(Sick).reset().unwrap();
     call(Sick, false).unwrap();
     assert_eq!(fleet().state, State::Closed);
+}
+
+#[test]
+fn async_calls_open_their_own_view_alike() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let breaker = Breaker::new(AsyncSick);
+        for _ in 0..3 {
+            let result: Result<(), CallError> =
+                breaker.call_async(async { Err(CallError::Down) }).await;
+            assert!(matches!(result, Err(CallError::Down)));
+        }
+        let result: Result<(), CallError> = breaker.call_async(async { Ok(()) }).await;
+        assert!(
+            matches!(rejection(result), Some(Rejection::OpenHere { .. })),
+            "three failures of this process alone open its own view"
+        );
+        let config = Config::of::<AsyncSick>();
+        let shared = Storage::execute(
+            &*ASYNC_STORAGE,
+            &Request::new("quorate-async", Op::Read, &config),
+        )
+        .unwrap();
+        assert_eq!((shared.state, shared.failures), (State::Closed, 3));
+        // Its own trial, a recovery timeout later, succeeds and closes its view.
+        ASYNC_STORAGE.clock.advance(RECOVERY);
+        breaker
+            .call_async(async { Ok::<(), CallError>(()) })
+            .await
+            .unwrap();
+        breaker
+            .call_async(async { Ok::<(), CallError>(()) })
+            .await
+            .unwrap();
+    });
 }
