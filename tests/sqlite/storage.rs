@@ -79,3 +79,36 @@ fn writes_delete_rows_whose_deadlines_have_passed() {
         .unwrap();
     assert_eq!(stale(&raw), 0);
 }
+
+/// The common call changes nothing and so takes no write lock: while another connection
+/// holds the file's write lock, a success on a breaker with nothing counted (and a read)
+/// is answered, and a failure, which must write, waits for the lock and times out.
+#[test]
+fn a_success_that_changes_nothing_needs_no_write_lock() {
+    use circuitpy::{Op, Request, State, Storage, StorageError};
+    let path = fresh_database("unlocked");
+    let storage = SqliteStorage::open(&path).unwrap();
+    let mut config = circuitpy_tests::admin::config("circuitpy");
+    config.storage_timeout = std::time::Duration::from_millis(100);
+    // The table exists once the storage has opened the file; another process writes.
+    let writer = rusqlite::Connection::open(&path).unwrap();
+    writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let success = storage
+        .execute(&Request::new("clean", Op::Success, &config))
+        .unwrap();
+    assert_eq!(success.state, State::Closed);
+    let read = storage
+        .execute(&Request::new("clean", Op::Read, &config))
+        .unwrap();
+    assert_eq!(read.state, State::Closed);
+    let failure = storage.execute(&Request::new("clean", Op::Failure, &config));
+    assert!(
+        matches!(failure, Err(StorageError::Timeout { .. })),
+        "a failure must write, so it waits for the lock: {failure:?}"
+    );
+    writer.execute_batch("ROLLBACK").unwrap();
+    let failure = storage
+        .execute(&Request::new("clean", Op::Failure, &config))
+        .unwrap();
+    assert_eq!(failure.failures, 1);
+}

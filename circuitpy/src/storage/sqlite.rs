@@ -19,6 +19,7 @@ use crate::admin::{
     ADMIN_TIMEOUT, Action, Admin, Audit, BreakerInfo, Listing, breaker_key, check_key, describe,
 };
 use crate::error::StorageError;
+use crate::policy::FailurePolicy;
 use crate::rules::row::{self, Change, Row, Stored};
 use crate::rules::{BUCKETS, micros};
 
@@ -47,6 +48,12 @@ use crate::rules::{BUCKETS, micros};
 pub struct SqliteStorage {
     connection: Mutex<Connected>,
     table: String,
+    /// The statements of `execute`, made once: reading a breaker, updating it, inserting it.
+    select: String,
+    update: String,
+    /// The update when the row's expiry stays: the expiry's index is left alone.
+    update_in_place: String,
+    insert: String,
 }
 
 #[derive(Debug)]
@@ -217,6 +224,34 @@ impl SqliteStorage {
                 busy_timeout,
             }),
             table: table.to_owned(),
+            select: format!("SELECT {COLUMNS} FROM {table} WHERE key = ?1"),
+            update: format!(
+                "UPDATE {table} SET mode = ?2, mode_until = ?3, open_until = ?4, opened_at = ?5,
+                    tripped_until = ?6, failures = ?7, failures_until = ?8, round = ?9,
+                    trials = ?10, passed = ?11, round_until = ?12, buckets = ?13,
+                    expires_at = ?14, forced_at = ?15, forced_by = ?16, forced_reason = ?17,
+                    reopens = ?18, o_threshold = ?19, o_recovery = ?20, o_trials = ?21,
+                    o_until = ?22, o_backoff = ?23, o_backoff_max = ?24, reporters = ?25
+                 WHERE key = ?1"
+            ),
+            update_in_place: format!(
+                "UPDATE {table} SET mode = ?2, mode_until = ?3, open_until = ?4, opened_at = ?5,
+                    tripped_until = ?6, failures = ?7, failures_until = ?8, round = ?9,
+                    trials = ?10, passed = ?11, round_until = ?12, buckets = ?13,
+                    forced_at = ?15, forced_by = ?16, forced_reason = ?17,
+                    reopens = ?18, o_threshold = ?19, o_recovery = ?20, o_trials = ?21,
+                    o_until = ?22, o_backoff = ?23, o_backoff_max = ?24, reporters = ?25
+                 WHERE key = ?1"
+            ),
+            insert: format!(
+                "INSERT INTO {table} (key, mode, mode_until, open_until, opened_at,
+                    tripped_until, failures, failures_until, round, trials, passed, round_until,
+                    buckets, expires_at, forced_at, forced_by, forced_reason, reopens,
+                    o_threshold, o_recovery, o_trials, o_until, o_backoff, o_backoff_max,
+                    reporters)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15,
+                    ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
+            ),
         })
     }
 
@@ -360,31 +395,48 @@ impl Storage for SqliteStorage {
         let key = request.namespaced_key();
         let table = &self.table;
         self.with(&key, request.config.storage_timeout, |connection| {
-            let select = format!("SELECT {COLUMNS} FROM {table} WHERE key = ?1");
-            if request.op == Op::Read {
-                let mut row = read_row(connection, &select, &key)?.unwrap_or_default();
-                return Ok(row::apply(&mut row, now(request.at), request).1);
+            let select = &self.select;
+            let now = now(request.at);
+            // The operations that usually change nothing (a read, a success on a breaker
+            // with nothing to reset, a permit asked of a closed or open breaker) are decided
+            // on one read outside a write transaction: one statement sees one state, and an
+            // operation that changes nothing might as well have run at that instant. Only a
+            // change takes the file's write lock, and decides again under it.
+            let unchanging = match request.op {
+                Op::Read | Op::AcquireTrial => true,
+                Op::Success => !matches!(request.config.policy, FailurePolicy::Rate { .. }),
+                _ => false,
+            };
+            if unchanging {
+                let mut row = read_row(connection, select, &key)?
+                    .map(|(row, _)| row)
+                    .unwrap_or_default();
+                let (change, snapshot) = row::apply(&mut row, now, request);
+                if change == Change::Keep || request.op == Op::Read {
+                    return Ok(snapshot);
+                }
             }
             let transaction =
                 connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let now = now(request.at);
-            let row = read_row(&transaction, &select, &key)?;
+            let row = read_row(&transaction, select, &key)?;
+            let stored_expiry = row.as_ref().map(|(_, expires_at)| *expires_at);
             let existed = row.is_some();
-            let mut row = row.unwrap_or_default();
+            let mut row = row.map(|(row, _)| row).unwrap_or_default();
             let (change, snapshot) = row::apply(&mut row, now, request);
             match change {
                 Change::Keep => {}
                 Change::Write { expires_at } => {
+                    // The expiry only bounds when a row may be deleted: kept in whole
+                    // seconds, rounded up, so that most writes leave its index alone.
+                    let expires_at = expires_at.saturating_add(999_999) / 1_000_000 * 1_000_000;
+                    let statement = match stored_expiry {
+                        Some(stored) if stored == expires_at => &self.update_in_place,
+                        Some(_) => &self.update,
+                        None => &self.insert,
+                    };
                     transaction
-                        .prepare_cached(&format!(
-                            "INSERT OR REPLACE INTO {table} (key, mode, mode_until, open_until,
-                                opened_at, tripped_until, failures, failures_until, round,
-                                trials, passed, round_until, buckets, expires_at, forced_at,
-                                forced_by, forced_reason, reopens, o_threshold, o_recovery,
-                                o_trials, o_until, o_backoff, o_backoff_max, reporters)
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
-                                ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
-                        ))?
+                        // In place when the row exists: cheaper than replacing it.
+                        .prepare_cached(statement)?
                         .execute(params![
                             key,
                             row.mode,
@@ -470,10 +522,15 @@ fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     })
 }
 
-fn read_row(connection: &Connection, select: &str, key: &str) -> rusqlite::Result<Option<Row>> {
+/// A breaker's row and its stored expiry.
+fn read_row(
+    connection: &Connection,
+    select: &str,
+    key: &str,
+) -> rusqlite::Result<Option<(Row, i64)>> {
     connection
         .prepare_cached(select)?
-        .query_row(params![key], row_of)
+        .query_row(params![key], |r| Ok((row_of(r)?, r.get(15)?)))
         .optional()
 }
 
