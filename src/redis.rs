@@ -1,5 +1,7 @@
 //! A throwaway `redis-server` for the Redis tests and benchmarks: started from PATH on a
-//! free loopback port, killed on drop. Without `redis-server` it [skips](crate::services::skip).
+//! free loopback port, killed on drop, and killed when the test process ends even if it is
+//! never dropped (a `static`) or the process dies. Without `redis-server` it
+//! [skips](crate::services::skip).
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -20,6 +22,9 @@ fn installed() -> bool {
 /// A `redis-server` child process on a port of its own.
 pub struct RedisServer {
     child: Option<Child>,
+    /// A shell reading this process's pipe, which kills the server when the pipe closes:
+    /// when this process exits, however it exits.
+    watchdog: Option<Child>,
     port: u16,
     args: Vec<String>,
     /// The port speaks TLS only: readiness is a TCP connect, not a PING.
@@ -44,6 +49,7 @@ impl RedisServer {
             .port();
         let mut server = RedisServer {
             child: None,
+            watchdog: None,
             port,
             args: args.iter().map(|arg| arg.to_string()).collect(),
             tls: false,
@@ -126,6 +132,7 @@ impl RedisServer {
             .port();
         let mut server = RedisServer {
             child: None,
+            watchdog: None,
             port,
             args: vec![
                 "--port".into(),
@@ -156,6 +163,17 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server starts");
+        self.watchdog = Command::new("sh")
+            .args([
+                "-c",
+                "read _; kill -CONT \"$0\" 2>/dev/null; kill -9 \"$0\" 2>/dev/null",
+                &child.id().to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
         self.child = Some(child);
         self.wait_ready();
     }
@@ -238,6 +256,10 @@ impl RedisServer {
 
     /// Kills the server; its data is gone.
     pub fn kill(&mut self) {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-CONT", &child.id().to_string()])

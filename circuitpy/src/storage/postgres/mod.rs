@@ -179,6 +179,11 @@ struct Sql {
     /// installed. A table that carries it is current, and connecting takes no lock on it.
     version: String,
     op: String,
+    /// `op` only where the breaker has a row: for the operations that change nothing on a
+    /// breaker without one (a read, a success outside the rate policy, a permit), which then
+    /// cost an index probe in plain SQL and no function call. No row back is closed with
+    /// nothing counted.
+    op_if_stored: String,
     increment: String,
     get: String,
     expire: String,
@@ -226,6 +231,12 @@ impl Sql {
             version,
             op: format!(
                 "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)"
+            ),
+            // The condition refers to no column of the function's row, so it is a one-time
+            // filter: the function is not called when it is false.
+            op_if_stored: format!(
+                "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)
+                 WHERE EXISTS (SELECT 1 FROM {t} WHERE key = $1)"
             ),
             increment: format!(
                 "WITH gone AS (
@@ -588,13 +599,30 @@ impl Db {
     async fn perform(&self, work: Work, timeout: Duration) -> Result<Done, StorageError> {
         let started = Instant::now();
         let key = work.key().to_owned();
-        let pool = self.pool.clone();
-        let getting = tokio::spawn(async move { pool.get().await });
-        let object = match tokio::time::timeout(timeout, getting).await {
-            Err(_) => return Err(StorageError::timeout(key, timeout)),
-            Ok(Err(join)) => return Err(StorageError::backend(key, join)),
-            Ok(Ok(Err(error))) => return Err(pool_error(&key, error)),
-            Ok(Ok(Ok(object))) => object,
+        // An idle session is handed out at once. Otherwise getting one may mean connecting,
+        // which runs in a task of its own, so that a caller who stops waiting does not
+        // abandon a connection half made.
+        let idle = if self.pool.status().available > 0 {
+            tokio::time::timeout(timeout, self.pool.get())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        let object = match idle {
+            Some(object) => object,
+            None => {
+                let pool = self.pool.clone();
+                let getting = tokio::spawn(async move { pool.get().await });
+                match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), getting).await
+                {
+                    Err(_) => return Err(StorageError::timeout(key, timeout)),
+                    Ok(Err(join)) => return Err(StorageError::backend(key, join)),
+                    Ok(Ok(Err(error))) => return Err(pool_error(&key, error)),
+                    Ok(Ok(Ok(object))) => object,
+                }
+            }
         };
         let left = timeout.saturating_sub(started.elapsed());
         match tokio::time::timeout(left, run(&object, &self.sql, &work)).await {
@@ -699,10 +727,21 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
             reporter,
         } => {
             let (actor, reason) = audit.as_deref().cloned().unwrap_or_default();
-            let statement = object.prepare_cached(&sql.op).await?;
             let (policy, window, rate, minimum_calls) = config.policy.flatten();
+            let unchanging = match op {
+                Op::Read | Op::AcquireTrial => true,
+                Op::Success => policy != 2,
+                _ => false,
+            };
+            let statement = object
+                .prepare_cached(if unchanging {
+                    &sql.op_if_stored
+                } else {
+                    &sql.op
+                })
+                .await?;
             let row = object
-                .query_one(
+                .query_opt(
                     &statement,
                     &[
                         key,
@@ -744,7 +783,10 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
                     ],
                 )
                 .await?;
-            Ok(Done::Snapshot(snapshot_of(key, &row)?))
+            match row {
+                Some(row) => Ok(Done::Snapshot(snapshot_of(key, &row)?)),
+                None => Ok(Done::Snapshot(Snapshot::closed(0))),
+            }
         }
         Work::List { stem } => {
             let statement = object.prepare_cached(&sql.list).await?;

@@ -100,6 +100,13 @@ DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer,
     double precision, bigint, double precision, bigint, integer, bigint, integer,
     double precision, bigint);
 
+-- The same arguments as the function below, returning a set: made by a development version
+-- of this one.
+DROP FUNCTION IF EXISTS {t}_op(text, integer, integer, bigint, integer, integer, bigint,
+    double precision, integer, bigint, bigint, bigint, bigint, bigint, integer, text, text,
+    double precision, bigint, double precision, bigint, integer, bigint, integer,
+    double precision, bigint, integer, bigint);
+
 CREATE OR REPLACE FUNCTION {t}_op(
     p_key text, p_op integer, p_threshold integer, p_recovery_us bigint, p_trials integer,
     p_policy integer, p_window_us bigint, p_rate double precision, p_min_calls integer,
@@ -108,9 +115,10 @@ CREATE OR REPLACE FUNCTION {t}_op(
     p_backoff double precision, p_backoff_max_us bigint, p_jitter double precision,
     p_seed bigint, p_set_threshold integer, p_set_recovery_us bigint, p_set_trials integer,
     p_set_backoff double precision, p_set_backoff_max_us bigint, p_quorum integer,
-    p_reporter bigint)
-RETURNS TABLE (state integer, permit boolean, retry_in_us bigint, open_since_us bigint,
-    failures bigint, round bigint)
+    p_reporter bigint,
+    -- One row, not a set: no tuple store to fill and read back.
+    OUT state integer, OUT permit boolean, OUT retry_in_us bigint, OUT open_since_us bigint,
+    OUT failures bigint, OUT round bigint)
 LANGUAGE plpgsql AS $fn$
 DECLARE
     now_ bigint := coalesce(p_at_us, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
@@ -139,6 +147,8 @@ DECLARE
     share double precision;
     q_lapse bigint;
 BEGIN
+    -- Closed with nothing counted, until an operation changes it.
+    state := 0; permit := true; failures := 0; round := 0;
     -- Breaker state is advisory: after a server crash, losing the last few milliseconds of
     -- counts is harmless, and not waiting for the WAL flush makes a write as cheap as a
     -- read. Local to this statement's transaction.
@@ -160,7 +170,6 @@ BEGIN
                 expires_at = o_until
             WHERE key = p_key;
         END IF;
-        RETURN QUERY SELECT 0, true, NULL::bigint, NULL::bigint, 0::bigint, 0::bigint;
         RETURN;
     END IF;
     IF p_op = 0 THEN
@@ -172,7 +181,6 @@ BEGIN
     IF NOT existed THEN
         -- No row: closed with nothing counted. Only some operations write one.
         IF p_op IN (0, 3, 4, 5, 9) OR (p_op = 1 AND p_policy <> 2) THEN
-            RETURN QUERY SELECT 0, true, NULL::bigint, NULL::bigint, 0::bigint, 0::bigint;
             RETURN;
         END IF;
         -- A placeholder taken under the key's lock, so that concurrent first writers queue.
@@ -426,11 +434,11 @@ BEGIN
             ORDER BY expires_at LIMIT 4 FOR UPDATE SKIP LOCKED);
     END IF;
 
-    RETURN QUERY SELECT st,
-        CASE WHEN st IN (0, 4) THEN true ELSE permit_ END,
-        CASE WHEN st = 1 THEN r.open_until - now_ END,
-        CASE WHEN st = 1 THEN now_ - r.opened_at END,
-        CASE WHEN st = 0 THEN f ELSE 0 END,
-        round_;
+    state := st;
+    permit := CASE WHEN st IN (0, 4) THEN true ELSE permit_ END;
+    retry_in_us := CASE WHEN st = 1 THEN r.open_until - now_ END;
+    open_since_us := CASE WHEN st = 1 THEN now_ - r.opened_at END;
+    failures := CASE WHEN st = 0 THEN f ELSE 0 END;
+    round := round_;
 END;
 $fn$;
