@@ -48,11 +48,15 @@ pub struct BreakerHealth {
     /// For a shared breaker: whether this process's last operation on the storage failed
     /// (calls then follow the handler's storage-failure policy).
     pub storage_failing: bool,
+    /// Under a [`QUORUM`](crate::CircuitBreaker::QUORUM): whether this process's own
+    /// breaker is open or half-open, so that this process rejects its calls (all but its
+    /// own trials) whatever the shared state.
+    pub open_here: bool,
 }
 
 impl BreakerHealth {
-    /// Whether the breaker lets calls through as usual: closed (or forced closed) and, when
-    /// shared, with its storage answering.
+    /// Whether the breaker lets calls through as usual: closed (or forced closed), not open
+    /// in this process alone, and, when shared, with its storage answering.
     ///
     /// ```
     /// # let report = circuitpy::health::report();
@@ -60,7 +64,9 @@ impl BreakerHealth {
     /// # let _ = healthy;
     /// ```
     pub fn is_healthy(&self) -> bool {
-        matches!(self.state, State::Closed | State::ForcedClosed) && !self.storage_failing
+        matches!(self.state, State::Closed | State::ForcedClosed)
+            && !self.storage_failing
+            && !self.open_here
     }
 }
 
@@ -118,6 +124,9 @@ pub fn report() -> Report {
                     state,
                     shared: !registry.decides,
                     storage_failing: !registry.decides && cell.failing(),
+                    open_here: cell
+                        .local_if_made()
+                        .is_some_and(|local| local.load().phase() != State::Closed),
                 });
             }
         }

@@ -174,6 +174,17 @@ fn one_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet() {
         before,
         "rejected here, without asking the storage"
     );
+    // The process's health report says so.
+    let report = circuitpy::health::report();
+    let sick = report
+        .breakers
+        .iter()
+        .find(|breaker| breaker.key == "quorate" && breaker.open_here)
+        .expect("the sick view is open here");
+    assert!(
+        !sick.is_healthy() && sick.state == State::Closed,
+        "{sick:?}"
+    );
     // The other view runs its calls.
     call(Healthy, false).unwrap();
     assert_eq!(fleet().state, State::Closed);

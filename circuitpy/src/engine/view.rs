@@ -232,6 +232,14 @@ impl Cell {
             .get_or_init(|| Box::new(Cell::new(self.key.clone())))
     }
 
+    /// This process's own breaker under a quorum, if it was ever made.
+    pub(crate) fn local_if_made(&self) -> Option<&Cell> {
+        self.extra
+            .get()
+            .and_then(|extra| extra.local.get())
+            .map(|local| &**local)
+    }
+
     /// In-process breakers: keeps (or with `None` forgets) an operator's runtime overrides.
     pub(crate) fn set_overrides(&self, overrides: Option<crate::Overrides>) {
         if overrides.is_some() || self.extra.get().is_some() {
