@@ -241,7 +241,8 @@ fn measure_blocking(server: &Server, name: &str, call: impl Fn(usize) + Sync) {
 fn main() {
     let url = std::env::var("CIRCUITPY_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let table = format!("circuitpy_capacity_{}", std::process::id());
+    let table = circuitpy_tests::postgres::fresh_table("capacity");
+    let _cleanup = circuitpy_tests::postgres::cleanup(&url, &table);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -383,15 +384,5 @@ fn main() {
     );
     measure_blocking(&server, "blocking failure (not tripping), 32 keys", |i| {
         let _ = Breaker::keyed(BFailing, &keys[i]).call(|| Err::<(), _>(CallError::Down));
-    });
-
-    runtime.block_on(async {
-        let client = pool.get().await.unwrap();
-        client
-            .batch_execute(&format!(
-                "DROP FUNCTION IF EXISTS {table}_op; DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_counts;"
-            ))
-            .await
-            .unwrap();
     });
 }

@@ -1,7 +1,7 @@
 //! What one breaker operation costs on the SQL storages, against the cheapest statement on
 //! the same connection: a closed success (the common call) and a failure that does not
 //! trip, on SQLite (a file in a temporary directory) and PostgreSQL (the machine's server,
-//! `CIRCUITPY_POSTGRES_URL`, in a table of its own dropped at the end).
+//! `CIRCUITPY_POSTGRES_URL`, in a table of its own dropped at the end, as the tests do).
 //!
 //! `cargo bench -p circuitpy-benches --features postgres,sqlite --bench sql`
 //!
@@ -71,7 +71,8 @@ fn sqlite(c: &mut Criterion) {
 fn postgres(c: &mut Criterion) {
     let url = std::env::var("CIRCUITPY_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    let table = format!("circuitpy_bench_{}", std::process::id());
+    let table = circuitpy_tests::postgres::fresh_table("bench");
+    let _cleanup = circuitpy_tests::postgres::cleanup(&url, &table);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -121,15 +122,6 @@ fn postgres(c: &mut Criterion) {
         })
     });
     group.finish();
-    runtime.block_on(async {
-        let client = pool.get().await.unwrap();
-        client
-            .batch_execute(&format!(
-                "DROP FUNCTION IF EXISTS {table}_op; DROP TABLE IF EXISTS {table}; DROP TABLE IF EXISTS {table}_counts;"
-            ))
-            .await
-            .unwrap();
-    });
 }
 
 fn main() {

@@ -445,6 +445,11 @@ pub fn check_quorum_across_processes<S: Storage + 'static>(
             .map_err(|e| broke(rule, e.to_string()))
     };
     let count = |lines: &[String], line: &str| lines.iter().filter(|l| *l == line).count();
+    // One more process fails once, then calls again: what it saw, and the shared breaker.
+    let one_more_fails = |rule| {
+        let lines = spawn_phase(child_test, 1, "fail", &key, env)?;
+        Ok::<_, Failure>((lines, read(rule)?))
+    };
     let mut rules = Vec::new();
 
     let rule = "one-sick-process-opens-only-its-own-view";
@@ -470,8 +475,7 @@ pub fn check_quorum_across_processes<S: Storage + 'static>(
     rules.push(rule);
 
     let rule = "failures-from-two-processes-are-short-of-three";
-    let lines = spawn_phase(child_test, 1, "fail", &key, env)?;
-    let shared = read(rule)?;
+    let (lines, shared) = one_more_fails(rule)?;
     if lines != ["failed", "ran"] || shared.state != State::Closed {
         return Err(broke(
             rule,
@@ -484,8 +488,7 @@ pub fn check_quorum_across_processes<S: Storage + 'static>(
     rules.push(rule);
 
     let rule = "a-third-process-trips-the-fleet-once";
-    let lines = spawn_phase(child_test, 1, "fail", &key, env)?;
-    let tripped = read(rule)?;
+    let (lines, tripped) = one_more_fails(rule)?;
     if lines != ["failed", "rejected open"] || tripped.state != State::Open {
         return Err(broke(
             rule,

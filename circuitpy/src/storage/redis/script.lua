@@ -138,8 +138,9 @@ local texts = {fb = true, fr = true}
 for i = 0, 9 do
   known['b' .. i], known['c' .. i], known['e' .. i] = true, true, true
 end
-for i = 0, 15 do
-  known['q' .. i], known['u' .. i] = true, true
+-- A quorum's reporters, q0 to q15 and u0 to u15: matched only when a field is not known.
+local function reporter_field(field)
+  return string.match(field, '^[qu]%d$') ~= nil or string.match(field, '^[qu]1[0-5]$') ~= nil
 end
 local v = {}
 for i = 1, #flat, 2 do
@@ -155,7 +156,7 @@ for i = 1, #flat, 2 do
       return invalid('field xb holds ' .. string.sub(value, 1, 40) .. ', expected a factor')
     end
     v.xb = factor
-  elseif not known[field] then
+  elseif not known[field] and not reporter_field(field) then
     return invalid('unknown field ' .. string.sub(field, 1, 40))
   elseif not string.match(value, '^%d+$') or string.len(value) > 15 then
     return invalid('field ' .. field .. ' holds ' .. string.sub(value, 1, 40)
