@@ -1441,7 +1441,7 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
         request = request.in_round(permit.round);
     }
     if op == Op::Success && config.sync_interval.is_some() {
-        request = request.with_count(1 + cell.held.swap(0, Ordering::Relaxed));
+        request = request.with_count(1 + u64::from(cell.held.swap(0, Ordering::Relaxed)));
     }
     let sent = cell.load();
     match round_trip(cell, backend.execute(&request)).await {
@@ -1471,6 +1471,11 @@ fn hold_back_success<H: CircuitBreaker>(permit: &Permit<'_, H>, interval: Durati
         .synced_at()
         .is_some_and(|at| permit.clock.coarse_now() < at.saturating_add(nanos(interval)));
     if fresh && matches!(policy, FailurePolicy::Rate { .. }) {
+        // Past the most a view holds back, this success reports them all: the count stays
+        // far from overflowing however many threads pass the check at once.
+        if cell.held.load(Ordering::Relaxed) >= view::MAX_HELD {
+            return false;
+        }
         cell.held.fetch_add(1, Ordering::Relaxed);
     }
     fresh

@@ -42,6 +42,9 @@ pub(crate) const MAX_KEY_LEN: usize = crate::policy::MAX_KEY_BYTES;
 /// assert_eq!(circuitpy::MAX_PER_CALL_BREAKERS, 65_536);
 /// ```
 pub const MAX_PER_CALL_BREAKERS: usize = 65_536;
+
+/// The most successes a shared view in local mode holds back before it reports them.
+pub(crate) const MAX_HELD: u32 = u32::MAX / 2;
 const MAX_KEYED: usize = MAX_PER_CALL_BREAKERS;
 
 /// Marks a shared view whose storage failed, in [`Cell::stamp`].
@@ -59,8 +62,11 @@ pub(crate) struct Cell {
     /// Shared views: 0 before the storage first answered; otherwise when it last did
     /// (clock nanos), or, with [`FAILING`] set, when it last failed or was last probed.
     stamp: AtomicU64,
-    /// Shared views in local mode: successes not yet reported.
-    pub(crate) held: AtomicU64,
+    /// Shared views in local mode: successes not yet reported (at most [`MAX_HELD`]; past
+    /// it a success is reported at once).
+    pub(crate) held: AtomicU32,
+    /// Per-call breakers: the family's sweep in which it was last used.
+    used: AtomicU32,
     /// Made on first use, by the windowed policies and by storage failures only; with the
     /// `metrics` feature also by the breaker's first recorded call, for its metric handles.
     extra: OnceLock<Box<Extra>>,
@@ -135,7 +141,8 @@ impl Cell {
         Cell {
             word: AtomicU64::new(Word::CLOSED.0),
             stamp: AtomicU64::new(0),
-            held: AtomicU64::new(0),
+            held: AtomicU32::new(0),
+            used: AtomicU32::new(0),
             extra: OnceLock::new(),
             key,
         }
@@ -459,18 +466,15 @@ impl Deref for CellRef<'_> {
     }
 }
 
-/// A per-call breaker and the sweep in which it was last used. The family's set finds it by
-/// its per-call key, the part of the cell's key after the handler's (which holds no `:`),
-/// so the key is stored once, in the cell.
+/// A per-call breaker. The family's set finds it by its per-call key, the part of the
+/// cell's key after the handler's (which holds no `:`), so the key is stored once, in the
+/// cell, and the set's slot is one pointer.
 #[derive(Debug)]
-struct Keyed {
-    cell: Arc<Cell>,
-    used: AtomicU32,
-}
+struct Keyed(Arc<Cell>);
 
 impl Keyed {
     fn per_call(&self) -> &str {
-        let key = self.cell.key.as_str();
+        let key = self.0.key.as_str();
         key.split_once(':').map_or(key, |(_, per_call)| per_call)
     }
 }
@@ -543,11 +547,7 @@ impl Family {
     pub(crate) fn cells(&self) -> Vec<CellRef<'_>> {
         let keyed = self.keyed.read().unwrap_or_else(PoisonError::into_inner);
         std::iter::once(CellRef::Borrowed(&self.cell))
-            .chain(
-                keyed
-                    .iter()
-                    .map(|keyed| CellRef::Shared(keyed.cell.clone())),
-            )
+            .chain(keyed.iter().map(|keyed| CellRef::Shared(keyed.0.clone())))
             .collect()
     }
 
@@ -568,10 +568,10 @@ impl Family {
             .unwrap_or_else(PoisonError::into_inner)
             .get(per_call)
         {
-            if keyed.used.load(Ordering::Relaxed) != sweep {
-                keyed.used.store(sweep, Ordering::Relaxed);
+            if keyed.0.used.load(Ordering::Relaxed) != sweep {
+                keyed.0.used.store(sweep, Ordering::Relaxed);
             }
-            return Ok(CellRef::Shared(keyed.cell.clone()));
+            return Ok(CellRef::Shared(keyed.0.clone()));
         }
         if per_call.is_empty() || per_call.len() > MAX_KEY_LEN {
             return Err(StorageError::InvalidKey {
@@ -582,7 +582,7 @@ impl Family {
         let mut keyed = self.keyed.write().unwrap_or_else(PoisonError::into_inner);
         // Another thread may have made it since the read.
         if let Some(entry) = keyed.get(per_call) {
-            return Ok(CellRef::Shared(entry.cell.clone()));
+            return Ok(CellRef::Shared(entry.0.clone()));
         }
         if keyed.len() >= MAX_KEYED {
             self.sweep(&mut keyed);
@@ -592,10 +592,8 @@ impl Family {
             self.cell.key.as_str(),
             per_call,
         ))));
-        keyed.insert(Keyed {
-            cell: cell.clone(),
-            used: AtomicU32::new(sweep),
-        });
+        cell.used.store(sweep, Ordering::Relaxed);
+        keyed.insert(Keyed(cell.clone()));
         Ok(CellRef::Shared(cell))
     }
 
@@ -607,11 +605,11 @@ impl Family {
     fn sweep(&self, keyed: &mut HashSet<Keyed>) {
         let previous = self.sweeps.fetch_add(1, Ordering::Relaxed);
         let target = MAX_KEYED / 4 * 3;
-        let in_use = |entry: &Keyed| Arc::strong_count(&entry.cell) > 1;
-        keyed.retain(|entry| in_use(entry) || !entry.cell.is_idle());
+        let in_use = |entry: &Keyed| Arc::strong_count(&entry.0) > 1;
+        keyed.retain(|entry| in_use(entry) || !entry.0.is_idle());
         let passes: [&dyn Fn(&Keyed) -> bool; 3] = [
-            &|entry| entry.used.load(Ordering::Relaxed) != previous,
-            &|entry| entry.cell.load().phase() == State::Closed,
+            &|entry| entry.0.used.load(Ordering::Relaxed) != previous,
+            &|entry| entry.0.load().phase() == State::Closed,
             &|_| true,
         ];
         for droppable in passes {
@@ -766,9 +764,9 @@ mod tests {
         }
         let keyed = family.keyed.read().unwrap();
         assert!(keyed.len() < MAX_KEYED, "{} breakers kept", keyed.len());
-        assert_eq!(keyed.get("open").unwrap().cell.load().phase(), State::Open);
+        assert_eq!(keyed.get("open").unwrap().0.load().phase(), State::Open);
         assert!(Arc::ptr_eq(
-            &keyed.get("in use").unwrap().cell,
+            &keyed.get("in use").unwrap().0,
             match &in_use {
                 CellRef::Shared(cell) => cell,
                 CellRef::Borrowed(_) => unreachable!(),
