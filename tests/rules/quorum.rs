@@ -261,3 +261,22 @@ fn async_calls_open_their_own_view_alike() {
             .unwrap();
     });
 }
+
+#[test]
+fn a_quorum_is_between_one_and_sixteen_processes() {
+    let mut config = Config::of::<Sick>();
+    for (quorum, valid) in [(0, false), (1, true), (16, true), (17, false)] {
+        config.quorum = quorum;
+        assert_eq!(
+            config.check().is_ok(),
+            valid,
+            "QUORUM = {quorum}: {:?}",
+            config.check()
+        );
+    }
+    config.quorum = 0;
+    assert_eq!(
+        config.check(),
+        Err("circuitpy: QUORUM must be between 1 and 16")
+    );
+}
