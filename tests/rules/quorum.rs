@@ -75,6 +75,7 @@ impl Clocked {
 // Each test moves a clock of its own.
 static STORAGE: LazyLock<Clocked> = LazyLock::new(Clocked::new);
 static ASYNC_STORAGE: LazyLock<Clocked> = LazyLock::new(Clocked::new);
+static FORCED_STORAGE: LazyLock<Clocked> = LazyLock::new(Clocked::new);
 
 const RECOVERY: Duration = Duration::from_secs(10);
 
@@ -104,6 +105,7 @@ macro_rules! handler {
 handler!(Sick);
 handler!(Healthy);
 handler!(AsyncSick, "quorate-async", ASYNC_STORAGE);
+handler!(ForcedSick, "quorate-forced", FORCED_STORAGE);
 
 #[derive(Debug)]
 enum CallError {
@@ -279,4 +281,25 @@ fn a_quorum_is_between_one_and_sixteen_processes() {
         config.check(),
         Err("circuitpy: QUORUM must be between 1 and 16")
     );
+}
+
+#[test]
+fn a_breaker_forced_closed_runs_the_calls_of_a_process_open_on_its_own() {
+    for _ in 0..3 {
+        assert!(matches!(call(ForcedSick, true), Err(CallError::Down)));
+    }
+    assert!(matches!(
+        rejection(call(ForcedSick, false)),
+        Some(Rejection::OpenHere { .. })
+    ));
+    // Forced closed (here from this process, whose view then knows it): every call runs,
+    // failing ones too, and none is held against the process.
+    Breaker::new(ForcedSick).force_closed().unwrap();
+    for _ in 0..5 {
+        assert!(matches!(call(ForcedSick, true), Err(CallError::Down)));
+    }
+    call(ForcedSick, false).unwrap();
+    // A reset from this process closes its own breaker too.
+    Breaker::new(ForcedSick).reset().unwrap();
+    call(ForcedSick, false).unwrap();
 }

@@ -595,7 +595,7 @@ where
     }
     let local = if H::CONFIG.quorum > 1 {
         match admit_local(handler, &cell, clock, method) {
-            Ok(local) => local.map(|word| (word, cell.clone())),
+            Ok(word) => Some((word, cell.clone())),
             Err(rejected) => return Err(rejected),
         }
     } else {
@@ -646,7 +646,7 @@ where
     }
     let local = if H::CONFIG.quorum > 1 {
         match admit_local(handler, &cell, clock, method) {
-            Ok(local) => local.map(|word| (word, cell.clone())),
+            Ok(word) => Some((word, cell.clone())),
             Err(rejected) => return Entering::Decided(Err(rejected)),
         }
     } else {
@@ -669,28 +669,29 @@ where
 
 /// Under a quorum, on a shared storage: this process's own breaker ([`Cell::local`]) admits
 /// the call before the fleet's view is asked. The word it admitted the call under, for the
-/// permit to record against; `None` when an operator forced the fleet's breaker closed,
-/// which runs every call and records nothing.
+/// permit to record against; when an operator forced the fleet's breaker closed, which runs
+/// every call and records nothing, a forced-closed word that the local breaker (never
+/// forced) records nothing against.
 #[inline(never)]
 fn admit_local<H: CircuitBreaker>(
     handler: &H,
     cell: &Cell,
     clock: &Clock,
     method: &'static str,
-) -> Result<Option<Word>, CircuitBreakerOpen> {
+) -> Result<Word, CircuitBreakerOpen> {
     if cell.load().phase() == State::ForcedClosed {
-        return Ok(None);
+        return Ok(Word::CLOSED.next(State::ForcedClosed, 0));
     }
     let config = &H::CONFIG;
     let local = cell.local();
     let mut word = local.load();
     loop {
         if word.phase() == State::Closed {
-            return Ok(Some(word));
+            return Ok(word);
         }
         let now = clock.coarse_now();
         match admit(word, now, config.half_open_trials, || local.lease(word)) {
-            Admit::Pass => return Ok(Some(word)),
+            Admit::Pass => return Ok(word),
             Admit::Reject(rejection) => {
                 let (opened_at, retry_at) = open_times(word, config);
                 let reason = Rejection::OpenHere {
@@ -704,7 +705,7 @@ fn admit_local<H: CircuitBreaker>(
                 Ok(_) => {
                     local.set_lease(next, now.saturating_add(nanos(config.recovery_timeout)));
                     notify(handler, local, word, next);
-                    return Ok(Some(next));
+                    return Ok(next);
                 }
                 Err(actual) => word = actual,
             },
