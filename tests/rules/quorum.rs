@@ -284,7 +284,7 @@ fn a_quorum_is_between_one_and_sixteen_processes() {
 }
 
 #[test]
-fn a_breaker_forced_closed_runs_the_calls_of_a_process_open_on_its_own() {
+fn an_operators_forced_close_reaches_a_process_open_on_its_own_within_a_second() {
     for _ in 0..3 {
         assert!(matches!(call(ForcedSick, true), Err(CallError::Down)));
     }
@@ -292,9 +292,21 @@ fn a_breaker_forced_closed_runs_the_calls_of_a_process_open_on_its_own() {
         rejection(call(ForcedSick, false)),
         Some(Rejection::OpenHere { .. })
     ));
-    // Forced closed (here from this process, whose view then knows it): every call runs,
-    // failing ones too, and none is held against the process.
-    Breaker::new(ForcedSick).force_closed().unwrap();
+    // An operator forces it closed from another process. Within the second after this
+    // process last heard from the storage it still rejects, sending nothing; then one call
+    // asks, and from then on every call runs, failing ones too, none held against the
+    // process.
+    let config = Config::of::<ForcedSick>();
+    let forced = Request::new("quorate-forced", Op::ForceClosed, &config);
+    Storage::execute(&*FORCED_STORAGE, &forced).unwrap();
+    let before = FORCED_STORAGE.operations.load(Ordering::Relaxed);
+    assert!(matches!(
+        rejection(call(ForcedSick, false)),
+        Some(Rejection::OpenHere { .. })
+    ));
+    assert_eq!(FORCED_STORAGE.operations.load(Ordering::Relaxed), before);
+    FORCED_STORAGE.clock.advance(Duration::from_secs(1));
+    call(ForcedSick, false).unwrap();
     for _ in 0..5 {
         assert!(matches!(call(ForcedSick, true), Err(CallError::Down)));
     }

@@ -595,8 +595,14 @@ where
     }
     let local = if H::CONFIG.quorum > 1 {
         match admit_local(handler, &cell, clock, method) {
-            Ok(word) => Some((word, cell.clone())),
-            Err(rejected) => return Err(rejected),
+            LocalAdmission::Admitted(word) => Some((word, cell.clone())),
+            LocalAdmission::Rejected(rejected) => return Err(rejected),
+            LocalAdmission::Recheck { word, reason } => {
+                let backend = Blocking(storage);
+                return ready(recheck_local(
+                    handler, &backend, clock, cell, method, word, reason,
+                ));
+            }
         }
     } else {
         None
@@ -646,8 +652,13 @@ where
     }
     let local = if H::CONFIG.quorum > 1 {
         match admit_local(handler, &cell, clock, method) {
-            Ok(word) => Some((word, cell.clone())),
-            Err(rejected) => return Entering::Decided(Err(rejected)),
+            LocalAdmission::Admitted(word) => Some((word, cell.clone())),
+            LocalAdmission::Rejected(rejected) => return Entering::Decided(Err(rejected)),
+            LocalAdmission::Recheck { word, reason } => {
+                return Entering::Asking(Box::pin(async move {
+                    recheck_local(handler, &Async(storage), clock, cell, method, word, reason).await
+                }));
+            }
         }
     } else {
         None
@@ -672,45 +683,109 @@ where
 /// permit to record against; when an operator forced the fleet's breaker closed, which runs
 /// every call and records nothing, a forced-closed word that the local breaker (never
 /// forced) records nothing against.
+///
+/// While it rejects, this process sends nothing; so that an operator who forces the
+/// breaker closed elsewhere is heard within a re-check interval, one rejected call per
+/// interval asks the storage instead ([`LocalAdmission::Recheck`]).
 #[inline(never)]
 fn admit_local<H: CircuitBreaker>(
     handler: &H,
     cell: &Cell,
     clock: &Clock,
     method: &'static str,
-) -> Result<Word, CircuitBreakerOpen> {
+) -> LocalAdmission {
     if cell.load().phase() == State::ForcedClosed {
-        return Ok(Word::CLOSED.next(State::ForcedClosed, 0));
+        return LocalAdmission::Admitted(forced_closed());
     }
     let config = &H::CONFIG;
     let local = cell.local();
     let mut word = local.load();
     loop {
         if word.phase() == State::Closed {
-            return Ok(word);
+            return LocalAdmission::Admitted(word);
         }
         let now = clock.coarse_now();
         match admit(word, now, config.half_open_trials, || local.lease(word)) {
-            Admit::Pass => return Ok(word),
+            Admit::Pass => return LocalAdmission::Admitted(word),
             Admit::Reject(rejection) => {
-                let (opened_at, retry_at) = open_times(word, config);
                 let reason = Rejection::OpenHere {
                     trials_in_progress: matches!(rejection, Rejection::TrialsInProgress),
                 };
-                return Err(reject_at(
-                    handler, cell, method, reason, opened_at, retry_at,
-                ));
+                if cell.claim_recheck(clock.now(), recheck_interval(config)) {
+                    return LocalAdmission::Recheck { word, reason };
+                }
+                return LocalAdmission::Rejected(reject_here(handler, cell, method, word, reason));
             }
             Admit::Trial(next) => match local.compare_exchange(word, next) {
                 Ok(_) => {
                     local.set_lease(next, now.saturating_add(nanos(config.recovery_timeout)));
                     notify(handler, local, word, next);
-                    return Ok(next);
+                    return LocalAdmission::Admitted(next);
                 }
                 Err(actual) => word = actual,
             },
         }
     }
+}
+
+/// What this process's own breaker says about a call under a quorum.
+enum LocalAdmission {
+    /// Admitted under this word (the one to record against).
+    Admitted(Word),
+    /// Rejected here.
+    Rejected(CircuitBreakerOpen),
+    /// Rejected here, unless the storage says the breaker is forced closed: this call is the
+    /// interval's re-check.
+    Recheck { word: Word, reason: Rejection },
+}
+
+/// The admission word of a call a fleet forced closed runs: the local breaker, never forced,
+/// records nothing against it.
+fn forced_closed() -> Word {
+    Word::CLOSED.next(State::ForcedClosed, 0)
+}
+
+/// A call this process's own breaker, open under `word`, rejects.
+fn reject_here<H: CircuitBreaker>(
+    handler: &H,
+    cell: &Cell,
+    method: &'static str,
+    word: Word,
+    reason: Rejection,
+) -> CircuitBreakerOpen {
+    let (opened_at, retry_at) = open_times(word, &H::CONFIG);
+    reject_at(handler, cell, method, reason, opened_at, retry_at)
+}
+
+/// The interval's re-check of a call this process's own breaker rejects: one read of the
+/// storage. Forced closed, the call runs (and records nothing); otherwise it is rejected.
+async fn recheck_local<'a, H: CircuitBreaker, B: Backend>(
+    handler: &'a H,
+    backend: &B,
+    clock: &'a Clock,
+    cell: CellRef<'a>,
+    method: &'static str,
+    word: Word,
+    reason: Rejection,
+) -> Admission<'a, H> {
+    let sent = cell.load();
+    let request = Request::new(cell.key.as_str(), Op::Read, &H::CONFIG);
+    match round_trip(&cell, backend.execute(&request)).await {
+        Ok(snapshot) => {
+            adopt(handler, &cell, clock.now(), sent, &snapshot);
+            if snapshot.state == State::ForcedClosed {
+                let admitted = cell.load();
+                let mut permit = Permit::new(handler, cell, clock, admitted, Role::Closed);
+                permit.admitted = forced_closed();
+                return Ok(permit);
+            }
+        }
+        Err(error) => {
+            cell.mark_failed(clock.now(), &error);
+            storage_error(handler, cell.key.as_str(), &error);
+        }
+    }
+    Err(reject_here(handler, &cell, method, word, reason))
 }
 
 /// Under a quorum: the fleet's admission of a call this process's own breaker admitted
