@@ -699,31 +699,21 @@ fn admit_local<H: CircuitBreaker>(
     }
     let config = &H::CONFIG;
     let local = cell.local();
-    let mut word = local.load();
-    loop {
-        if word.phase() == State::Closed {
-            return LocalAdmission::Admitted(word);
-        }
-        let now = clock.coarse_now();
-        match admit(word, now, config.half_open_trials, || local.lease(word)) {
-            Admit::Pass => return LocalAdmission::Admitted(word),
-            Admit::Reject(rejection) => {
-                let reason = Rejection::OpenHere {
-                    trials_in_progress: matches!(rejection, Rejection::TrialsInProgress),
-                };
-                if cell.claim_recheck(clock.now(), recheck_interval(config)) {
-                    return LocalAdmission::Recheck { word, reason };
-                }
-                return LocalAdmission::Rejected(reject_here(handler, cell, method, word, reason));
+    let word = local.load();
+    if word.phase() == State::Closed {
+        return LocalAdmission::Admitted(word);
+    }
+    match admit_in_process(handler, local, clock, config, word) {
+        Ok(admitted) => LocalAdmission::Admitted(admitted),
+        Err((word, rejection)) => {
+            let reason = Rejection::OpenHere {
+                trials_in_progress: matches!(rejection, Rejection::TrialsInProgress),
+            };
+            if cell.claim_recheck(clock.coarse_now(), recheck_interval(config)) {
+                LocalAdmission::Recheck { word, reason }
+            } else {
+                LocalAdmission::Rejected(reject_here(handler, cell, method, word, reason))
             }
-            Admit::Trial(next) => match local.compare_exchange(word, next) {
-                Ok(_) => {
-                    local.set_lease(next, now.saturating_add(nanos(config.recovery_timeout)));
-                    notify(handler, local, word, next);
-                    return LocalAdmission::Admitted(next);
-                }
-                Err(actual) => word = actual,
-            },
         }
     }
 }
@@ -858,36 +848,56 @@ fn admit_here_slowly<'a, H: CircuitBreaker>(
     handler: &'a H,
     cell: CellRef<'a>,
     clock: &'a Clock,
-    mut word: Word,
+    word: Word,
     method: &'static str,
 ) -> Result<Permit<'a, H>, CircuitBreakerOpen> {
     let overridden = cell.overridden(&H::CONFIG);
     let config = overridden.as_ref().unwrap_or(&H::CONFIG);
-    loop {
-        let now = clock.coarse_now();
-        match admit(word, now, config.half_open_trials, || cell.lease(word)) {
-            Admit::Pass => {
-                let role = if word.phase() == State::Closed {
-                    Role::Closed
-                } else {
+    match admit_in_process(handler, &cell, clock, config, word) {
+        Ok(admitted) => {
+            let role = match admitted.phase() {
+                State::Closed => Role::Closed,
+                State::HalfOpen => Role::Trial,
+                _ => {
                     // Forced closed: nothing is recorded.
                     #[cfg(feature = "metrics")]
                     cell.meters().unrecorded();
                     Role::Unrecorded
-                };
-                return Ok(Permit::new(handler, cell, clock, word, role));
-            }
-            Admit::Reject(rejection) => {
-                let (opened_at, retry_at) = open_times(word, config);
-                return Err(reject_at(
-                    handler, &cell, method, rejection, opened_at, retry_at,
-                ));
-            }
+                }
+            };
+            Ok(Permit::new(handler, cell, clock, admitted, role))
+        }
+        Err((word, rejection)) => {
+            let (opened_at, retry_at) = open_times(word, config);
+            Err(reject_at(
+                handler, &cell, method, rejection, opened_at, retry_at,
+            ))
+        }
+    }
+}
+
+/// Admission by an in-process breaker's word: the word the call is admitted under (a half-open
+/// one when it took a trial permit, whose lease then starts), or the word and the reason it
+/// is rejected for. Shared by the in-memory storage's breakers and, under a quorum, by each
+/// process's own breaker on a shared storage.
+#[inline(always)]
+fn admit_in_process<H: CircuitBreaker>(
+    handler: &H,
+    cell: &Cell,
+    clock: &Clock,
+    config: &Config,
+    mut word: Word,
+) -> Result<Word, (Word, Rejection)> {
+    loop {
+        let now = clock.coarse_now();
+        match admit(word, now, config.half_open_trials, || cell.lease(word)) {
+            Admit::Pass => return Ok(word),
+            Admit::Reject(rejection) => return Err((word, rejection)),
             Admit::Trial(next) => match cell.compare_exchange(word, next) {
                 Ok(_) => {
                     cell.set_lease(next, now.saturating_add(nanos(config.recovery_timeout)));
-                    notify(handler, &cell, word, next);
-                    return Ok(Permit::new(handler, cell, clock, next, Role::Trial));
+                    notify(handler, cell, word, next);
+                    return Ok(next);
                 }
                 Err(actual) => word = actual,
             },
@@ -1549,10 +1559,10 @@ fn hold_back_success<H: CircuitBreaker>(permit: &Permit<'_, H>, interval: Durati
     if fresh && matches!(policy, FailurePolicy::Rate { .. }) {
         // Past the most a view holds back, this success reports them all: the count stays
         // far from overflowing however many threads pass the check at once.
-        if cell.held.load(Ordering::Relaxed) >= view::MAX_HELD {
+        if cell.held.fetch_add(1, Ordering::Relaxed) >= view::MAX_HELD {
+            cell.held.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
-        cell.held.fetch_add(1, Ordering::Relaxed);
     }
     fresh
 }
