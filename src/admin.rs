@@ -106,6 +106,21 @@ pub fn check_admin<S: Storage + Admin>(
         (State::Closed, 3, 2),
         "three failures from two processes, short of a quorum of three: {counted:?}"
     );
+    // The server keeps at most QUORUM reporters however many report.
+    let mut bounded = config;
+    bounded.quorum = 2;
+    bounded.failure_threshold = 100;
+    for reporter in 1..=5 {
+        storage
+            .execute(&Request::new("bounded", Op::Failure, &bounded).reported_by(reporter))
+            .unwrap();
+    }
+    let kept = storage.inspect(prefix, "bounded").unwrap().unwrap();
+    assert_eq!(
+        (kept.failures, kept.reporters),
+        (5, 2),
+        "five reporters under a quorum of two: {kept:?}"
+    );
 
     let open = storage.inspect(prefix, "open").unwrap().unwrap();
     assert_eq!(open.state, State::Open, "{open:?}");
@@ -166,14 +181,16 @@ pub fn check_admin<S: Storage + Admin>(
     let keys: Vec<&str> = listing.breakers.iter().map(|b| b.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["closed", "forced", "half", "kept", "open", "quorate"],
+        [
+            "bounded", "closed", "forced", "half", "kept", "open", "quorate"
+        ],
         "{listing:?}"
     );
     assert!(listing.invalid.is_empty(), "{:?}", listing.invalid);
 
     let planted = plant_invalid();
     let listing = storage.list(prefix).unwrap();
-    assert_eq!(listing.breakers.len(), 6);
+    assert_eq!(listing.breakers.len(), 7);
     assert_eq!(listing.invalid.len(), 1, "{:?}", listing.invalid);
     match &listing.invalid[0] {
         StorageError::InvalidData { key, .. } => assert_eq!(key, &planted),
