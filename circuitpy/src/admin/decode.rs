@@ -208,11 +208,7 @@ pub(crate) fn row_of_hash(
                 ) || (name.len() == 2
                     && name.starts_with(['b', 'c', 'e'])
                     && name.as_bytes()[1].is_ascii_digit())
-                    || (name.starts_with(['q', 'u'])
-                        && name[1..]
-                            .parse::<u32>()
-                            .is_ok_and(|n| n < crate::MAX_QUORUM)
-                        && !name[1..].starts_with('+'));
+                    || reporter_field(name);
                 if !known {
                     return Err(invalid(format!(
                         "unknown field {}",
@@ -305,6 +301,18 @@ pub(crate) fn row_of_hash(
     Ok(row)
 }
 
+/// A quorum's reporter fields, `q0` to `q15` and `u0` to `u15`, spelled as the script
+/// writes them (no sign, no leading zero).
+fn reporter_field(name: &str) -> bool {
+    name.strip_prefix(['q', 'u'])
+        .and_then(|n| {
+            n.parse::<u32>()
+                .ok()
+                .filter(|&n| n.to_string() == name[1..])
+        })
+        .is_some_and(|n| n < crate::MAX_QUORUM)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +323,16 @@ mod tests {
             .iter()
             .map(|(f, v)| (f.as_bytes().to_vec(), v.as_bytes().to_vec()))
             .collect()
+    }
+
+    #[test]
+    fn reporter_fields_are_the_ones_the_script_writes() {
+        for name in ["q0", "u9", "q10", "u15"] {
+            assert!(reporter_field(name), "{name}");
+        }
+        for name in ["q16", "q01", "q+1", "u", "x3", "q1a"] {
+            assert!(!reporter_field(name), "{name}");
+        }
     }
 
     #[test]

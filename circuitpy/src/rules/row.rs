@@ -376,7 +376,7 @@ pub(crate) fn apply(row: &mut Row, now: i64, request: &Request<'_>) -> (Change, 
                     }
                     _ => row.failures_until,
                 };
-                row.report(request.reporter as i64, now, until, config);
+                row.report(request.reporter_id() as i64, now, until, config);
                 trips && row.reporters.len() >= config.quorum as usize
             } else {
                 trips

@@ -375,6 +375,24 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// [`Request::reporter`] as every storage keeps it: below 2^48 whatever the field was
+    /// set to.
+    pub(crate) fn reporter_id(&self) -> u64 {
+        self.reporter & crate::rules::REPORTER_MASK
+    }
+
+    /// Whether the operation changes nothing on a breaker that holds nothing (no row, no
+    /// hash): a read, a permit asked of it (closed, so every call passes), a success outside
+    /// the rate policy (which counts calls). The SQL storages answer these without taking
+    /// a lock or calling the rules when nothing is stored.
+    pub(crate) fn changes_nothing_when_nothing_is_stored(&self) -> bool {
+        match self.op {
+            Op::Read | Op::AcquireTrial => true,
+            Op::Success => !matches!(self.config.policy, crate::FailurePolicy::Rate { .. }),
+            _ => false,
+        }
+    }
+
     /// `{prefix}:{{key}}`: the stem of every key this breaker writes. The braces are a Redis
     /// Cluster hash tag, so all of one breaker's keys live on one node.
     ///

@@ -19,7 +19,6 @@ use crate::admin::{
     ADMIN_TIMEOUT, Action, Admin, Audit, BreakerInfo, Listing, breaker_key, check_key, describe,
 };
 use crate::error::StorageError;
-use crate::policy::FailurePolicy;
 use crate::rules::row::{self, Change, Row, Stored};
 use crate::rules::{BUCKETS, micros};
 
@@ -225,24 +224,8 @@ impl SqliteStorage {
             }),
             table: table.to_owned(),
             select: format!("SELECT {COLUMNS} FROM {table} WHERE key = ?1"),
-            update: format!(
-                "UPDATE {table} SET mode = ?2, mode_until = ?3, open_until = ?4, opened_at = ?5,
-                    tripped_until = ?6, failures = ?7, failures_until = ?8, round = ?9,
-                    trials = ?10, passed = ?11, round_until = ?12, buckets = ?13,
-                    expires_at = ?14, forced_at = ?15, forced_by = ?16, forced_reason = ?17,
-                    reopens = ?18, o_threshold = ?19, o_recovery = ?20, o_trials = ?21,
-                    o_until = ?22, o_backoff = ?23, o_backoff_max = ?24, reporters = ?25
-                 WHERE key = ?1"
-            ),
-            update_in_place: format!(
-                "UPDATE {table} SET mode = ?2, mode_until = ?3, open_until = ?4, opened_at = ?5,
-                    tripped_until = ?6, failures = ?7, failures_until = ?8, round = ?9,
-                    trials = ?10, passed = ?11, round_until = ?12, buckets = ?13,
-                    forced_at = ?15, forced_by = ?16, forced_reason = ?17,
-                    reopens = ?18, o_threshold = ?19, o_recovery = ?20, o_trials = ?21,
-                    o_until = ?22, o_backoff = ?23, o_backoff_max = ?24, reporters = ?25
-                 WHERE key = ?1"
-            ),
+            update: format!("UPDATE {table} SET {UPDATED}, expires_at = ?14 WHERE key = ?1"),
+            update_in_place: format!("UPDATE {table} SET {UPDATED} WHERE key = ?1"),
             insert: format!(
                 "INSERT INTO {table} (key, mode, mode_until, open_until, opened_at,
                     tripped_until, failures, failures_until, round, trials, passed, round_until,
@@ -402,12 +385,7 @@ impl Storage for SqliteStorage {
             // on one read outside a write transaction: one statement sees one state, and an
             // operation that changes nothing might as well have run at that instant. Only a
             // change takes the file's write lock, and decides again under it.
-            let unchanging = match request.op {
-                Op::Read | Op::AcquireTrial => true,
-                Op::Success => !matches!(request.config.policy, FailurePolicy::Rate { .. }),
-                _ => false,
-            };
-            if unchanging {
+            if request.changes_nothing_when_nothing_is_stored() {
                 let mut row = read_row(connection, select, &key)?
                     .map(|(row, _)| row)
                     .unwrap_or_default();
@@ -484,6 +462,14 @@ impl Storage for SqliteStorage {
         })
     }
 }
+
+/// Every column a write sets but the key and the expiry (`?1` and `?14`), as the
+/// parameters of the insert number them.
+const UPDATED: &str = "mode = ?2, mode_until = ?3, open_until = ?4, opened_at = ?5,
+    tripped_until = ?6, failures = ?7, failures_until = ?8, round = ?9, trials = ?10,
+    passed = ?11, round_until = ?12, buckets = ?13, forced_at = ?15, forced_by = ?16,
+    forced_reason = ?17, reopens = ?18, o_threshold = ?19, o_recovery = ?20, o_trials = ?21,
+    o_until = ?22, o_backoff = ?23, o_backoff_max = ?24, reporters = ?25";
 
 /// The columns [`row_of`] reads, in its order.
 const COLUMNS: &str = "mode, mode_until, open_until, opened_at, tripped_until, failures,

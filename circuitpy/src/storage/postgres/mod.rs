@@ -349,6 +349,9 @@ enum Work {
         /// For an override: the settings to store.
         overrides: crate::Overrides,
         reporter: u64,
+        /// [`Request::changes_nothing_when_nothing_is_stored`]: sent guarded by the row's
+        /// existence.
+        unchanging: bool,
     },
     /// The admin's reads: every breaker whose key starts with `stem`, or the one at `key`.
     List {
@@ -398,7 +401,8 @@ impl Work {
                 0
             },
             overrides: request.overrides,
-            reporter: request.reporter,
+            reporter: request.reporter_id(),
+            unchanging: request.changes_nothing_when_nothing_is_stored(),
             audit: (request.audit.actor.is_some() || request.audit.reason.is_some()).then(|| {
                 Box::new((
                     request.audit.actor.map(str::to_owned),
@@ -725,16 +729,12 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
             seed,
             overrides,
             reporter,
+            unchanging,
         } => {
             let (actor, reason) = audit.as_deref().cloned().unwrap_or_default();
             let (policy, window, rate, minimum_calls) = config.policy.flatten();
-            let unchanging = match op {
-                Op::Read | Op::AcquireTrial => true,
-                Op::Success => policy != 2,
-                _ => false,
-            };
             let statement = object
-                .prepare_cached(if unchanging {
+                .prepare_cached(if *unchanging {
                     &sql.op_if_stored
                 } else {
                     &sql.op
@@ -779,7 +779,7 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
                             micros(Duration::from_millis(backoff.max.as_millis() as u64))
                         }),
                         &(config.quorum.min(i32::MAX as u32) as i32),
-                        &((*reporter & crate::rules::REPORTER_MASK) as i64),
+                        &(*reporter as i64),
                     ],
                 )
                 .await?;

@@ -160,7 +160,7 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
                 .map_or(0, |backoff| backoff.max.as_millis() as u64),
         );
     if config.quorum > 1 {
-        invocation.arg(config.quorum).arg(request.reporter);
+        invocation.arg(config.quorum).arg(request.reporter_id());
     }
     (key, invocation)
 }

@@ -316,7 +316,11 @@ local function report(until_)
   return #kept
 end
 
+-- Reporters are kept from q0 on, so a breaker without q0 has none to forget.
 local function forget_reporters()
+  if v.q0 == nil then
+    return
+  end
   for i = 0, 15 do
     v['q' .. i], v['u' .. i] = nil, nil
   end
