@@ -303,6 +303,7 @@ pub(crate) fn row_of_hash(
 
 /// A quorum's reporter fields, `q0` to `q15` and `u0` to `u15`, spelled as the script
 /// writes them (no sign, no leading zero).
+#[cfg(any(feature = "redis", test))]
 fn reporter_field(name: &str) -> bool {
     name.strip_prefix(['q', 'u'])
         .and_then(|n| {

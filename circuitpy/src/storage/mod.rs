@@ -385,6 +385,7 @@ impl<'a> Request<'a> {
     /// hash): a read, a permit asked of it (closed, so every call passes), a success outside
     /// the rate policy (which counts calls). The SQL storages answer these without taking
     /// a lock or calling the rules when nothing is stored.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn changes_nothing_when_nothing_is_stored(&self) -> bool {
         match self.op {
             Op::Read | Op::AcquireTrial => true,
