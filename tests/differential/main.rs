@@ -282,15 +282,19 @@ impl Shared<'_> {
             },
         };
         match step {
-            Step::Success => read(run(Op::Success, None)),
-            Step::Failure | Step::FailureBy(_) => {
-                let reporter = match step {
-                    Step::FailureBy(reporter) => reporter,
-                    _ => 0,
+            Step::Success | Step::Failure | Step::FailureBy(_) => {
+                let snapshot = match step {
+                    Step::Success => run(Op::Success, None),
+                    Step::FailureBy(reporter) => run_by(Op::Failure, None, reporter),
+                    _ => run(Op::Failure, None),
                 };
-                let snapshot = run_by(Op::Failure, None, reporter);
+                // A success's count only under the consecutive policy, where it resets it:
+                // under the others the storages report the count as kept, which a window
+                // may have let lapse (the row machine reports it lapsed).
+                let compared = !matches!(step, Step::Success)
+                    || matches!(config.policy, FailurePolicy::Consecutive);
                 Seen {
-                    failures: (self.counts && snapshot.state == State::Closed)
+                    failures: (self.counts && compared && snapshot.state == State::Closed)
                         .then_some(snapshot.failures),
                     ..read(snapshot)
                 }

@@ -13,7 +13,8 @@ use redis::{AsyncConnectionConfig, FromRedisValue, RedisResult, Value};
 
 use super::{
     Endpoint, connection_broke, execute_invocation, expire_command, get_command,
-    increment_invocation, parse_count, parse_snapshot, repeatable, storage_error,
+    increment_invocation, parse_count, parse_snapshot, peek_command, repeatable, settled_by_peek,
+    storage_error,
 };
 use crate::error::StorageError;
 use crate::storage::{AsyncStorage, Request, Snapshot};
@@ -41,7 +42,13 @@ impl Command<'_> {
             Command::Get(key) => get_command(key).query_async(connection).await,
             Command::Expire(key, ttl) => expire_command(key, ttl).query_async(connection).await,
             Command::Execute(request) => {
-                let (_, invocation) = execute_invocation(request);
+                let (key, invocation) = execute_invocation(request);
+                if let Some(peek) = peek_command(request, &key) {
+                    let fields: Vec<Option<Vec<u8>>> = peek.query_async(connection).await?;
+                    if let Some(reply) = settled_by_peek(request, &fields) {
+                        return Ok(Value::Array(reply.into_iter().map(Value::Int).collect()));
+                    }
+                }
                 invocation.invoke_async(connection).await
             }
         }

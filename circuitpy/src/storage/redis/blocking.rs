@@ -17,7 +17,8 @@ use redis::{Connection, RedisResult};
 
 use super::{
     Endpoint, connection_broke, execute_invocation, expire_command, get_command,
-    increment_invocation, parse_count, parse_snapshot, repeatable, storage_error,
+    increment_invocation, parse_count, parse_snapshot, peek_command, repeatable, settled_by_peek,
+    storage_error,
 };
 use crate::error::StorageError;
 use crate::storage::{Request, Snapshot, Storage};
@@ -325,12 +326,21 @@ fn expire_after(pool: &impl Source, key: &str, ttl: Duration) -> Result<(), Stor
 
 fn execute(pool: &impl Source, request: &Request<'_>) -> Result<Snapshot, StorageError> {
     let (key, invocation) = execute_invocation(request);
+    let peek = peek_command(request, &key);
     let reply = run(
         pool,
         &key,
         request.config.storage_timeout,
         repeatable(request),
-        |connection| invocation.invoke::<Vec<i64>>(connection),
+        |connection| {
+            if let Some(peek) = &peek {
+                let fields = peek.query::<Vec<Option<Vec<u8>>>>(connection)?;
+                if let Some(reply) = settled_by_peek(request, &fields) {
+                    return Ok(reply.to_vec());
+                }
+            }
+            invocation.invoke::<Vec<i64>>(connection)
+        },
     )?;
     parse_snapshot(&key, &reply)
 }

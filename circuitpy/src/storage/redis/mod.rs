@@ -16,7 +16,11 @@
 //!   `redis::Client` storage on the primary Redis Sentinel names, asked again after a failure.
 //!
 //! Every breaker operation is one `EVALSHA` of `script.lua`: the read, the decision and the
-//! writes happen atomically on the server, by the server's clock. One breaker is one hash,
+//! writes happen atomically on the server, by the server's clock. The exception is the
+//! common call: a success outside the rate policy is first one `HMGET` of the breaker's
+//! state and failure count, which settles it when it changes nothing (a healthy breaker:
+//! no hash, or nothing counted), at the cost of a `GET` on the server; only a success that
+//! has a count to reset, or that finds the breaker open, runs the script after it. One breaker is one hash,
 //! `{prefix}:{key}:state`, always written with an expiry, so a crash or an eviction leaves
 //! at worst a closed breaker. Every command is bounded by the handler's storage timeout.
 //!
@@ -163,6 +167,54 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
         invocation.arg(config.quorum).arg(request.reporter_id());
     }
     (key, invocation)
+}
+
+/// The one command that settles a success outside the rate policy when it changes nothing,
+/// as it does on a healthy breaker: `HMGET` of the state and the failure count (see
+/// [`settled_by_peek`]). `None` for every other request, which runs the script.
+fn peek_command(request: &Request<'_>, key: &str) -> Option<Cmd> {
+    if request.op != Op::Success || matches!(request.config.policy, FailurePolicy::Rate { .. }) {
+        return None;
+    }
+    let mut cmd = redis::cmd("HMGET");
+    cmd.arg(key).arg("s").arg("f");
+    Some(cmd)
+}
+
+/// The script's reply to a success, from the state and failure count a peek read, when the
+/// script would change nothing: no hash (a closed breaker with nothing counted), closed with
+/// no failure counted under the consecutive policy, closed under the count-in-window policy
+/// (a success never changes its count), or forced closed. Read atomically by one command,
+/// that is an answer as exact as the script's. `None` when the success may change
+/// something (a consecutive count to reset), when the breaker is open or half-open (the
+/// reply needs the server's clock) and for anything that is not exactly what the script
+/// writes: the script runs, and decides or reports it.
+fn settled_by_peek(request: &Request<'_>, fields: &[Option<Vec<u8>>]) -> Option<[i64; 6]> {
+    /// A count as the script writes it: digits only, at most 15.
+    fn count(value: &[u8]) -> Option<i64> {
+        if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(value).ok()?.parse().ok()
+    }
+    let [state, failures] = fields else {
+        return None;
+    };
+    let failures = match failures {
+        None => None,
+        Some(value) => Some(count(value)?),
+    };
+    let closed = |failures| Some([0, 1, -1, -1, failures, 0]);
+    match (state.as_deref(), failures) {
+        (None, None) => closed(0),
+        (Some(b"0"), failures) => match request.config.policy {
+            FailurePolicy::Consecutive if failures.unwrap_or(0) == 0 => closed(0),
+            FailurePolicy::CountInWindow { .. } => closed(failures.unwrap_or(0)),
+            _ => None,
+        },
+        (Some(b"4"), _) => Some([4, 1, -1, -1, 0, 0]),
+        _ => None,
+    }
 }
 
 /// Whether running `request` twice leaves the breaker as running it once does, so that a
@@ -399,5 +451,81 @@ mod tests {
         );
         assert!(parse_snapshot("k", &[9, 0, -1, -1, 0, 0]).is_err());
         assert!(parse_snapshot("k", &[0]).is_err());
+    }
+
+    #[test]
+    fn a_peek_settles_only_a_success_that_changes_nothing() {
+        struct Handler;
+        impl crate::CircuitBreaker for Handler {
+            const FAILURE_THRESHOLD: u32 = 3;
+            const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+            const FAILURE_KEY: &'static str = "k";
+            type Storage = crate::MemoryStorage;
+            fn storage(&self) -> &crate::MemoryStorage {
+                unreachable!("not asked")
+            }
+        }
+        let consecutive = crate::Config::of::<Handler>();
+        let windowed = crate::Config {
+            policy: FailurePolicy::CountInWindow {
+                window: Duration::from_secs(60),
+            },
+            ..consecutive
+        };
+        let rate = crate::Config {
+            policy: FailurePolicy::Rate {
+                rate: 0.5,
+                window: Duration::from_secs(60),
+                minimum_calls: 10,
+            },
+            ..consecutive
+        };
+        let field = |value: &str| Some(value.as_bytes().to_vec());
+        let peek = |config: &crate::Config, state: Option<Vec<u8>>, failures: Option<Vec<u8>>| {
+            let request = Request::new("k", Op::Success, config);
+            settled_by_peek(&request, &[state, failures])
+        };
+        let closed = |failures| Some([0, 1, -1, -1, failures, 0]);
+
+        // No hash: a closed breaker with nothing counted.
+        assert_eq!(peek(&consecutive, None, None), closed(0));
+        assert_eq!(peek(&windowed, None, None), closed(0));
+        // Consecutive: settled only with nothing to reset.
+        assert_eq!(peek(&consecutive, field("0"), None), closed(0));
+        assert_eq!(peek(&consecutive, field("0"), field("0")), closed(0));
+        assert_eq!(peek(&consecutive, field("0"), field("2")), None);
+        // Count in window: a success keeps the count, which the script replies with.
+        assert_eq!(peek(&windowed, field("0"), field("2")), closed(2));
+        // Forced closed records nothing.
+        assert_eq!(
+            peek(&consecutive, field("4"), field("1")),
+            Some([4, 1, -1, -1, 0, 0])
+        );
+        // Open, half-open, forced open: the reply needs the server's clock or a round.
+        for state in ["1", "2", "3"] {
+            assert_eq!(peek(&consecutive, field(state), None), None, "{state}");
+            assert_eq!(peek(&windowed, field(state), None), None, "{state}");
+        }
+        // What the script would not have written goes to the script, which reports it.
+        for (state, failures) in [
+            (field("0"), field("0x1")),
+            (field("0"), field("")),
+            (field("0"), field("1234567890123456")),
+            (field("00"), None),
+            (field("9"), None),
+            (None, field("1")),
+        ] {
+            assert_eq!(peek(&windowed, state.clone(), failures.clone()), None);
+        }
+        assert_eq!(
+            settled_by_peek(&Request::new("k", Op::Success, &consecutive), &[]),
+            None
+        );
+        // Only a success outside the rate policy is peeked at.
+        assert!(peek_command(&Request::new("k", Op::Success, &consecutive), "h").is_some());
+        assert!(peek_command(&Request::new("k", Op::Success, &windowed), "h").is_some());
+        assert!(peek_command(&Request::new("k", Op::Success, &rate), "h").is_none());
+        assert!(peek_command(&Request::new("k", Op::Failure, &consecutive), "h").is_none());
+        assert!(peek_command(&Request::new("k", Op::Read, &consecutive), "h").is_none());
     }
 }
