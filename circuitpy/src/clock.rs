@@ -44,8 +44,12 @@ fn coarse_now() -> Nanos {
     COARSE_NOW.load(Ordering::Relaxed)
 }
 
+/// Cannot panic (a failed spawn leaves the precise clock in charge), and is declared so:
+/// unwinding out of an `extern "C"` function aborts, so the compiler knows that calls to
+/// it never unwind, and a caller holding a permit needs no landing pad around the clock
+/// reading, which would keep the permit in memory.
 #[cold]
-fn start_ticker() -> Nanos {
+extern "C" fn start_ticker() -> Nanos {
     let now = precise_now();
     COARSE_NOW.fetch_max(now, Ordering::Relaxed);
     if TICKER_RUNNING
