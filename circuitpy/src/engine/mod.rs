@@ -1526,10 +1526,13 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
     if role == Role::Trial {
         request = request.in_round(permit.round);
     }
-    if op == Op::Success && config.sync_interval.is_some() {
-        request = request.with_count(1 + u64::from(cell.held.swap(0, Ordering::Relaxed)));
-    }
     let sent = cell.load();
+    if op == Op::Success {
+        request = request.having_seen(u64::from(sent.failures()));
+        if config.sync_interval.is_some() {
+            request = request.with_count(1 + u64::from(cell.held.swap(0, Ordering::Relaxed)));
+        }
+    }
     match round_trip(cell, backend.execute(&request)).await {
         Ok(snapshot) => adopt(permit.handler, cell, permit.clock.now(), sent, &snapshot),
         Err(error) => {

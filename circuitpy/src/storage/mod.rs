@@ -262,6 +262,12 @@ pub struct Request<'a> {
     /// it, one id per process (below 2^48, so that every storage's language holds it
     /// exactly). [`Request::new`] fills in this process's.
     pub reporter: u64,
+    /// For [`Op::Success`]: the failures this process last saw counted on the breaker (0 when
+    /// it saw none, or does not know). A hint, never a rule: another process may have
+    /// counted some since, or reset them. A storage that settles a success which changes
+    /// nothing more cheaply than one that resets a count (Redis) goes straight to the
+    /// latter when the process expects a count.
+    pub seen_failures: u64,
 }
 
 impl<'a> Request<'a> {
@@ -283,6 +289,23 @@ impl<'a> Request<'a> {
             audit: Audit::NONE,
             overrides: crate::Overrides::NONE,
             reporter: crate::rules::reporter(),
+            seen_failures: 0,
+        }
+    }
+
+    /// A success from a process that last saw `failures` counted (see
+    /// [`Request::seen_failures`]).
+    ///
+    /// ```
+    /// # fn f(config: &circuitpy::Config) {
+    /// let request = circuitpy::Request::new("k", circuitpy::Op::Success, config).having_seen(2);
+    /// assert_eq!(request.seen_failures, 2);
+    /// # }
+    /// ```
+    pub fn having_seen(self, failures: u64) -> Self {
+        Request {
+            seen_failures: failures,
+            ..self
         }
     }
 

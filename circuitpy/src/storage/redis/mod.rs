@@ -172,8 +172,16 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
 /// The one command that settles a success outside the rate policy when it changes nothing,
 /// as it does on a healthy breaker: `HMGET` of the state and the failure count (see
 /// [`settled_by_peek`]). `None` for every other request, which runs the script.
+///
+/// A consecutive success from a process that saw failures counted
+/// ([`Request::seen_failures`]) most likely resets them: the script runs at once.
 fn peek_command(request: &Request<'_>, key: &str) -> Option<Cmd> {
-    if request.op != Op::Success || matches!(request.config.policy, FailurePolicy::Rate { .. }) {
+    let peeks = match request.config.policy {
+        FailurePolicy::Consecutive => request.seen_failures == 0,
+        FailurePolicy::CountInWindow { .. } => true,
+        FailurePolicy::Rate { .. } => false,
+    };
+    if request.op != Op::Success || !peeks {
         return None;
     }
     let mut cmd = redis::cmd("HMGET");
@@ -525,6 +533,10 @@ mod tests {
         assert!(peek_command(&Request::new("k", Op::Success, &consecutive), "h").is_some());
         assert!(peek_command(&Request::new("k", Op::Success, &windowed), "h").is_some());
         assert!(peek_command(&Request::new("k", Op::Success, &rate), "h").is_none());
+        // A consecutive count this process saw: the script at once; a window's count: peeked.
+        let seen = |config| Request::new("k", Op::Success, config).having_seen(1);
+        assert!(peek_command(&seen(&consecutive), "h").is_none());
+        assert!(peek_command(&seen(&windowed), "h").is_some());
         assert!(peek_command(&Request::new("k", Op::Failure, &consecutive), "h").is_none());
         assert!(peek_command(&Request::new("k", Op::Read, &consecutive), "h").is_none());
     }
