@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | the packed word | `rules/word.rs` (+ `rules/window.rs`) | in this process: [`MemoryStorage`](crate::MemoryStorage), one atomic word per breaker |
 //! | the row machine | `rules/row.rs` | SQLite, in the transaction of each operation; it is also the reference the server-side code follows: |
-//! | the Lua script | `storage/redis/script.lua` | Redis, one `EVALSHA` per operation |
+//! | the Lua script | `storage/redis/script.lua` | Redis, one `EVALSHA` per operation (a success that changes nothing: one `HMGET`) |
 //! | the PL/pgSQL function | `storage/postgres/schema.sql` | PostgreSQL, one statement per operation |
 //! | the primitive protocol | `rules/primitive.rs` | any storage that implements only the three primitives |
 //!

@@ -225,7 +225,7 @@ connection_storage!(
     redis::cluster_async::ClusterConnection,
     Given,
     "An async storage over a Redis Cluster (feature `redis-cluster`): each operation is one \
-     `EVALSHA` on the one key of its breaker, which redis-rs routes to the primary owning that \
+     `EVALSHA` (or a success's `HMGET`) on the one key of its breaker, which redis-rs routes to the primary owning that \
      key's slot, following `MOVED`/`ASK` redirections and reloading the script after \
      `NOSCRIPT` on every node. The connection reconnects and refreshes its slot map by itself.\n\n\
      ```no_run\n\

@@ -112,7 +112,8 @@ fn wait<T: Send>(
 }
 
 /// A blocking storage over a Redis Cluster (feature `redis-cluster`): every breaker lives in
-/// one hash-tagged key, so each operation is one `EVALSHA` on the primary owning its slot.
+/// one hash-tagged key, so each operation is one `EVALSHA` (or a success's `HMGET`) on the
+/// primary owning its slot.
 /// One async cluster connection per client carries every thread's calls (see the module
 /// docs for why not redis-rs's blocking cluster connection); each call waits at most the
 /// handler's storage timeout.

@@ -3,7 +3,7 @@
 //!
 //! The primary's address is asked of the sentinels (redis-rs's `SentinelClient`), and every
 //! call goes through the `redis::Client` storage to that primary: its pool, its timeouts, its
-//! rule for sending a command again, one `EVALSHA` per operation. The sentinels are asked
+//! rule for sending a command again, its commands. The sentinels are asked
 //! again
 //! - after a call failed for any reason but the data (the connection broke, the server
 //!   refused it or timed out, or answered `READONLY` because a failover demoted it);
