@@ -96,6 +96,85 @@ fn a_locked_row_times_out_and_the_storage_recovers() {
     assert_eq!(storage.execute(&request).unwrap().failures, 2);
 }
 
+struct Windowed;
+impl CircuitBreaker for Windowed {
+    const FAILURE_THRESHOLD: u32 = 10;
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    const FAILURE_KEY: &'static str = "windowed";
+    const FAILURE_POLICY: circuitpy::FailurePolicy = circuitpy::FailurePolicy::CountInWindow {
+        window: Duration::from_secs(60),
+    };
+    const STORAGE_TIMEOUT: Duration = Duration::from_millis(100);
+    type Storage = PostgresStorage;
+    fn storage(&self) -> &PostgresStorage {
+        unimplemented!("driven through Storage::execute")
+    }
+}
+
+/// A success that changes nothing is settled by one read of the state and the count, with no
+/// function call and so no row lock: it completes while another session holds the row
+/// (the function would wait for the lock and time out). One that resets a consecutive count
+/// still takes the lock.
+#[test]
+fn a_success_that_changes_nothing_takes_no_row_lock() {
+    let Some(url) = server() else { return };
+    let table = fresh_table("peek");
+    let _cleanup = cleanup(&url, &table);
+    let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
+    let windowed = Config::of::<Windowed>();
+    let consecutive = Config::of::<Impatient>();
+    let counted = Request::new("counted", Op::Failure, &windowed);
+    assert_eq!(storage.execute(&counted).unwrap().failures, 1);
+    let reset = Request::new("reset", Op::Failure, &consecutive);
+    assert_eq!(storage.execute(&reset).unwrap().failures, 1);
+    let forced = Request::new("forced", Op::ForceClosed, &consecutive);
+    storage.execute(&forced).unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut holder = runtime.block_on(raw_client(&url));
+    let transaction = runtime.block_on(holder.transaction()).unwrap();
+    for request in [&counted, &reset, &forced] {
+        runtime
+            .block_on(transaction.execute(
+                &format!("SELECT 1 FROM {table} WHERE key = $1 FOR UPDATE"),
+                &[&request.namespaced_key()],
+            ))
+            .unwrap();
+    }
+
+    let success = |key, config| storage.execute(&Request::new(key, Op::Success, config));
+    let snapshot = success("counted", &windowed).expect("settled without the lock");
+    assert_eq!(
+        (snapshot.state, snapshot.failures),
+        (circuitpy::State::Closed, 1),
+        "a success keeps a window's count"
+    );
+    let snapshot = success("forced", &consecutive).expect("settled without the lock");
+    assert_eq!(snapshot.state, circuitpy::State::ForcedClosed);
+    let snapshot = success("healthy", &consecutive).expect("no row: nothing to lock");
+    assert_eq!(
+        (snapshot.state, snapshot.failures),
+        (circuitpy::State::Closed, 0)
+    );
+    let error = success("reset", &consecutive).unwrap_err();
+    assert!(
+        matches!(error, StorageError::Timeout { .. }),
+        "a count to reset waits for the row: {error}"
+    );
+
+    runtime.block_on(transaction.rollback()).unwrap();
+    assert_eq!(success("reset", &consecutive).unwrap().failures, 0);
+    let again = Request::new("reset", Op::Failure, &consecutive);
+    assert_eq!(
+        storage.execute(&again).unwrap().failures,
+        1,
+        "the count was reset"
+    );
+}
+
 #[test]
 fn a_lost_connection_is_replaced_on_next_use() {
     let Some(url) = server() else { return };

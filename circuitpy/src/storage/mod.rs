@@ -417,6 +417,21 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// Whether this request is a success that a read of the breaker's state and failure
+    /// count may settle ([`settled_success`]): a success outside the rate policy (which
+    /// counts successes), unless this process saw a consecutive count, which it most likely
+    /// resets. Redis and PostgreSQL read first, in one cheap command, and run their full
+    /// operation only when the read does not settle it.
+    #[cfg(any(feature = "redis", feature = "postgres"))]
+    pub(crate) fn success_may_change_nothing(&self) -> bool {
+        self.op == Op::Success
+            && match self.config.policy {
+                crate::FailurePolicy::Consecutive => self.seen_failures == 0,
+                crate::FailurePolicy::CountInWindow { .. } => true,
+                crate::FailurePolicy::Rate { .. } => false,
+            }
+    }
+
     /// `{prefix}:{{key}}`: the stem of every key this breaker writes. The braces are a Redis
     /// Cluster hash tag, so all of one breaker's keys live on one node.
     ///
@@ -428,6 +443,26 @@ impl<'a> Request<'a> {
     /// ```
     pub fn namespaced_key(&self) -> String {
         format!("{}:{{{}}}", self.config.key_prefix, self.key)
+    }
+}
+
+/// What a success outside the rate policy answers when it changes nothing, from the
+/// breaker's state and live failure count as read atomically (no breaker stored: closed,
+/// 0): closed with nothing counted under the consecutive policy, closed under the
+/// count-in-window policy (a success never changes its count), forced closed. `None` when
+/// the success may change something (a consecutive count to reset) or the answer needs more
+/// than the read (an open breaker's deadline, a half-open round): the storage's full
+/// operation decides.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn settled_success(config: &Config, state: State, failures: u64) -> Option<Snapshot> {
+    match state {
+        State::Closed => match config.policy {
+            crate::FailurePolicy::Consecutive if failures == 0 => Some(Snapshot::closed(0)),
+            crate::FailurePolicy::CountInWindow { .. } => Some(Snapshot::closed(failures)),
+            _ => None,
+        },
+        State::ForcedClosed => Some(Snapshot::forced(State::ForcedClosed)),
+        _ => None,
     }
 }
 

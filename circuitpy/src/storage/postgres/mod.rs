@@ -34,9 +34,9 @@ use crate::admin::{
 use crate::error::StorageError;
 use crate::handler::State;
 use crate::policy::Config;
-use crate::rules::row::Row;
+use crate::rules::row::{MODE_FORCED_CLOSED, MODE_FORCED_OPEN, Row};
 use crate::rules::{BUCKETS, FORCED_TTL, micros, retention};
-use crate::storage::{Op, Request, Snapshot};
+use crate::storage::{Op, Request, Snapshot, settled_success};
 
 mod asynchronous;
 mod blocking;
@@ -184,6 +184,10 @@ struct Sql {
     /// cost an index probe in plain SQL and no function call. No row back is closed with
     /// nothing counted.
     op_if_stored: String,
+    /// The state and live failure count of one breaker, by the database's clock or the
+    /// request's time: one index probe, two parameters, which settles a success that
+    /// changes nothing ([`settled_success`]) without calling the function.
+    peek: String,
     increment: String,
     get: String,
     expire: String,
@@ -237,6 +241,16 @@ impl Sql {
             op_if_stored: format!(
                 "SELECT * FROM {t}_op($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)
                  WHERE EXISTS (SELECT 1 FROM {t} WHERE key = $1)"
+            ),
+            peek: format!(
+                "SELECT CASE WHEN b.mode_until > c.n AND b.mode = {MODE_FORCED_CLOSED} THEN 4
+                             WHEN b.mode_until > c.n AND b.mode = {MODE_FORCED_OPEN} THEN 3
+                             WHEN b.open_until > c.n THEN 1
+                             WHEN b.tripped_until > c.n THEN 2
+                             ELSE 0 END,
+                        CASE WHEN b.failures_until > c.n THEN b.failures ELSE 0 END
+                 FROM {t} AS b, (SELECT COALESCE($2::bigint, {NOW_US}) AS n) AS c
+                 WHERE b.key = $1"
             ),
             increment: format!(
                 "WITH gone AS (
@@ -352,6 +366,8 @@ enum Work {
         /// [`Request::changes_nothing_when_nothing_is_stored`]: sent guarded by the row's
         /// existence.
         unchanging: bool,
+        /// [`Request::success_may_change_nothing`]: the peek first.
+        peek: bool,
     },
     /// The admin's reads: every breaker whose key starts with `stem`, or the one at `key`.
     List {
@@ -403,6 +419,7 @@ impl Work {
             overrides: request.overrides,
             reporter: request.reporter_id(),
             unchanging: request.changes_nothing_when_nothing_is_stored(),
+            peek: request.success_may_change_nothing(),
             audit: (request.audit.actor.is_some() || request.audit.reason.is_some()).then(|| {
                 Box::new((
                     request.audit.actor.map(str::to_owned),
@@ -730,11 +747,32 @@ async fn run(object: &Object, sql: &Sql, work: &Work) -> Result<Done, Failed> {
             overrides,
             reporter,
             unchanging,
+            peek,
         } => {
+            if *peek {
+                let statement = object.prepare_cached(&sql.peek).await?;
+                let row = object
+                    .query_opt(&statement, &[key, &at.map(micros)])
+                    .await?;
+                let settled = match row {
+                    None => Some(Snapshot::closed(0)),
+                    Some(row) => {
+                        let state: i32 = row.try_get(0)?;
+                        let failures: i64 = row.try_get(1)?;
+                        State::from_code(state.max(0) as u64).and_then(|state| {
+                            settled_success(config, state, failures.max(0) as u64)
+                        })
+                    }
+                };
+                if let Some(snapshot) = settled {
+                    return Ok(Done::Snapshot(snapshot));
+                }
+            }
             let (actor, reason) = audit.as_deref().cloned().unwrap_or_default();
             let (policy, window, rate, minimum_calls) = config.policy.flatten();
+            // After a peek the breaker has a row: the function, unguarded.
             let statement = object
-                .prepare_cached(if *unchanging {
+                .prepare_cached(if *unchanging && !*peek {
                     &sql.op_if_stored
                 } else {
                     &sql.op

@@ -40,7 +40,7 @@ use crate::error::StorageError;
 use crate::handler::State;
 use crate::policy::FailurePolicy;
 use crate::rules::{FORCED_TTL, bucket_width, retention};
-use crate::storage::{Op, Request, Snapshot};
+use crate::storage::{Op, Request, Snapshot, settled_success};
 
 mod admin;
 mod asynchronous;
@@ -169,19 +169,11 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
     (key, invocation)
 }
 
-/// The one command that settles a success outside the rate policy when it changes nothing,
-/// as it does on a healthy breaker: `HMGET` of the state and the failure count (see
-/// [`settled_by_peek`]). `None` for every other request, which runs the script.
-///
-/// A consecutive success from a process that saw failures counted
-/// ([`Request::seen_failures`]) most likely resets them: the script runs at once.
+/// The one command that settles a success that changes nothing, as on a healthy breaker
+/// ([`Request::success_may_change_nothing`]): `HMGET` of the state and the failure count
+/// (see [`settled_by_peek`]). `None` for every other request, which runs the script.
 fn peek_command(request: &Request<'_>, key: &str) -> Option<Cmd> {
-    let peeks = match request.config.policy {
-        FailurePolicy::Consecutive => request.seen_failures == 0,
-        FailurePolicy::CountInWindow { .. } => true,
-        FailurePolicy::Rate { .. } => false,
-    };
-    if request.op != Op::Success || !peeks {
+    if !request.success_may_change_nothing() {
         return None;
     }
     let mut cmd = redis::cmd("HMGET");
@@ -190,16 +182,14 @@ fn peek_command(request: &Request<'_>, key: &str) -> Option<Cmd> {
 }
 
 /// The script's reply to a success, from the state and failure count a peek read, when the
-/// script would change nothing: no hash (a closed breaker with nothing counted), closed with
-/// no failure counted under the consecutive policy, closed under the count-in-window policy
-/// (a success never changes its count), or forced closed. Read atomically by one command,
-/// that is an answer as exact as the script's. `None` when the success may change
-/// something (a consecutive count to reset), when the breaker is open or half-open (the
-/// reply needs the server's clock) and for anything that is not exactly what the script
-/// writes: the script runs, and decides or reports it.
+/// script would change nothing ([`settled_success`]; no hash is a closed breaker with
+/// nothing counted). Read atomically by one command, that is an answer as exact as the
+/// script's (which reports a count-in-window count as stored). `None` when the success may
+/// change something, when the reply needs the server's clock, and for anything that is not
+/// exactly what the script writes: the script runs, and decides or reports it.
 fn settled_by_peek(request: &Request<'_>, fields: &[Option<Vec<u8>>]) -> Option<[i64; 6]> {
-    /// A count as the script writes it: digits only, at most 15.
-    fn count(value: &[u8]) -> Option<i64> {
+    /// A number as the script writes it: digits only, at most 15.
+    fn number(value: &[u8]) -> Option<u64> {
         if value.is_empty() || value.len() > 15 || !value.iter().all(u8::is_ascii_digit) {
             return None;
         }
@@ -208,21 +198,24 @@ fn settled_by_peek(request: &Request<'_>, fields: &[Option<Vec<u8>>]) -> Option<
     let [state, failures] = fields else {
         return None;
     };
-    let failures = match failures {
-        None => None,
-        Some(value) => Some(count(value)?),
+    let (state, failures) = match (state, failures) {
+        (None, None) => (State::Closed, 0),
+        (Some(state), failures) if matches!(state.as_slice(), b"0" | b"4") => (
+            State::from_code(number(state)?)?,
+            match failures {
+                None => 0,
+                Some(value) => number(value)?,
+            },
+        ),
+        _ => return None,
     };
-    let closed = |failures| Some([0, 1, -1, -1, failures, 0]);
-    match (state.as_deref(), failures) {
-        (None, None) => closed(0),
-        (Some(b"0"), failures) => match request.config.policy {
-            FailurePolicy::Consecutive if failures.unwrap_or(0) == 0 => closed(0),
-            FailurePolicy::CountInWindow { .. } => closed(failures.unwrap_or(0)),
-            _ => None,
-        },
-        (Some(b"4"), _) => Some([4, 1, -1, -1, 0, 0]),
-        _ => None,
-    }
+    let snapshot = settled_success(request.config, state, failures)?;
+    let state = if snapshot.state == State::ForcedClosed {
+        4
+    } else {
+        0
+    };
+    Some([state, 1, -1, -1, snapshot.failures as i64, 0])
 }
 
 /// Whether running `request` twice leaves the breaker as running it once does, so that a
