@@ -162,6 +162,36 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
             };
         }
     };
+    // An async function without a fallback is one future that admits the call in its first
+    // poll and polls the body at once, so that the permit stays out of the function's future
+    // unless the body is pending. Its breaker is located first, while a per-call key may
+    // still borrow the arguments the body then takes. (A fallback needs the arguments after
+    // a rejection, so there the call is admitted before the body is made.)
+    if is_async && args.fallback.is_none() {
+        let locate = syn::Ident::new("locate_async", handler.span());
+        let guarded = syn::Ident::new("guarded", handler.span());
+        let call = quote_spanned! {handler.span()=>
+            let __circuitpy_located = #private::#locate::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method);
+            match #private::#guarded(__circuitpy_located, async move #body, #counts).await {
+                ::core::result::Result::Ok(__circuitpy_result) => __circuitpy_result,
+                ::core::result::Result::Err(__circuitpy_rejection) => {
+                    let _ = &__circuitpy_rejection;
+                    // `From::from` is the identity when the error type is the rejection.
+                    #[allow(clippy::useless_conversion)]
+                    let __circuitpy_rejected = #rejected;
+                    __circuitpy_rejected
+                }
+            }
+        };
+        return Ok(quote! {
+            #(#attrs)*
+            #vis #sig {
+                #check
+                static __CIRCUITPY_SITE: #private::Site = #private::Site::new();
+                #call
+            }
+        });
+    }
     Ok(quote! {
         #(#attrs)*
         #vis #sig {

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use crate::admin::Audit;
+#[cfg(any(feature = "tower", feature = "reqwest"))]
 use crate::engine::Entering;
 use crate::engine::view::{CellRef, Family, decided_here, family};
 use crate::engine::{self, Permit};
@@ -259,16 +260,9 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: AsyncStorage,
     {
-        let storage = self.handler.storage();
-        engine::enter_async(
-            &self.handler,
-            storage,
-            self.family(),
-            self.key.as_deref(),
-            "call",
-        )
-        .admission()
-        .await
+        engine::enter_async(&self.handler, self.family(), self.key.as_deref(), "call")
+            .admission()
+            .await
     }
 
     /// Admission for an async call under the per-call key `key` (none: the breaker's own).
@@ -278,9 +272,8 @@ impl<H: CircuitBreaker> Breaker<H> {
     where
         H::Storage: AsyncStorage,
     {
-        let storage = self.handler.storage();
         let key = key.or(self.key.as_deref());
-        engine::enter_async(&self.handler, storage, self.family(), key, method)
+        engine::enter_async(&self.handler, self.family(), key, method)
     }
 
     /// The handler and the breakers' family, to rebuild a permit from a ticket.
@@ -364,16 +357,9 @@ impl<H: CircuitBreaker> Breaker<H> {
         E: From<CircuitBreakerOpen>,
         F: Future<Output = Result<T, E>>,
     {
-        let storage = self.handler.storage();
-        let family = self.family();
-        let entering =
-            engine::enter_async(&self.handler, storage, family, self.key.as_deref(), "call");
-        let admission = match entering {
-            Entering::Decided(admission) => admission,
-            Entering::Asking(asking) => asking.await,
-        };
-        match admission {
-            Ok(permit) => permit.run_async(body, is_failure).await,
+        let located = engine::locate(&self.handler, self.family(), self.key.as_deref(), "call");
+        match engine::guarded(located, body, is_failure).await {
+            Ok(result) => result,
             Err(rejection) => Err(E::from(rejection)),
         }
     }

@@ -163,8 +163,8 @@ pub mod __private {
     use crate::engine::{self, Permit};
     use crate::{AsyncStorage, CircuitBreaker, CircuitBreakerOpen, Storage};
 
-    pub use crate::engine::Entering;
     pub use crate::engine::view::Site;
+    pub use crate::engine::{Entering, Guarded, Located, guarded};
 
     /// Checks that `H` is a handler with valid consts. The attribute evaluates it in a
     /// `const` item spanned at its `handler = ...`, so an invalid const fails the build
@@ -210,7 +210,23 @@ pub mod __private {
         H::Storage: AsyncStorage,
     {
         let storage = handler.storage();
-        engine::enter_async(handler, storage, site.family::<H>(storage), key, method)
+        engine::enter_async(handler, site.family::<H>(storage), key, method)
+    }
+
+    /// Where a guarded async function's breaker is, found before the body takes the
+    /// arguments; [`guarded`] then admits and runs the call as one future.
+    #[inline(always)]
+    pub fn locate_async<'a, H>(
+        handler: &'a H,
+        site: &'a Site,
+        key: Option<&str>,
+        method: &'static str,
+    ) -> Located<'a, H>
+    where
+        H: CircuitBreaker,
+        H::Storage: AsyncStorage,
+    {
+        engine::locate(handler, site.family::<H>(handler.storage()), key, method)
     }
 
     /// The handler's own failure predicate, for a guarded function without `is_failure`.

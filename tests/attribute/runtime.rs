@@ -333,6 +333,115 @@ fn a_panic_in_an_async_body_counts_and_keeps_unwinding() {
     );
 }
 
+handler!(AsyncPanicAtOnce {
+    const FAILURE_THRESHOLD: u32 = 1;
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+});
+
+#[circuit_breaker(handler = AsyncPanicAtOnce)]
+async fn panics_at_once(panic: bool) -> Result<(), Error> {
+    if panic {
+        panic!("async body gave up at once");
+    }
+    Ok(())
+}
+
+/// The call's future admits the call and polls the body in one poll: a panic in that first
+/// poll counts too.
+#[test]
+fn a_panic_in_the_first_poll_of_an_async_body_counts_and_keeps_unwinding() {
+    let runtime = current_thread();
+    runtime.block_on(panics_at_once(false)).unwrap();
+    let panic =
+        catch_unwind(AssertUnwindSafe(|| runtime.block_on(panics_at_once(true)))).unwrap_err();
+    assert_eq!(
+        panic.downcast_ref::<&str>(),
+        Some(&"async body gave up at once")
+    );
+    assert_eq!(Breaker::new(AsyncPanicAtOnce).state().unwrap(), State::Open);
+    assert_eq!(
+        rejected(&runtime.block_on(panics_at_once(false))),
+        Some("open")
+    );
+}
+
+handler!(AsyncCancelled {
+    const FAILURE_THRESHOLD: u32 = 1;
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+    const HALF_OPEN_TRIALS: u32 = 1;
+});
+
+#[circuit_breaker(handler = AsyncCancelled)]
+async fn slow_trial(ok: bool, runs: &Cell<u32>) -> Result<(), Error> {
+    runs.set(runs.get() + 1);
+    tokio::task::yield_now().await;
+    if ok { Ok(()) } else { Err(Error::Down) }
+}
+
+/// A trial whose future is dropped while it is pending (a cancelled call) gives its permit
+/// back at once: the next call is the trial.
+#[test]
+fn a_cancelled_async_trial_gives_its_permit_back() {
+    let runs = Cell::new(0);
+    let runtime = current_thread();
+    assert!(runtime.block_on(slow_trial(false, &runs)).is_err());
+    assert_eq!(Breaker::new(AsyncCancelled).state().unwrap(), State::Open);
+    AsyncCancelled::clock().advance(Duration::from_secs(1) + SLACK);
+    runtime.block_on(async {
+        let mut trial = std::pin::pin!(slow_trial(true, &runs));
+        let polled = futures_poll_once(trial.as_mut()).await;
+        assert!(polled.is_none(), "the trial is pending");
+        // Meanwhile the one permit is out.
+        assert_eq!(
+            rejected(&slow_trial(true, &runs).await),
+            Some("trials")
+        );
+    });
+    assert_eq!(runs.get(), 2);
+    // Dropped: the next call is the trial, and closes the breaker.
+    runtime.block_on(slow_trial(true, &runs)).unwrap();
+    assert_eq!(Breaker::new(AsyncCancelled).state().unwrap(), State::Closed);
+}
+
+/// Polls `future` once: its output, or `None` if it is pending.
+async fn futures_poll_once<F: std::future::Future + Unpin>(mut future: F) -> Option<F::Output> {
+    std::future::poll_fn(|context| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(context) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+handler!(InvalidKeyAsync {
+    const FAILURE_THRESHOLD: u32 = 1;
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
+});
+
+#[circuit_breaker(handler = InvalidKeyAsync, key = key)]
+async fn with_key_async(key: &str, runs: &Cell<u32>) -> Result<(), Error> {
+    runs.set(runs.get() + 1);
+    Err(Error::Down)
+}
+
+#[test]
+fn an_unusable_key_lets_async_calls_through_unrecorded_by_default() {
+    let runs = Cell::new(0);
+    let long = "x".repeat(513);
+    current_thread().block_on(async {
+        for _ in 0..3 {
+            assert!(matches!(with_key_async("", &runs).await, Err(Error::Down)));
+            assert!(matches!(
+                with_key_async(&long, &runs).await,
+                Err(Error::Down)
+            ));
+        }
+    });
+    assert_eq!(runs.get(), 6);
+    assert!(InvalidKeyAsync::log().changes().is_empty());
+}
+
 handler!(Generic {
     const FAILURE_THRESHOLD: u32 = 2;
     const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);

@@ -377,15 +377,6 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
         // In memory the body runs uncaught: a panic is recorded as a failure while it
         // unwinds through here. Catching it would pass the body's result through the
         // memory of `catch_unwind`, whose read-back stalls on store forwarding.
-        /// Records a failure if dropped holding the permit, that is, if the body unwinds.
-        struct Unwinding<'a, H: CircuitBreaker>(Option<Permit<'a, H>>);
-        impl<H: CircuitBreaker> Drop for Unwinding<'_, H> {
-            fn drop(&mut self) {
-                if let Some(permit) = self.0.take() {
-                    record_here(permit, Some(Report::Failure { trips: false }));
-                }
-            }
-        }
         let span = call_span(self.key(), self.is_trial());
         let mut unwinding = Unwinding(Some(self));
         let result = in_span(&span, body);
@@ -518,7 +509,194 @@ where
     }
 }
 
-/// Runs a blocking body, catching a panic so it can be recorded before it resumes.
+/// Records a failure if dropped holding the permit, that is, if the body it guards unwinds.
+struct Unwinding<'a, H: CircuitBreaker>(Option<Permit<'a, H>>);
+
+impl<H: CircuitBreaker> Drop for Unwinding<'_, H> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.0.take() {
+            record_here(permit, Some(Report::Failure { trips: false }));
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A guarded async function's call (without a fallback), as one future: admitted in its
+    /// first poll, which polls the body at once, so that a body ready at once records its
+    /// outcome with the permit never leaving the poll; the permit is kept in the future only
+    /// across a `Pending`. Its output is the body's, or the rejection.
+    ///
+    /// In memory, as [`Permit::run`]: the body runs uncaught and a panic in one of its polls is
+    /// recorded as a failure while it unwinds. On a shared storage the admission may await the
+    /// storage, a panic is caught, recorded and resumed, and the outcome is recorded by a
+    /// future of its own. Dropped before it ends (a cancelled call), it records nothing, and a
+    /// trial gives its permit back.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Guarded<'a, H: CircuitBreaker, F: Future, C> {
+        #[pin]
+        body: F,
+        phase: Phase<'a, H, C, F::Output>,
+    }
+}
+
+enum Phase<'a, H: CircuitBreaker, C, O> {
+    Start {
+        located: Located<'a, H>,
+        is_failure: C,
+    },
+    /// A shared storage is asked for the permit.
+    Asking {
+        asking: Pin<Box<dyn Future<Output = Admission<'a, H>> + Send + 'a>>,
+        is_failure: C,
+    },
+    Running {
+        permit: Permit<'a, H>,
+        is_failure: C,
+        span: CallSpan,
+    },
+    /// A shared storage records the outcome; then the result is returned, or the panic
+    /// resumed.
+    Recording {
+        recording: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+        result: Option<Result<O, Panic>>,
+    },
+    Done,
+}
+
+/// The future of a guarded async function without a fallback (see [`Guarded`]).
+#[inline(always)]
+pub fn guarded<'a, H, T, E, F, C>(
+    located: Located<'a, H>,
+    body: F,
+    is_failure: C,
+) -> Guarded<'a, H, F, C>
+where
+    H: CircuitBreaker,
+    F: Future<Output = Result<T, E>>,
+    // Here too, so that a closure passed for it is typed for every borrow of the error.
+    C: FnOnce(&E) -> bool,
+{
+    Guarded {
+        body,
+        phase: Phase::Start {
+            located,
+            is_failure,
+        },
+    }
+}
+
+impl<'a, H, T, E, F, C> Future for Guarded<'a, H, F, C>
+where
+    H: CircuitBreaker,
+    H::Storage: AsyncStorage,
+    F: Future<Output = Result<T, E>>,
+    C: FnOnce(&E) -> bool,
+{
+    type Output = Result<Result<T, E>, CircuitBreakerOpen>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, context: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut body = this.body;
+        let phase = this.phase;
+        loop {
+            let (permit, is_failure, span) = match std::mem::replace(phase, Phase::Done) {
+                Phase::Start {
+                    located,
+                    is_failure,
+                } => match located.enter() {
+                    Entering::Decided(Ok(permit)) => {
+                        let span = call_span(permit.key(), permit.is_trial());
+                        (permit, is_failure, span)
+                    }
+                    Entering::Decided(Err(rejected)) => return Poll::Ready(Err(rejected)),
+                    Entering::Asking(asking) => {
+                        *phase = Phase::Asking { asking, is_failure };
+                        continue;
+                    }
+                },
+                Phase::Asking {
+                    mut asking,
+                    is_failure,
+                } => match asking.as_mut().poll(context) {
+                    Poll::Pending => {
+                        *phase = Phase::Asking { asking, is_failure };
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(rejected)) => return Poll::Ready(Err(rejected)),
+                    Poll::Ready(Ok(permit)) => {
+                        let span = call_span(permit.key(), permit.is_trial());
+                        (permit, is_failure, span)
+                    }
+                },
+                Phase::Running {
+                    permit,
+                    is_failure,
+                    span,
+                } => (permit, is_failure, span),
+                Phase::Recording {
+                    mut recording,
+                    mut result,
+                } => {
+                    if recording.as_mut().poll(context).is_pending() {
+                        *phase = Phase::Recording { recording, result };
+                        return Poll::Pending;
+                    }
+                    return match result.take() {
+                        Some(Ok(result)) => Poll::Ready(Ok(result)),
+                        Some(Err(panic)) => resume_unwind(panic),
+                        None => unreachable!("a recording holds the call's result"),
+                    };
+                }
+                Phase::Done => panic!("a guarded call polled after it completed"),
+            };
+            if decided_here::<H::Storage>() {
+                let poll = match catch(|| in_span(&span, || body.as_mut().poll(context))) {
+                    Ok(poll) => poll,
+                    Err(panic) => {
+                        record_here(permit, Some(Report::Failure { trips: false }));
+                        resume_unwind(panic)
+                    }
+                };
+                return match poll {
+                    Poll::Pending => {
+                        *phase = Phase::Running {
+                            permit,
+                            is_failure,
+                            span,
+                        };
+                        Poll::Pending
+                    }
+                    Poll::Ready(result) => {
+                        let report = permit.report_of_result(&result, is_failure);
+                        record_here(permit, report);
+                        Poll::Ready(Ok(result))
+                    }
+                };
+            }
+            let caught = catch(|| in_span(&span, || body.as_mut().poll(context)));
+            let result = match caught {
+                Ok(Poll::Pending) => {
+                    *phase = Phase::Running {
+                        permit,
+                        is_failure,
+                        span,
+                    };
+                    return Poll::Pending;
+                }
+                Ok(Poll::Ready(result)) => Ok(result),
+                Err(panic) => Err(panic),
+            };
+            let report = permit.report_of_caught(&result, is_failure);
+            let storage = permit.handler.storage();
+            *phase = Phase::Recording {
+                recording: Box::pin(async move { permit.finish(&Async(storage), report).await }),
+                result: Some(result),
+            };
+        }
+    }
+}
+
 #[inline]
 pub(crate) fn catch<R>(body: impl FnOnce() -> R) -> Result<R, Panic> {
     catch_unwind(AssertUnwindSafe(body))
@@ -630,7 +808,6 @@ where
 #[inline(always)]
 pub(crate) fn enter_async<'a, H>(
     handler: &'a H,
-    storage: &'a H::Storage,
     family: &'a Family,
     key: Option<&str>,
     method: &'static str,
@@ -639,14 +816,65 @@ where
     H: CircuitBreaker,
     H::Storage: AsyncStorage,
 {
-    let clock = AsyncStorage::clock(storage);
-    let cell = match family.cell(key) {
-        Ok(cell) => cell,
-        Err(error) => {
-            let rejected = storage_failed(handler, None, clock, method, error);
-            return Entering::Decided(rejected);
+    locate(handler, family, key, method).enter()
+}
+
+/// Where an async call's breaker is: its cell, or the admission already decided when its
+/// key was refused. Found before the body's future takes the function's arguments, which a
+/// per-call key borrows.
+pub(crate) fn locate<'a, H>(
+    handler: &'a H,
+    family: &'a Family,
+    key: Option<&str>,
+    method: &'static str,
+) -> Located<'a, H>
+where
+    H: CircuitBreaker,
+    H::Storage: AsyncStorage,
+{
+    Located {
+        handler,
+        method,
+        at: family.cell(key).map_err(Box::new),
+    }
+}
+
+/// An async call's breaker, located (see [`locate`]): kept small, since a guarded call's
+/// future holds it until its first poll.
+pub struct Located<'a, H: CircuitBreaker> {
+    handler: &'a H,
+    method: &'static str,
+    /// The breaker's cell, or why its key was refused (boxed: rare).
+    at: Result<CellRef<'a>, Box<StorageError>>,
+}
+
+impl<'a, H: CircuitBreaker> Located<'a, H>
+where
+    H::Storage: AsyncStorage,
+{
+    /// The call's admission.
+    #[inline(always)]
+    fn enter(self) -> Entering<'a, H> {
+        match self.at {
+            Ok(cell) => enter_async_at(self.handler, cell, self.method),
+            Err(error) => {
+                let clock = AsyncStorage::clock(self.handler.storage());
+                let admission = storage_failed(self.handler, None, clock, self.method, *error);
+                Entering::Decided(admission)
+            }
         }
-    };
+    }
+}
+
+/// [`enter_async`] once the breaker's cell is found.
+#[inline(always)]
+fn enter_async_at<'a, H>(handler: &'a H, cell: CellRef<'a>, method: &'static str) -> Entering<'a, H>
+where
+    H: CircuitBreaker,
+    H::Storage: AsyncStorage,
+{
+    let storage = handler.storage();
+    let clock = AsyncStorage::clock(storage);
     if decided_here::<H::Storage>() {
         return Entering::Decided(admit_here(handler, cell, clock, method));
     }
