@@ -392,10 +392,7 @@ fn a_cancelled_async_trial_gives_its_permit_back() {
         let polled = futures_poll_once(trial.as_mut()).await;
         assert!(polled.is_none(), "the trial is pending");
         // Meanwhile the one permit is out.
-        assert_eq!(
-            rejected(&slow_trial(true, &runs).await),
-            Some("trials")
-        );
+        assert_eq!(rejected(&slow_trial(true, &runs).await), Some("trials"));
     });
     assert_eq!(runs.get(), 2);
     // Dropped: the next call is the trial, and closes the breaker.

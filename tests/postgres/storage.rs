@@ -96,21 +96,6 @@ fn a_locked_row_times_out_and_the_storage_recovers() {
     assert_eq!(storage.execute(&request).unwrap().failures, 2);
 }
 
-struct Windowed;
-impl CircuitBreaker for Windowed {
-    const FAILURE_THRESHOLD: u32 = 10;
-    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(1);
-    const FAILURE_KEY: &'static str = "windowed";
-    const FAILURE_POLICY: circuitpy::FailurePolicy = circuitpy::FailurePolicy::CountInWindow {
-        window: Duration::from_secs(60),
-    };
-    const STORAGE_TIMEOUT: Duration = Duration::from_millis(100);
-    type Storage = PostgresStorage;
-    fn storage(&self) -> &PostgresStorage {
-        unimplemented!("driven through Storage::execute")
-    }
-}
-
 /// A success that changes nothing is settled by one read of the state and the count, with no
 /// function call and so no row lock: it completes while another session holds the row
 /// (the function would wait for the lock and time out). One that resets a consecutive count
@@ -121,8 +106,11 @@ fn a_success_that_changes_nothing_takes_no_row_lock() {
     let table = fresh_table("peek");
     let _cleanup = cleanup(&url, &table);
     let storage = PostgresStorage::connect_with(&url, options(&table)).unwrap();
-    let windowed = Config::of::<Windowed>();
     let consecutive = Config::of::<Impatient>();
+    let mut windowed = consecutive;
+    windowed.policy = circuitpy::FailurePolicy::CountInWindow {
+        window: Duration::from_secs(60),
+    };
     let counted = Request::new("counted", Op::Failure, &windowed);
     assert_eq!(storage.execute(&counted).unwrap().failures, 1);
     let reset = Request::new("reset", Op::Failure, &consecutive);

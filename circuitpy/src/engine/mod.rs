@@ -819,9 +819,9 @@ where
     locate(handler, family, key, method).enter()
 }
 
-/// Where an async call's breaker is: its cell, or the admission already decided when its
-/// key was refused. Found before the body's future takes the function's arguments, which a
-/// per-call key borrows.
+/// Where an async call's breaker is: its cell, or why its key was refused (the admission
+/// then follows the handler's storage-failure policy). Found before the body's future takes
+/// the function's arguments, which a per-call key borrows.
 pub(crate) fn locate<'a, H>(
     handler: &'a H,
     family: &'a Family,
