@@ -839,8 +839,9 @@ where
     }
 }
 
-/// An async call's breaker, located (see [`locate`]): kept small, since a guarded call's
-/// future holds it until its first poll.
+/// An async call's breaker, located before the call's body takes the function's arguments
+/// (which a per-call key borrows): kept small, since a guarded call's future holds it until
+/// its first poll.
 pub struct Located<'a, H: CircuitBreaker> {
     handler: &'a H,
     method: &'static str,
