@@ -686,6 +686,41 @@ mod asynchronous {
         assert_eq!(state, 1, "every flavour sees the one open breaker");
     }
 
+    /// On a shared storage the call's future catches a panic in the body, records the
+    /// failure on the storage, then resumes it: in the first poll and after a yield.
+    #[tokio::test]
+    async fn a_panic_in_an_async_call_is_recorded_on_the_storage_and_keeps_unwinding() {
+        let Some(server) = RedisServer::start() else {
+            return;
+        };
+        let client = leak(server.client());
+        let breaker = leak(Breaker::new(Plain(client)));
+        let at_once = tokio::spawn(async {
+            breaker
+                .call_async(async { panic!("gave up at once") as Result<(), E> })
+                .await
+        });
+        let later = tokio::spawn(async {
+            breaker
+                .call_async(async {
+                    tokio::task::yield_now().await;
+                    panic!("gave up later") as Result<(), E>
+                })
+                .await
+        });
+        for (task, message) in [(at_once, "gave up at once"), (later, "gave up later")] {
+            let panic = task.await.unwrap_err().into_panic();
+            assert_eq!(panic.downcast_ref::<&str>(), Some(&message));
+        }
+        let mut redis = server.connection();
+        let state: u8 = redis::Commands::hget(&mut redis, HASH, "s").unwrap();
+        assert_eq!(state, 1, "two failures recorded on the server: open");
+        assert!(matches!(
+            breaker.call_async(async { Ok::<(), E>(()) }).await,
+            Err(E::Open(_))
+        ));
+    }
+
     #[tokio::test]
     async fn the_commands_an_async_call_costs() {
         let Some(server) = RedisServer::start() else {
