@@ -62,6 +62,39 @@ impl CircuitBreaker for Impatient {
     }
 }
 
+/// Another session's transaction holding the rows of some breakers (`FOR UPDATE`), as a
+/// long operation on them would.
+struct RowLocks {
+    runtime: tokio::runtime::Runtime,
+    holder: tokio_postgres::Client,
+}
+
+impl RowLocks {
+    fn hold(url: &str, table: &str, requests: &[&Request<'_>]) -> RowLocks {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let holder = runtime.block_on(raw_client(url));
+        runtime.block_on(holder.batch_execute("BEGIN")).unwrap();
+        for request in requests {
+            runtime
+                .block_on(holder.execute(
+                    &format!("SELECT 1 FROM {table} WHERE key = $1 FOR UPDATE"),
+                    &[&request.namespaced_key()],
+                ))
+                .unwrap();
+        }
+        RowLocks { runtime, holder }
+    }
+
+    fn release(self) {
+        self.runtime
+            .block_on(self.holder.batch_execute("ROLLBACK"))
+            .unwrap();
+    }
+}
+
 #[test]
 fn a_locked_row_times_out_and_the_storage_recovers() {
     let Some(url) = server() else { return };
@@ -72,26 +105,14 @@ fn a_locked_row_times_out_and_the_storage_recovers() {
     let request = Request::new("locked", Op::Failure, &config);
     assert_eq!(storage.execute(&request).unwrap().failures, 1);
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut holder = runtime.block_on(raw_client(&url));
-    let transaction = runtime.block_on(holder.transaction()).unwrap();
-    runtime
-        .block_on(transaction.execute(
-            &format!("SELECT 1 FROM {table} WHERE key = $1 FOR UPDATE"),
-            &[&request.namespaced_key()],
-        ))
-        .unwrap();
-
+    let locks = RowLocks::hold(&url, &table, &[&request]);
     let error = storage.execute(&request).unwrap_err();
     assert!(
         matches!(error, StorageError::Timeout { .. }),
         "expected a timeout, got {error}"
     );
 
-    runtime.block_on(transaction.rollback()).unwrap();
+    locks.release();
     // The failure that timed out was never recorded; the next one is the second.
     assert_eq!(storage.execute(&request).unwrap().failures, 2);
 }
@@ -118,20 +139,7 @@ fn a_success_that_changes_nothing_takes_no_row_lock() {
     let forced = Request::new("forced", Op::ForceClosed, &consecutive);
     storage.execute(&forced).unwrap();
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut holder = runtime.block_on(raw_client(&url));
-    let transaction = runtime.block_on(holder.transaction()).unwrap();
-    for request in [&counted, &reset, &forced] {
-        runtime
-            .block_on(transaction.execute(
-                &format!("SELECT 1 FROM {table} WHERE key = $1 FOR UPDATE"),
-                &[&request.namespaced_key()],
-            ))
-            .unwrap();
-    }
+    let locks = RowLocks::hold(&url, &table, &[&counted, &reset, &forced]);
 
     let success = |key, config| storage.execute(&Request::new(key, Op::Success, config));
     let snapshot = success("counted", &windowed).expect("settled without the lock");
@@ -153,7 +161,7 @@ fn a_success_that_changes_nothing_takes_no_row_lock() {
         "a count to reset waits for the row: {error}"
     );
 
-    runtime.block_on(transaction.rollback()).unwrap();
+    locks.release();
     assert_eq!(success("reset", &consecutive).unwrap().failures, 0);
     let again = Request::new("reset", Op::Failure, &consecutive);
     assert_eq!(
