@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use circuitpy::testing::Reference;
 use circuitpy::{
-    AsyncStorage, Breaker, CircuitBreaker, CircuitBreakerOpen, Clock, Config, FailurePolicy,
-    ManualClock, Op, Rejection, Request, Snapshot, State, Storage, StorageError,
+    AsyncStorage, Breaker, CircuitBreaker, Clock, Config, FailurePolicy, ManualClock, Op,
+    Rejection, Request, Snapshot, State, Storage, StorageError,
 };
+use circuitpy_tests::handlers::Error;
 
 /// The reference on a manual clock, every operation counted.
 struct Clocked {
@@ -107,25 +108,13 @@ handler!(Healthy);
 handler!(AsyncSick, "quorate-async", ASYNC_STORAGE);
 handler!(ForcedSick, "quorate-forced", FORCED_STORAGE);
 
-#[derive(Debug)]
-enum CallError {
-    Down,
-    Open(CircuitBreakerOpen),
+fn call<H: CircuitBreaker<Storage = Clocked>>(handler: H, fails: bool) -> Result<(), Error> {
+    Breaker::new(handler).call(|| if fails { Err(Error::Down) } else { Ok(()) })
 }
 
-impl From<CircuitBreakerOpen> for CallError {
-    fn from(open: CircuitBreakerOpen) -> Self {
-        CallError::Open(open)
-    }
-}
-
-fn call<H: CircuitBreaker<Storage = Clocked>>(handler: H, fails: bool) -> Result<(), CallError> {
-    Breaker::new(handler).call(|| if fails { Err(CallError::Down) } else { Ok(()) })
-}
-
-fn rejection(result: Result<(), CallError>) -> Option<Rejection> {
+fn rejection(result: Result<(), Error>) -> Option<Rejection> {
     match result {
-        Err(CallError::Open(open)) => Some(open.reason().clone()),
+        Err(Error::Open(open)) => Some(open.reason().clone()),
         _ => None,
     }
 }
@@ -148,10 +137,10 @@ fn one_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet() {
     // The sick process's failures reach the threshold: its own view opens, the fleet's
     // breaker stays closed (one reporter of three).
     let operations = || STORAGE.operations.load(Ordering::Relaxed);
-    assert!(matches!(call(Sick, true), Err(CallError::Down)));
+    assert!(matches!(call(Sick, true), Err(Error::Down)));
     let before = operations();
     for _ in 0..2 {
-        assert!(matches!(call(Sick, true), Err(CallError::Down)));
+        assert!(matches!(call(Sick, true), Err(Error::Down)));
     }
     assert_eq!(
         operations(),
@@ -194,7 +183,7 @@ fn one_sick_process_opens_only_its_own_view_and_a_quorum_trips_the_fleet() {
     // A recovery timeout later the sick process tries one call of its own: it fails, and
     // its view opens again; the fleet's count takes the failure.
     STORAGE.clock.advance(RECOVERY);
-    assert!(matches!(call(Sick, true), Err(CallError::Down)));
+    assert!(matches!(call(Sick, true), Err(Error::Down)));
     assert!(matches!(
         rejection(call(Sick, false)),
         Some(Rejection::OpenHere { .. })
@@ -235,11 +224,10 @@ fn async_calls_open_their_own_view_alike() {
     runtime.block_on(async {
         let breaker = Breaker::new(AsyncSick);
         for _ in 0..3 {
-            let result: Result<(), CallError> =
-                breaker.call_async(async { Err(CallError::Down) }).await;
-            assert!(matches!(result, Err(CallError::Down)));
+            let result: Result<(), Error> = breaker.call_async(async { Err(Error::Down) }).await;
+            assert!(matches!(result, Err(Error::Down)));
         }
-        let result: Result<(), CallError> = breaker.call_async(async { Ok(()) }).await;
+        let result: Result<(), Error> = breaker.call_async(async { Ok(()) }).await;
         assert!(
             matches!(rejection(result), Some(Rejection::OpenHere { .. })),
             "three failures of this process alone open its own view"
@@ -254,11 +242,11 @@ fn async_calls_open_their_own_view_alike() {
         // Its own trial, a recovery timeout later, succeeds and closes its view.
         ASYNC_STORAGE.clock.advance(RECOVERY);
         breaker
-            .call_async(async { Ok::<(), CallError>(()) })
+            .call_async(async { Ok::<(), Error>(()) })
             .await
             .unwrap();
         breaker
-            .call_async(async { Ok::<(), CallError>(()) })
+            .call_async(async { Ok::<(), Error>(()) })
             .await
             .unwrap();
     });
@@ -286,7 +274,7 @@ fn a_quorum_is_between_one_and_sixteen_processes() {
 #[test]
 fn an_operators_forced_close_reaches_a_process_open_on_its_own_within_a_second() {
     for _ in 0..3 {
-        assert!(matches!(call(ForcedSick, true), Err(CallError::Down)));
+        assert!(matches!(call(ForcedSick, true), Err(Error::Down)));
     }
     assert!(matches!(
         rejection(call(ForcedSick, false)),
@@ -308,7 +296,7 @@ fn an_operators_forced_close_reaches_a_process_open_on_its_own_within_a_second()
     FORCED_STORAGE.clock.advance(Duration::from_secs(1));
     call(ForcedSick, false).unwrap();
     for _ in 0..5 {
-        assert!(matches!(call(ForcedSick, true), Err(CallError::Down)));
+        assert!(matches!(call(ForcedSick, true), Err(Error::Down)));
     }
     call(ForcedSick, false).unwrap();
     // A reset from this process closes its own breaker too.
