@@ -20,9 +20,9 @@
 //! common call: a success outside the rate policy is first one `HMGET` of the breaker's
 //! state and failure count, which settles it when it changes nothing (a healthy breaker:
 //! no hash, or nothing counted), at the cost of a `GET` on the server; only a success that
-//! has a count to reset, or that finds the breaker open, runs the script after it. One breaker is one hash,
-//! `{prefix}:{key}:state`, always written with an expiry, so a crash or an eviction leaves
-//! at worst a closed breaker. Every command is bounded by the handler's storage timeout.
+//! has a count to reset, or that finds the breaker open, runs the script after it. One
+//! breaker is one hash, `{prefix}:{key}:state`, always written with an expiry, so a crash or
+//! an eviction leaves at worst a closed breaker. Every command is bounded by the handler's storage timeout.
 //!
 //! A command that fails because its connection broke is sent again on a fresh connection,
 //! within the same timeout, only when running it twice cannot count anything twice: reads,
@@ -198,23 +198,18 @@ fn settled_by_peek(request: &Request<'_>, fields: &[Option<Vec<u8>>]) -> Option<
     let [state, failures] = fields else {
         return None;
     };
-    let (state, failures) = match (state, failures) {
-        (None, None) => (State::Closed, 0),
-        (Some(state), failures) if matches!(state.as_slice(), b"0" | b"4") => (
-            State::from_code(number(state)?)?,
-            match failures {
-                None => 0,
-                Some(value) => number(value)?,
-            },
-        ),
+    let state = match state.as_deref() {
+        None if failures.is_none() => State::Closed,
+        Some(b"0") => State::Closed,
+        Some(b"4") => State::ForcedClosed,
         _ => return None,
     };
-    let snapshot = settled_success(request.config, state, failures)?;
-    let state = if snapshot.state == State::ForcedClosed {
-        4
-    } else {
-        0
+    let failures = match failures {
+        None => 0,
+        Some(value) => number(value)?,
     };
+    let snapshot = settled_success(request.config, state, failures)?;
+    let state = snapshot.state.code() as i64;
     Some([state, 1, -1, -1, snapshot.failures as i64, 0])
 }
 
