@@ -28,7 +28,8 @@ pub(super) enum Command<'a> {
     Increment(&'a str, u64, Duration),
     Get(&'a str),
     Expire(&'a str, Duration),
-    Execute(&'a Request<'a>),
+    /// A breaker operation on its hash.
+    Execute(&'a Request<'a>, &'a str),
 }
 
 impl Command<'_> {
@@ -41,15 +42,16 @@ impl Command<'_> {
             }
             Command::Get(key) => get_command(key).query_async(connection).await,
             Command::Expire(key, ttl) => expire_command(key, ttl).query_async(connection).await,
-            Command::Execute(request) => {
-                let (key, invocation) = execute_invocation(request);
-                if let Some(peek) = peek_command(request, &key) {
+            Command::Execute(request, key) => {
+                if let Some(peek) = peek_command(request, key) {
                     let fields: Vec<Option<Vec<u8>>> = peek.query_async(connection).await?;
                     if let Some(reply) = settled_by_peek(request, &fields) {
                         return Ok(Value::Array(reply.into_iter().map(Value::Int).collect()));
                     }
                 }
-                invocation.invoke_async(connection).await
+                execute_invocation(request, key)
+                    .invoke_async(connection)
+                    .await
             }
         }
     }
@@ -59,7 +61,7 @@ impl Command<'_> {
         match self {
             Command::Increment(..) => false,
             Command::Get(_) | Command::Expire(..) => true,
-            Command::Execute(request) => repeatable(request),
+            Command::Execute(request, _) => repeatable(request),
         }
     }
 }
@@ -135,7 +137,7 @@ pub(super) trait Source: Sync {
             &key,
             timeout,
             secret.as_deref(),
-            self.send(Command::Execute(request), timeout),
+            self.send(Command::Execute(request, &key), timeout),
         )
         .await?;
         parse_snapshot(&key, &reply)

@@ -18,7 +18,7 @@ use redis::{Connection, RedisResult};
 use super::{
     Endpoint, connection_broke, execute_invocation, expire_command, get_command,
     increment_invocation, parse_count, parse_snapshot, peek_command, repeatable, settled_by_peek,
-    storage_error,
+    state_key, storage_error,
 };
 use crate::error::StorageError;
 use crate::storage::{Request, Snapshot, Storage};
@@ -325,7 +325,7 @@ fn expire_after(pool: &impl Source, key: &str, ttl: Duration) -> Result<(), Stor
 }
 
 fn execute(pool: &impl Source, request: &Request<'_>) -> Result<Snapshot, StorageError> {
-    let (key, invocation) = execute_invocation(request);
+    let key = state_key(request);
     let peek = peek_command(request, &key);
     let reply = run(
         pool,
@@ -339,7 +339,8 @@ fn execute(pool: &impl Source, request: &Request<'_>) -> Result<Snapshot, Storag
                     return Ok(reply.to_vec());
                 }
             }
-            invocation.invoke::<Vec<i64>>(connection)
+            // Built only when the peek did not settle the success: a dozen arguments.
+            execute_invocation(request, &key).invoke::<Vec<i64>>(connection)
         },
     )?;
     parse_snapshot(&key, &reply)

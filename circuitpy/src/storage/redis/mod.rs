@@ -95,15 +95,14 @@ fn op_name(op: Op) -> &'static str {
     }
 }
 
-/// The script call for `request`, and the key it touches.
-fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'static>) {
+/// The script call for `request` on its breaker's hash, `key`.
+fn execute_invocation(request: &Request<'_>, key: &str) -> ScriptInvocation<'static> {
     let config = request.config;
     let (policy, window, rate, minimum_calls) = config.policy.flatten();
     let bucket_ms = (bucket_width(window) / 1_000_000).max(1);
-    let key = state_key(request);
     let mut invocation = EXECUTE.prepare_invoke();
     invocation
-        .key(&key)
+        .key(key)
         .arg(op_name(request.op))
         .arg(config.failure_threshold)
         .arg(millis(config.recovery_timeout))
@@ -120,7 +119,7 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
     // fewer arguments for the server to make into Lua strings. The script reads the missing
     // ones as empty.
     if request.op == Op::Success && request.at.is_none() {
-        return (key, invocation);
+        return invocation;
     }
     invocation
         .arg(
@@ -166,7 +165,7 @@ fn execute_invocation(request: &Request<'_>) -> (String, ScriptInvocation<'stati
     if config.quorum > 1 {
         invocation.arg(config.quorum).arg(request.reporter_id());
     }
-    (key, invocation)
+    invocation
 }
 
 /// The one command that settles a success that changes nothing, as on a healthy breaker
