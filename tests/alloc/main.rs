@@ -134,6 +134,27 @@ async fn closed_async(value: u32) -> Result<u32, Error> {
     Ok(value + 1)
 }
 
+/// Pending at its first poll, ready at its second.
+struct PendingOnce(bool);
+
+impl Future for PendingOnce {
+    type Output = ();
+    fn poll(mut self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        if std::mem::replace(&mut self.0, true) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// A body that waits once: the call's future keeps its permit across the `Pending`.
+#[circuit_breaker(handler = Closed)]
+async fn closed_after_a_wait(value: u32) -> Result<u32, Error> {
+    PendingOnce(false).await;
+    Ok(value + 1)
+}
+
 #[circuit_breaker(handler = Closed, key = host)]
 fn closed_keyed(host: &str) -> Result<usize, Error> {
     Ok(host.len())
@@ -174,6 +195,18 @@ fn a_closed_successful_async_call_allocates_nothing() {
     let (allocations, sum) = allocations_in(|| {
         (0..CALLS)
             .map(|i| block_on(closed_async(i)).unwrap())
+            .sum::<u32>()
+    });
+    assert_eq!(sum, (1..=CALLS).sum::<u32>());
+    assert_eq!(allocations, 0);
+}
+
+#[test]
+fn a_closed_successful_async_call_that_waits_allocates_nothing() {
+    assert_eq!(block_on(closed_after_a_wait(0)).unwrap(), 1);
+    let (allocations, sum) = allocations_in(|| {
+        (0..CALLS)
+            .map(|i| block_on(closed_after_a_wait(i)).unwrap())
             .sum::<u32>()
     });
     assert_eq!(sum, (1..=CALLS).sum::<u32>());
