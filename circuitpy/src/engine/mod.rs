@@ -393,119 +393,54 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
     /// its polls counts as a failure and keeps unwinding. Dropped before it ends (a
     /// cancelled call), it records nothing, and a trial gives its permit back.
     #[inline]
-    pub fn run_async<T, E, F, C>(
-        self,
-        body: F,
-        is_failure: C,
-    ) -> RunAsync<'a, H, F, C, impl Future<Output = Result<T, E>>>
+    pub fn run_async<T, E, F, C>(self, body: F, is_failure: C) -> RunAsync<'a, H, F, C>
     where
         H::Storage: AsyncStorage,
         F: Future<Output = Result<T, E>>,
         C: FnOnce(&E) -> bool,
     {
-        let stage = if decided_here::<H::Storage>() {
-            Stage::Here {
-                span: call_span(self.key(), self.is_trial()),
+        let span = call_span(self.key(), self.is_trial());
+        RunAsync {
+            call: Guarded {
                 body,
-                permit: Some(self),
-                is_failure: Some(is_failure),
-            }
-        } else {
-            Stage::Shared {
-                running: self.run_shared(body, is_failure),
-            }
-        };
-        RunAsync { stage }
-    }
-
-    /// [`run_async`](Self::run_async) on a shared storage: the panic is caught, recorded,
-    /// and resumed.
-    async fn run_shared<T, E, F: Future<Output = Result<T, E>>>(
-        self,
-        body: F,
-        is_failure: impl FnOnce(&E) -> bool,
-    ) -> Result<T, E>
-    where
-        H::Storage: AsyncStorage,
-    {
-        let result = catch_async(instrument(body, call_span(self.key(), self.is_trial()))).await;
-        let report = self.report_of_caught(&result, is_failure);
-        let storage = self.handler.storage();
-        self.finish(&Async(storage), report).await;
-        result.unwrap_or_else(|panic| resume_unwind(panic))
+                phase: Phase::Running {
+                    permit: self,
+                    is_failure,
+                    span,
+                },
+            },
+        }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The future of [`Permit::run_async`].
+    /// The future of [`Permit::run_async`]: a guarded call's future ([`Guarded`]) that
+    /// starts admitted.
     #[must_use = "futures do nothing unless polled"]
-    pub struct RunAsync<'a, H: CircuitBreaker, F, C, S> {
+    pub struct RunAsync<'a, H: CircuitBreaker, F: Future, C> {
         #[pin]
-        stage: Stage<'a, H, F, C, S>,
+        call: Guarded<'a, H, F, C>,
     }
 }
 
-pin_project_lite::pin_project! {
-    #[project = StageProjection]
-    enum Stage<'a, H: CircuitBreaker, F, C, S> {
-        /// In memory the body runs uncaught, as in [`Permit::run`]: a panic in one of its
-        /// polls is recorded as a failure while it unwinds through `poll`, and the outcome
-        /// is recorded in the poll that ends the call, with no further future to run.
-        Here {
-            span: CallSpan,
-            #[pin]
-            body: F,
-            permit: Option<Permit<'a, H>>,
-            is_failure: Option<C>,
-        },
-        /// On a shared storage.
-        Shared {
-            #[pin]
-            running: S,
-        },
-    }
-}
-
-impl<'a, H, T, E, F, C, S> Future for RunAsync<'a, H, F, C, S>
+impl<'a, H, T, E, F, C> Future for RunAsync<'a, H, F, C>
 where
     H: CircuitBreaker,
+    H::Storage: AsyncStorage,
     F: Future<Output = Result<T, E>>,
     C: FnOnce(&E) -> bool,
-    S: Future<Output = Result<T, E>>,
 {
     type Output = Result<T, E>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, context: &mut std::task::Context<'_>) -> Poll<Result<T, E>> {
-        let (span, body, permit, is_failure) = match self.project().stage.project() {
-            StageProjection::Here {
-                span,
-                body,
-                permit,
-                is_failure,
-            } => (in_span_of(span), body, permit, is_failure),
-            StageProjection::Shared { running } => return running.poll(context),
-        };
-        /// Records a failure if dropped holding the permit, that is, if the body unwinds.
-        struct Unwinding<'p, 'a, H: CircuitBreaker>(&'p mut Option<Permit<'a, H>>);
-        impl<H: CircuitBreaker> Drop for Unwinding<'_, '_, H> {
-            fn drop(&mut self) {
-                if let Some(permit) = self.0.take() {
-                    record_here(permit, Some(Report::Failure { trips: false }));
-                }
-            }
-        }
-        let unwinding = Unwinding(&mut *permit);
-        let poll = span.run(|| body.poll(context));
-        std::mem::forget(unwinding);
-        let Poll::Ready(result) = poll else {
-            return Poll::Pending;
-        };
-        if let (Some(permit), Some(is_failure)) = (permit.take(), is_failure.take()) {
-            let report = permit.report_of_result(&result, is_failure);
-            record_here(permit, report);
-        }
-        Poll::Ready(result)
+        self.project()
+            .call
+            .poll(context)
+            .map(|admitted| match admitted {
+                Ok(result) => result,
+                Err(_) => unreachable!("a call run under a permit is admitted"),
+            })
     }
 }
 
@@ -700,12 +635,14 @@ where
     }
 }
 
+/// Runs a blocking body, catching a panic so it can be recorded before it resumes.
 #[inline]
 pub(crate) fn catch<R>(body: impl FnOnce() -> R) -> Result<R, Panic> {
     catch_unwind(AssertUnwindSafe(body))
 }
 
 /// Runs an async body, catching a panic from any of its polls.
+#[cfg(feature = "tower")]
 pub(crate) async fn catch_async<F: Future>(body: F) -> Result<F::Output, Panic> {
     let mut body = std::pin::pin!(body);
     std::future::poll_fn(move |context| {
@@ -1428,22 +1365,8 @@ pub(crate) fn in_span<R>(span: &CallSpan, body: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Enters `span` for one poll.
-pub(crate) struct InSpan<'s>(&'s CallSpan);
-
-impl InSpan<'_> {
-    #[inline(always)]
-    pub(crate) fn run<R>(&self, body: impl FnOnce() -> R) -> R {
-        in_span(self.0, body)
-    }
-}
-
-#[inline(always)]
-fn in_span_of(span: &mut CallSpan) -> InSpan<'_> {
-    InSpan(span)
-}
-
 /// `body`, entering `span` at each poll.
+#[cfg(any(feature = "tower", feature = "reqwest"))]
 pub(crate) async fn instrument<F: Future>(body: F, span: CallSpan) -> F::Output {
     let mut body = std::pin::pin!(body);
     std::future::poll_fn(move |context| in_span(&span, || body.as_mut().poll(context))).await
