@@ -420,9 +420,9 @@ impl<'a> Request<'a> {
     /// Whether this request is a success that a read of the breaker's state and failure
     /// count may settle ([`settled_success`]): a success outside the rate policy (which
     /// counts successes), unless this process saw a consecutive count, which it most likely
-    /// resets. Redis and PostgreSQL read first, in one cheap command, and run their full
-    /// operation only when the read does not settle it.
-    #[cfg(any(feature = "redis", feature = "postgres"))]
+    /// resets. Redis, PostgreSQL and SQLite read first, in one cheap command, and run their
+    /// full operation only when the read does not settle it.
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
     pub(crate) fn success_may_change_nothing(&self) -> bool {
         self.op == Op::Success
             && match self.config.policy {
@@ -453,7 +453,7 @@ impl<'a> Request<'a> {
 /// the success may change something (a consecutive count to reset) or the answer needs more
 /// than the read (an open breaker's deadline, a half-open round): the storage's full
 /// operation decides.
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 pub(crate) fn settled_success(config: &Config, state: State, failures: u64) -> Option<Snapshot> {
     match state {
         State::Closed => match config.policy {

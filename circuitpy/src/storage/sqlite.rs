@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Op, Request, Snapshot, Storage};
+use super::{Op, Request, Snapshot, Storage, settled_success};
 use crate::admin::{
     ADMIN_TIMEOUT, Action, Admin, Audit, BreakerInfo, Listing, breaker_key, check_key, describe,
 };
@@ -47,8 +47,10 @@ use crate::rules::{BUCKETS, micros};
 pub struct SqliteStorage {
     connection: Mutex<Connected>,
     table: String,
-    /// The statements of `execute`, made once: reading a breaker, updating it, inserting it.
+    /// The statements of `execute`, made once: reading a breaker, reading only its state
+    /// and failure count, updating it, inserting it.
     select: String,
+    peek: String,
     update: String,
     /// The update when the row's expiry stays: the expiry's index is left alone.
     update_in_place: String,
@@ -224,6 +226,10 @@ impl SqliteStorage {
             }),
             table: table.to_owned(),
             select: format!("SELECT {COLUMNS} FROM {table} WHERE key = ?1"),
+            peek: format!(
+                "SELECT mode, mode_until, open_until, tripped_until, failures, failures_until
+                 FROM {table} WHERE key = ?1"
+            ),
             update: format!("UPDATE {table} SET {UPDATED}, expires_at = ?14 WHERE key = ?1"),
             update_in_place: format!("UPDATE {table} SET {UPDATED} WHERE key = ?1"),
             insert: format!(
@@ -246,15 +252,20 @@ impl SqliteStorage {
         timeout: Duration,
         run: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StorageError> {
-        let started = Instant::now();
-        let Some(mut connected) = self.connection.try_lock_for(timeout) else {
-            return Err(StorageError::timeout(key, timeout));
+        // Uncontended, the connection is taken without reading the clock.
+        let (mut connected, waited) = match self.connection.try_lock() {
+            Some(connected) => (connected, Duration::ZERO),
+            None => {
+                let started = Instant::now();
+                let Some(connected) = self.connection.try_lock_for(timeout) else {
+                    return Err(StorageError::timeout(key, timeout));
+                };
+                (connected, started.elapsed())
+            }
         };
         // What is left of the bound goes to SQLite's lock, in whole milliseconds (its unit),
         // at least one.
-        let left = timeout
-            .saturating_sub(started.elapsed())
-            .max(Duration::from_millis(1));
+        let left = timeout.saturating_sub(waited).max(Duration::from_millis(1));
         let left = Duration::from_millis(left.as_millis() as u64).max(Duration::from_millis(1));
         if left != connected.busy_timeout {
             connected
@@ -385,6 +396,30 @@ impl Storage for SqliteStorage {
             // on one read outside a write transaction: one statement sees one state, and an
             // operation that changes nothing might as well have run at that instant. Only a
             // change takes the file's write lock, and decides again under it.
+            // A success that usually changes nothing is settled, where it can be, by the
+            // breaker's state and failure count alone, as on Redis and PostgreSQL: a
+            // narrower read, no blob decoded.
+            if request.success_may_change_nothing() {
+                let row = connection
+                    .prepare_cached(&self.peek)?
+                    .query_row(params![key], |r| {
+                        Ok(Row {
+                            mode: r.get(0)?,
+                            mode_until: r.get(1)?,
+                            open_until: r.get(2)?,
+                            tripped_until: r.get(3)?,
+                            failures: r.get(4)?,
+                            failures_until: r.get(5)?,
+                            ..Row::default()
+                        })
+                    })
+                    .optional()?
+                    .unwrap_or_default();
+                let failures = row.live_failures(now).max(0) as u64;
+                if let Some(snapshot) = settled_success(request.config, row.state(now), failures) {
+                    return Ok(snapshot);
+                }
+            }
             if request.changes_nothing_when_nothing_is_stored() {
                 let mut row = read_row(connection, select, &key)?
                     .map(|(row, _)| row)
