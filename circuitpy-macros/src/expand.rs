@@ -192,6 +192,34 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
             }
         });
     }
+    // A blocking function without a fallback hands its body over with the admission, so
+    // that the closed breaker's call is compiled apart from every other.
+    if !is_async && args.fallback.is_none() {
+        let locate = syn::Ident::new("locate", handler.span());
+        let call = syn::Ident::new("call", handler.span());
+        let call = quote_spanned! {handler.span()=>
+            let __circuitpy_located = #private::#locate::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method);
+            #private::#call(
+                __circuitpy_located,
+                move || #body,
+                #counts,
+                |__circuitpy_rejection| {
+                    // `From::from` is the identity when the error type is the rejection.
+                    #[allow(clippy::useless_conversion)]
+                    let __circuitpy_rejected = #rejected;
+                    __circuitpy_rejected
+                },
+            )
+        };
+        return Ok(quote! {
+            #(#attrs)*
+            #vis #sig {
+                #check
+                static __CIRCUITPY_SITE: #private::Site = #private::Site::new();
+                #call
+            }
+        });
+    }
     Ok(quote! {
         #(#attrs)*
         #vis #sig {

@@ -203,10 +203,10 @@ impl<H: CircuitBreaker> Breaker<H> {
         E: From<CircuitBreakerOpen>,
         F: FnOnce() -> Result<T, E>,
     {
-        match self.acquire_for("call") {
-            Ok(permit) => permit.run(body, is_failure),
-            Err(rejection) => Err(E::from(rejection)),
-        }
+        let located = engine::locate(&self.handler, self.family(), self.key.as_deref(), "call");
+        engine::call(located, body, is_failure, |rejection| {
+            Err(E::from(rejection))
+        })
     }
 
     /// Asks the breaker to let one call through, for code that runs the call itself: the

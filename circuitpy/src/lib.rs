@@ -193,7 +193,39 @@ pub mod __private {
         H::Storage: Storage,
     {
         let storage = handler.storage();
-        engine::enter(handler, storage, site.family::<H>(storage), key, method)
+        engine::enter(handler, storage, site.family(handler), key, method)
+    }
+
+    /// Where a guarded blocking function's breaker is, found before the body takes the
+    /// arguments (a per-call key borrows them); [`call`] then runs the call.
+    #[inline(always)]
+    pub fn locate<'a, H>(
+        handler: &'a H,
+        site: &'a Site,
+        key: Option<&str>,
+        method: &'static str,
+    ) -> Located<'a, H>
+    where
+        H: CircuitBreaker,
+        H::Storage: Storage,
+    {
+        engine::locate(handler, site.family(handler), key, method)
+    }
+
+    /// A guarded blocking function without a fallback: its admission, body and outcome, or
+    /// its result when rejected.
+    #[inline(always)]
+    pub fn call<'a, H, T, E>(
+        located: Located<'a, H>,
+        body: impl FnOnce() -> Result<T, E>,
+        is_failure: impl FnOnce(&E) -> bool,
+        rejected: impl FnOnce(CircuitBreakerOpen) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        H: CircuitBreaker,
+        H::Storage: Storage,
+    {
+        engine::call(located, body, is_failure, rejected)
     }
 
     /// Admission for a guarded async function: decided at once where the storage decides
@@ -209,8 +241,7 @@ pub mod __private {
         H: CircuitBreaker,
         H::Storage: AsyncStorage,
     {
-        let storage = handler.storage();
-        engine::enter_async(handler, site.family::<H>(storage), key, method)
+        engine::enter_async(handler, site.family(handler), key, method)
     }
 
     /// Where a guarded async function's breaker is, found before the body takes the
@@ -226,7 +257,7 @@ pub mod __private {
         H: CircuitBreaker,
         H::Storage: AsyncStorage,
     {
-        engine::locate(handler, site.family::<H>(handler.storage()), key, method)
+        engine::locate(handler, site.family(handler), key, method)
     }
 
     /// The handler's own failure predicate, for a guarded function without `is_failure`.

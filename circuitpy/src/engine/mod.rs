@@ -11,6 +11,7 @@
 
 use std::any::Any;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -374,19 +375,35 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
             ready(self.finish(&Blocking(storage), report));
             return result.unwrap_or_else(|panic| resume_unwind(panic));
         }
-        // In memory the body runs uncaught: a panic is recorded as a failure while it
-        // unwinds through here. Catching it would pass the body's result through the
-        // memory of `catch_unwind`, whose read-back stalls on store forwarding.
+        self.run_here(body, is_failure)
+    }
+
+    /// [`Permit::run`] on a storage [`decided_here`]. The body runs uncaught: a panic is
+    /// recorded as a failure while it unwinds through here. Catching it would pass the
+    /// body's result through the memory of `catch_unwind`, whose read-back stalls on store
+    /// forwarding.
+    #[inline(always)]
+    fn run_here<T, E>(
+        self,
+        body: impl FnOnce() -> Result<T, E>,
+        is_failure: impl FnOnce(&E) -> bool,
+    ) -> Result<T, E> {
         let span = call_span(self.key(), self.is_trial());
         let mut unwinding = Unwinding(Some(self));
         let result = in_span(&span, body);
         let permit = unwinding.0.take();
         std::mem::forget(unwinding);
-        if let Some(permit) = permit {
-            let report = permit.report_of_result(&result, is_failure);
-            record_here(permit, report);
+        match permit {
+            Some(mut permit) => {
+                let report = permit.report_of_result(&result, is_failure);
+                if settles_at_once(&permit, report) {
+                    permit.role = Role::Unrecorded;
+                    return result;
+                }
+                finish_here(permit, report, result)
+            }
+            None => result,
         }
-        result
     }
 
     /// Runs an async body under this permit and records how it ended; a panic in any of
@@ -403,11 +420,11 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
         RunAsync {
             call: Guarded {
                 body,
-                phase: Phase::Running {
+                phase: ManuallyDrop::new(Phase::Running {
                     permit: self,
                     is_failure,
                     span,
-                },
+                }),
             },
         }
     }
@@ -470,7 +487,19 @@ pin_project_lite::pin_project! {
     pub struct Guarded<'a, H: CircuitBreaker, F: Future, C> {
         #[pin]
         body: F,
-        phase: Phase<'a, H, C, F::Output>,
+        // Dropped by hand, and only when not done: the common drop of a finished call is
+        // then one inline test instead of a call to the phases' drop glue.
+        phase: ManuallyDrop<Phase<'a, H, C, F::Output>>,
+    }
+
+    impl<'a, H: CircuitBreaker, F: Future, C> PinnedDrop for Guarded<'a, H, F, C> {
+        fn drop(this: Pin<&mut Self>) {
+            let phase = this.project().phase;
+            if !matches!(**phase, Phase::Done) {
+                // What is left in its place, `Done`, holds nothing to drop.
+                drop(std::mem::replace(&mut **phase, Phase::Done));
+            }
+        }
     }
 }
 
@@ -513,10 +542,10 @@ where
 {
     Guarded {
         body,
-        phase: Phase::Start {
+        phase: ManuallyDrop::new(Phase::Start {
             located,
             is_failure,
-        },
+        }),
     }
 }
 
@@ -532,14 +561,77 @@ where
     #[inline]
     fn poll(self: Pin<&mut Self>, context: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let mut body = this.body;
-        let phase = this.phase;
-        loop {
-            let (permit, is_failure, span) = match std::mem::replace(phase, Phase::Done) {
-                Phase::Start {
-                    located,
-                    is_failure,
-                } => match located.enter() {
+        poll_phases(this.body, &mut **this.phase, context)
+    }
+}
+
+/// A guarded call's poll with its permit, on a storage [`decided_here`]: as
+/// [`Permit::run_here`], the body is polled uncaught (a panic is recorded as a failure while
+/// it unwinds) and a ready outcome recorded on the spot; a pending body leaves the permit in
+/// the future.
+#[inline(always)]
+fn poll_here<'a, H, T, E, F, C>(
+    body: Pin<&mut F>,
+    phase: &mut Phase<'a, H, C, F::Output>,
+    permit: Permit<'a, H>,
+    is_failure: C,
+    span: CallSpan,
+    context: &mut std::task::Context<'_>,
+) -> Poll<Result<Result<T, E>, CircuitBreakerOpen>>
+where
+    H: CircuitBreaker,
+    F: Future<Output = Result<T, E>>,
+    C: FnOnce(&E) -> bool,
+{
+    let poll = match catch(|| in_span(&span, || body.poll(context))) {
+        Ok(poll) => poll,
+        Err(panic) => {
+            record_here(permit, Some(Report::Failure { trips: false }));
+            resume_unwind(panic)
+        }
+    };
+    match poll {
+        Poll::Pending => {
+            *phase = Phase::Running {
+                permit,
+                is_failure,
+                span,
+            };
+            Poll::Pending
+        }
+        Poll::Ready(result) => {
+            let report = permit.report_of_result(&result, is_failure);
+            record_here(permit, report);
+            Poll::Ready(Ok(result))
+        }
+    }
+}
+
+/// [`Guarded`]'s poll.
+#[inline(always)]
+fn poll_phases<'a, H, T, E, F, C>(
+    mut body: Pin<&mut F>,
+    phase: &mut Phase<'a, H, C, F::Output>,
+    context: &mut std::task::Context<'_>,
+) -> Poll<Result<Result<T, E>, CircuitBreakerOpen>>
+where
+    H: CircuitBreaker,
+    H::Storage: AsyncStorage,
+    F: Future<Output = Result<T, E>>,
+    C: FnOnce(&E) -> bool,
+{
+    loop {
+        let (permit, is_failure, span) = match std::mem::replace(phase, Phase::Done) {
+            Phase::Start {
+                located,
+                is_failure,
+            } => match located.admit_closed_here() {
+                // The common call: admitted and polled here, inline.
+                Ok(permit) => {
+                    let span = call_span(permit.key(), permit.is_trial());
+                    return poll_here(body.as_mut(), phase, permit, is_failure, span, context);
+                }
+                Err(located) => match located.enter() {
                     Entering::Decided(Ok(permit)) => {
                         let span = call_span(permit.key(), permit.is_trial());
                         (permit, is_failure, span)
@@ -550,88 +642,67 @@ where
                         continue;
                     }
                 },
-                Phase::Asking {
-                    mut asking,
-                    is_failure,
-                } => match asking.as_mut().poll(context) {
-                    Poll::Pending => {
-                        *phase = Phase::Asking { asking, is_failure };
-                        return Poll::Pending;
-                    }
-                    Poll::Ready(Err(rejected)) => return Poll::Ready(Err(rejected)),
-                    Poll::Ready(Ok(permit)) => {
-                        let span = call_span(permit.key(), permit.is_trial());
-                        (permit, is_failure, span)
-                    }
-                },
-                Phase::Running {
+            },
+            Phase::Asking {
+                mut asking,
+                is_failure,
+            } => match asking.as_mut().poll(context) {
+                Poll::Pending => {
+                    *phase = Phase::Asking { asking, is_failure };
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(rejected)) => return Poll::Ready(Err(rejected)),
+                Poll::Ready(Ok(permit)) => {
+                    let span = call_span(permit.key(), permit.is_trial());
+                    (permit, is_failure, span)
+                }
+            },
+            Phase::Running {
+                permit,
+                is_failure,
+                span,
+            } => (permit, is_failure, span),
+            Phase::Recording {
+                mut recording,
+                mut result,
+            } => {
+                if recording.as_mut().poll(context).is_pending() {
+                    *phase = Phase::Recording { recording, result };
+                    return Poll::Pending;
+                }
+                return match result.take() {
+                    Some(Ok(result)) => Poll::Ready(Ok(result)),
+                    Some(Err(panic)) => resume_unwind(panic),
+                    None => unreachable!("a recording holds the call's result"),
+                };
+            }
+            Phase::Done => panic!("a guarded call polled after it completed"),
+        };
+        // In memory the outcome is recorded on the spot, without passing the result
+        // through the caught form the shared path needs (one path for both costs about
+        // 20 instructions per call).
+        if decided_here::<H::Storage>() {
+            return poll_here(body.as_mut(), phase, permit, is_failure, span, context);
+        }
+        let caught = catch(|| in_span(&span, || body.as_mut().poll(context)));
+        let result = match caught {
+            Ok(Poll::Pending) => {
+                *phase = Phase::Running {
                     permit,
                     is_failure,
                     span,
-                } => (permit, is_failure, span),
-                Phase::Recording {
-                    mut recording,
-                    mut result,
-                } => {
-                    if recording.as_mut().poll(context).is_pending() {
-                        *phase = Phase::Recording { recording, result };
-                        return Poll::Pending;
-                    }
-                    return match result.take() {
-                        Some(Ok(result)) => Poll::Ready(Ok(result)),
-                        Some(Err(panic)) => resume_unwind(panic),
-                        None => unreachable!("a recording holds the call's result"),
-                    };
-                }
-                Phase::Done => panic!("a guarded call polled after it completed"),
-            };
-            // In memory the outcome is recorded on the spot, without passing the result
-            // through the caught form the shared path needs (one path for both costs about
-            // 20 instructions per call).
-            if decided_here::<H::Storage>() {
-                let poll = match catch(|| in_span(&span, || body.as_mut().poll(context))) {
-                    Ok(poll) => poll,
-                    Err(panic) => {
-                        record_here(permit, Some(Report::Failure { trips: false }));
-                        resume_unwind(panic)
-                    }
                 };
-                return match poll {
-                    Poll::Pending => {
-                        *phase = Phase::Running {
-                            permit,
-                            is_failure,
-                            span,
-                        };
-                        Poll::Pending
-                    }
-                    Poll::Ready(result) => {
-                        let report = permit.report_of_result(&result, is_failure);
-                        record_here(permit, report);
-                        Poll::Ready(Ok(result))
-                    }
-                };
+                return Poll::Pending;
             }
-            let caught = catch(|| in_span(&span, || body.as_mut().poll(context)));
-            let result = match caught {
-                Ok(Poll::Pending) => {
-                    *phase = Phase::Running {
-                        permit,
-                        is_failure,
-                        span,
-                    };
-                    return Poll::Pending;
-                }
-                Ok(Poll::Ready(result)) => Ok(result),
-                Err(panic) => Err(panic),
-            };
-            let report = permit.report_of_caught(&result, is_failure);
-            let storage = permit.handler.storage();
-            *phase = Phase::Recording {
-                recording: Box::pin(async move { permit.finish(&Async(storage), report).await }),
-                result: Some(result),
-            };
-        }
+            Ok(Poll::Ready(result)) => Ok(result),
+            Err(panic) => Err(panic),
+        };
+        let report = permit.report_of_caught(&result, is_failure);
+        let storage = permit.handler.storage();
+        *phase = Phase::Recording {
+            recording: Box::pin(async move { permit.finish(&Async(storage), report).await }),
+            result: Some(result),
+        };
     }
 }
 
@@ -702,11 +773,25 @@ where
     H: CircuitBreaker,
     H::Storage: Storage,
 {
+    match family.cell(key) {
+        Ok(cell) => enter_at(handler, storage, cell, method),
+        Err(error) => storage_failed(handler, None, Storage::clock(storage), method, error),
+    }
+}
+
+/// [`enter`] once the breaker's cell is found.
+#[inline(always)]
+fn enter_at<'a, H>(
+    handler: &'a H,
+    storage: &'a H::Storage,
+    cell: CellRef<'a>,
+    method: &'static str,
+) -> Result<Permit<'a, H>, CircuitBreakerOpen>
+where
+    H: CircuitBreaker,
+    H::Storage: Storage,
+{
     let clock = Storage::clock(storage);
-    let cell = match family.cell(key) {
-        Ok(cell) => cell,
-        Err(error) => return storage_failed(handler, None, clock, method, error),
-    };
     // Decided here: no view, no storage, and no enum for the compiler to see through.
     if decided_here::<H::Storage>() {
         return admit_here(handler, cell, clock, method);
@@ -742,6 +827,86 @@ where
     }
 }
 
+/// A guarded blocking call without a fallback, its breaker located: admission, the body
+/// and its outcome, and `rejected` making the function's result of a rejection. On the
+/// in-memory storage a closed breaker's call is run here, inline, and everything else (a
+/// breaker that is not closed, a shared storage, a refused key) out of line: the closed
+/// path then shares no code with the rest and keeps in registers only what must survive
+/// the body. The body is compiled into both paths.
+#[inline(always)]
+pub(crate) fn call<'a, H, T, E>(
+    located: Located<'a, H>,
+    body: impl FnOnce() -> Result<T, E>,
+    is_failure: impl FnOnce(&E) -> bool,
+    rejected: impl FnOnce(CircuitBreakerOpen) -> Result<T, E>,
+) -> Result<T, E>
+where
+    H: CircuitBreaker,
+    H::Storage: Storage,
+{
+    let Located {
+        handler,
+        clock,
+        method,
+        at,
+    } = located;
+    match at {
+        Ok(cell) => {
+            if decided_here::<H::Storage>() {
+                let word = cell.load();
+                if word.is_closed() {
+                    let permit = Permit::new(handler, cell, clock, word, Role::Closed);
+                    return permit.run_here(body, is_failure);
+                }
+            }
+            call_slowly(handler, cell, method, body, is_failure, rejected)
+        }
+        Err(error) => call_refused(handler, *error, method, body, is_failure, rejected),
+    }
+}
+
+/// [`call`] of a call that is not the in-memory storage's closed one.
+#[inline(never)]
+fn call_slowly<'a, H, T, E>(
+    handler: &'a H,
+    cell: CellRef<'a>,
+    method: &'static str,
+    body: impl FnOnce() -> Result<T, E>,
+    is_failure: impl FnOnce(&E) -> bool,
+    rejected: impl FnOnce(CircuitBreakerOpen) -> Result<T, E>,
+) -> Result<T, E>
+where
+    H: CircuitBreaker,
+    H::Storage: Storage,
+{
+    match enter_at(handler, handler.storage(), cell, method) {
+        Ok(permit) => permit.run(body, is_failure),
+        Err(rejection) => rejected(rejection),
+    }
+}
+
+/// [`call`] of a call whose key was refused: the handler's storage-failure policy decides.
+#[cold]
+#[inline(never)]
+fn call_refused<H, T, E>(
+    handler: &H,
+    error: StorageError,
+    method: &'static str,
+    body: impl FnOnce() -> Result<T, E>,
+    is_failure: impl FnOnce(&E) -> bool,
+    rejected: impl FnOnce(CircuitBreakerOpen) -> Result<T, E>,
+) -> Result<T, E>
+where
+    H: CircuitBreaker,
+    H::Storage: Storage,
+{
+    let clock = Storage::clock(handler.storage());
+    match storage_failed(handler, None, clock, method, error) {
+        Ok(permit) => permit.run(body, is_failure),
+        Err(rejection) => rejected(rejection),
+    }
+}
+
 /// Admission for an async call. On a storage decided in this process ([`decided_here`])
 /// the call is admitted or rejected here and now, with nothing to await; otherwise the
 /// storage is asked when the returned future is polled.
@@ -762,18 +927,15 @@ where
 /// Where an async call's breaker is: its cell, or why its key was refused (the admission
 /// then follows the handler's storage-failure policy). Found before the body's future takes
 /// the function's arguments, which a per-call key borrows.
-pub(crate) fn locate<'a, H>(
+pub(crate) fn locate<'a, H: CircuitBreaker>(
     handler: &'a H,
     family: &'a Family,
     key: Option<&str>,
     method: &'static str,
-) -> Located<'a, H>
-where
-    H: CircuitBreaker,
-    H::Storage: AsyncStorage,
-{
+) -> Located<'a, H> {
     Located {
         handler,
+        clock: &family.clock,
         method,
         at: family.cell(key).map_err(Box::new),
     }
@@ -784,6 +946,8 @@ where
 /// its first poll.
 pub struct Located<'a, H: CircuitBreaker> {
     handler: &'a H,
+    /// The in-memory storage's clock (see [`Family::clock`]).
+    clock: &'a Clock,
     method: &'static str,
     /// The breaker's cell, or why its key was refused (boxed: rare).
     at: Result<CellRef<'a>, Box<StorageError>>,
@@ -793,6 +957,30 @@ impl<'a, H: CircuitBreaker> Located<'a, H>
 where
     H::Storage: AsyncStorage,
 {
+    /// The in-memory storage's closed breaker's permit, or the breaker back when the call
+    /// is not that one.
+    #[inline(always)]
+    fn admit_closed_here(self) -> Result<Permit<'a, H>, Self> {
+        if decided_here::<H::Storage>()
+            && let Ok(cell) = &self.at
+        {
+            let word = cell.load();
+            if word.is_closed() {
+                let Ok(cell) = self.at else {
+                    unreachable!("matched above")
+                };
+                return Ok(Permit::new(
+                    self.handler,
+                    cell,
+                    self.clock,
+                    word,
+                    Role::Closed,
+                ));
+            }
+        }
+        Err(self)
+    }
+
     /// The call's admission.
     #[inline(always)]
     fn enter(self) -> Entering<'a, H> {
@@ -1006,7 +1194,7 @@ fn admit_here<'a, H: CircuitBreaker>(
 ) -> Result<Permit<'a, H>, CircuitBreakerOpen> {
     let word = cell.load();
     // The closed path reads no clock.
-    if word.phase() == State::Closed {
+    if word.is_closed() {
         return Ok(Permit::new(handler, cell, clock, word, Role::Closed));
     }
     admit_here_slowly(handler, cell, clock, word, method)
@@ -1411,6 +1599,37 @@ pub(crate) fn adopt<H: CircuitBreaker>(
 }
 
 // Recording.
+
+/// Whether recording `report` in this process changes nothing but what is done here: the
+/// consecutive policy's closed success on a breaker that counts nothing (one load), or the
+/// rate policy's closed success counted in its bucket without a lock. The permit is then
+/// done. Inline, so that the common call keeps the permit in registers and calls nothing
+/// after its body. (With metrics every outcome is counted, by [`record_here`].)
+#[inline(always)]
+fn settles_at_once<H: CircuitBreaker>(permit: &Permit<'_, H>, report: Option<Report>) -> bool {
+    if cfg!(feature = "metrics") || permit.role != Role::Closed || report != Some(Report::Success) {
+        return false;
+    }
+    let Some(cell) = permit.cell.as_deref() else {
+        return false;
+    };
+    match H::CONFIG.policy {
+        FailurePolicy::Consecutive => closed_success_changes_nothing(cell.load(), permit.admitted),
+        _ => rate_success_counted::<H>(cell, permit.clock, permit.admitted),
+    }
+}
+
+/// [`record_here`] out of line, handing `result` back: the body's result then need not
+/// survive a call in the function that ran it.
+#[inline(never)]
+fn finish_here<H: CircuitBreaker, R>(
+    permit: Permit<'_, H>,
+    report: Option<Report>,
+    result: R,
+) -> R {
+    record_here(permit, report);
+    result
+}
 
 /// Records an outcome in this process. Takes the permit apart and hands its parts on to
 /// the cold path by value, in registers, so that nothing of it outlives a call that might

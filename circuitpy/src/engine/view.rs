@@ -510,15 +510,19 @@ pub(crate) struct Family {
     keyed: RwLock<HashSet<Keyed>>,
     /// Counts the sweeps of `keyed`; a breaker remembers the count when it was last used.
     sweeps: AtomicU32,
+    /// The in-memory storage's clock (the system clock on a shared storage, unread), so
+    /// that a closed breaker's call on it never looks up the storage.
+    pub(crate) clock: Clock,
 }
 
 impl Family {
-    fn new(prefix: &'static str, key: &'static str) -> Family {
+    fn new(prefix: &'static str, key: &'static str, clock: Clock) -> Family {
         Family {
             prefix,
             cell: Cell::new(Key::Static(key)),
             keyed: RwLock::default(),
             sweeps: AtomicU32::new(0),
+            clock,
         }
     }
 
@@ -664,10 +668,10 @@ impl Registry {
         registry
     }
 
-    fn family<H: CircuitBreaker>(&self, address: usize) -> Arc<Family> {
+    fn family<H: CircuitBreaker>(&self, address: usize, clock: Clock) -> Arc<Family> {
         lock(&self.families)
             .entry((TypeId::of::<H>(), address))
-            .or_insert_with(|| Arc::new(Family::new(H::KEY_PREFIX, H::FAILURE_KEY)))
+            .or_insert_with(|| Arc::new(Family::new(H::KEY_PREFIX, H::FAILURE_KEY, clock)))
             .clone()
     }
 
@@ -705,11 +709,14 @@ pub(crate) fn registry<S: 'static>(storage: &S) -> &Registry {
 
 /// The family of handler `H` on `storage`.
 pub(crate) fn family<H: CircuitBreaker>(storage: &H::Storage) -> Arc<Family> {
-    let address = match in_memory(storage) {
-        Some(_) => 0,
-        None => storage as *const H::Storage as *const () as usize,
+    let (address, clock) = match in_memory(storage) {
+        Some(memory) => (0, crate::Storage::clock(memory).clone()),
+        None => (
+            storage as *const H::Storage as *const () as usize,
+            Clock::system(),
+        ),
     };
-    registry(storage).family::<H>(address)
+    registry(storage).family::<H>(address, clock)
 }
 
 /// A call site's cache of its family; a `static` in the code `#[circuit_breaker]` generates.
@@ -728,10 +735,10 @@ impl Site {
     }
 
     /// The family, looked up on the first call only: a call site's handler is a unit struct
-    /// whose storage is a `static`, so it never changes.
+    /// whose storage is a `static`, so it never changes (and is not asked for again).
     #[inline]
-    pub(crate) fn family<H: CircuitBreaker>(&self, storage: &H::Storage) -> &Family {
-        self.family.get_or_init(|| family::<H>(storage))
+    pub(crate) fn family<H: CircuitBreaker>(&self, handler: &H) -> &Family {
+        self.family.get_or_init(|| family::<H>(handler.storage()))
     }
 }
 
@@ -752,7 +759,7 @@ mod tests {
 
     #[test]
     fn idle_per_call_breakers_are_dropped_and_busy_ones_kept() {
-        let family = Family::new("prefix", "family");
+        let family = Family::new("prefix", "family", Clock::system());
         // Kept for its state alone: no reference to it is held.
         family
             .cell(Some("open"))
@@ -776,7 +783,7 @@ mod tests {
 
     #[test]
     fn breakers_that_counted_are_dropped_too_past_the_bound_but_never_one_in_use() {
-        let family = Family::new("prefix", "family");
+        let family = Family::new("prefix", "family", Clock::system());
         let in_use = family.cell(Some("held")).unwrap();
         in_use.swap(Word::CLOSED.with_failures(3));
         for n in 0..3 * MAX_KEYED {

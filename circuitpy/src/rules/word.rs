@@ -51,6 +51,13 @@ impl Word {
         State::from_code(self.0 & PHASE_MASK).unwrap_or(State::Closed)
     }
 
+    /// Whether the phase is closed: `phase() == State::Closed` for every word `Word::new`
+    /// builds, in one test (the words it never builds are left to `phase()`).
+    #[inline(always)]
+    pub(crate) fn is_closed(self) -> bool {
+        self.0 & PHASE_MASK == State::Closed.code()
+    }
+
     pub(crate) fn generation(self) -> u16 {
         ((self.0 >> PHASE_BITS) & GENERATION_MASK) as u16
     }
