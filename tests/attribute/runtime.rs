@@ -480,3 +480,53 @@ fn a_function_may_return_the_rejection_as_its_error() {
     let open = answers(7).unwrap_err();
     assert_eq!(open.method(), "answers");
 }
+
+static COUNTED_STORAGE: std::sync::LazyLock<circuitpy::MemoryStorage> =
+    std::sync::LazyLock::new(circuitpy::MemoryStorage::new);
+static STORAGE_ASKED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A handler that counts how often it is asked for its storage.
+struct Counted;
+
+impl circuitpy::CircuitBreaker for Counted {
+    const FAILURE_THRESHOLD: u32 = 2;
+    const RECOVERY_TIMEOUT: Duration = Duration::from_secs(3600);
+    const FAILURE_KEY: &'static str = "Counted";
+    type Storage = circuitpy::MemoryStorage;
+    fn storage(&self) -> &circuitpy::MemoryStorage {
+        STORAGE_ASKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        &COUNTED_STORAGE
+    }
+}
+
+#[circuit_breaker(handler = Counted)]
+fn counted(ok: bool) -> Result<(), Error> {
+    if ok { Ok(()) } else { Err(Error::Down) }
+}
+
+#[circuit_breaker(handler = Counted)]
+async fn counted_async(ok: bool) -> Result<(), Error> {
+    if ok { Ok(()) } else { Err(Error::Down) }
+}
+
+#[test]
+fn a_closed_in_memory_call_never_asks_the_handler_for_its_storage() {
+    let asked = || STORAGE_ASKED.load(std::sync::atomic::Ordering::Relaxed);
+    let runtime = current_thread();
+    // The first call of each function finds its breaker, through the storage.
+    counted(true).unwrap();
+    runtime.block_on(counted_async(true)).unwrap();
+    let before = asked();
+    for _ in 0..10 {
+        counted(true).unwrap();
+        runtime.block_on(counted_async(true)).unwrap();
+    }
+    assert_eq!(asked(), before, "closed successes asked for the storage");
+    // Failures are still recorded, and the breaker they open rejects both functions.
+    assert!(matches!(counted(false), Err(Error::Down)));
+    assert!(matches!(runtime.block_on(counted_async(false)), Err(Error::Down)));
+    assert_eq!(counted(true).unwrap_err().open().method(), "counted");
+    let open = runtime.block_on(counted_async(true)).unwrap_err().open();
+    assert_eq!(open.method(), "counted_async");
+    assert_eq!(Breaker::new(Counted).state().unwrap(), State::Open);
+}
