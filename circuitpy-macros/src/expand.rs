@@ -172,16 +172,18 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
         let guarded = syn::Ident::new("guarded", handler.span());
         let call = quote_spanned! {handler.span()=>
             let __circuitpy_located = #private::#locate::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method);
-            match #private::#guarded(__circuitpy_located, async move #body, #counts).await {
-                ::core::result::Result::Ok(__circuitpy_result) => __circuitpy_result,
-                ::core::result::Result::Err(__circuitpy_rejection) => {
-                    let _ = &__circuitpy_rejection;
+            #private::#guarded(
+                __circuitpy_located,
+                async move #body,
+                #counts,
+                |__circuitpy_rejection| {
                     // `From::from` is the identity when the error type is the rejection.
                     #[allow(clippy::useless_conversion)]
                     let __circuitpy_rejected = #rejected;
                     __circuitpy_rejected
-                }
-            }
+                },
+            )
+            .await
         };
         return Ok(quote! {
             #(#attrs)*

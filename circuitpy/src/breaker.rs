@@ -358,10 +358,10 @@ impl<H: CircuitBreaker> Breaker<H> {
         F: Future<Output = Result<T, E>>,
     {
         let located = engine::locate(&self.handler, self.family(), self.key.as_deref(), "call");
-        match engine::guarded(located, body, is_failure).await {
-            Ok(result) => result,
-            Err(rejection) => Err(E::from(rejection)),
-        }
+        engine::guarded(located, body, is_failure, |rejection| {
+            Err(E::from(rejection))
+        })
+        .await
     }
 
     /// The current state: this process's own for the in-memory storage, the storage's

@@ -524,7 +524,10 @@ fn a_closed_in_memory_call_never_asks_the_handler_for_its_storage() {
     assert_eq!(asked(), before, "closed successes asked for the storage");
     // Failures are still recorded, and the breaker they open rejects both functions.
     assert!(matches!(counted(false), Err(Error::Down)));
-    assert!(matches!(runtime.block_on(counted_async(false)), Err(Error::Down)));
+    assert!(matches!(
+        runtime.block_on(counted_async(false)),
+        Err(Error::Down)
+    ));
     assert_eq!(counted(true).unwrap_err().open().method(), "counted");
     let open = runtime.block_on(counted_async(true)).unwrap_err().open();
     assert_eq!(open.method(), "counted_async");

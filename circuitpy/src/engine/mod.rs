@@ -420,6 +420,7 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
         RunAsync {
             call: Guarded {
                 body,
+                rejected: |_| unreachable!("a call run under a permit is admitted"),
                 phase: ManuallyDrop::new(Phase::Running {
                     permit: self,
                     is_failure,
@@ -436,7 +437,7 @@ pin_project_lite::pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct RunAsync<'a, H: CircuitBreaker, F: Future, C> {
         #[pin]
-        call: Guarded<'a, H, F, C>,
+        call: Guarded<'a, H, F, C, fn(CircuitBreakerOpen) -> F::Output>,
     }
 }
 
@@ -451,13 +452,7 @@ where
 
     #[inline]
     fn poll(self: Pin<&mut Self>, context: &mut std::task::Context<'_>) -> Poll<Result<T, E>> {
-        self.project()
-            .call
-            .poll(context)
-            .map(|admitted| match admitted {
-                Ok(result) => result,
-                Err(_) => unreachable!("a call run under a permit is admitted"),
-            })
+        self.project().call.poll(context)
     }
 }
 
@@ -484,15 +479,17 @@ pin_project_lite::pin_project! {
     /// future of its own. Dropped before it ends (a cancelled call), it records nothing, and a
     /// trial gives its permit back.
     #[must_use = "futures do nothing unless polled"]
-    pub struct Guarded<'a, H: CircuitBreaker, F: Future, C> {
+    pub struct Guarded<'a, H: CircuitBreaker, F: Future, C, R> {
         #[pin]
         body: F,
+        // What a rejected call returns, made from the rejection.
+        rejected: R,
         // Dropped by hand, and only when not done: the common drop of a finished call is
         // then one inline test instead of a call to the phases' drop glue.
         phase: ManuallyDrop<Phase<'a, H, C, F::Output>>,
     }
 
-    impl<'a, H: CircuitBreaker, F: Future, C> PinnedDrop for Guarded<'a, H, F, C> {
+    impl<'a, H: CircuitBreaker, F: Future, C, R> PinnedDrop for Guarded<'a, H, F, C, R> {
         fn drop(this: Pin<&mut Self>) {
             let phase = this.project().phase;
             if !matches!(**phase, Phase::Done) {
@@ -529,19 +526,22 @@ enum Phase<'a, H: CircuitBreaker, C, O> {
 
 /// The future of a guarded async function without a fallback (see [`Guarded`]).
 #[inline(always)]
-pub fn guarded<'a, H, T, E, F, C>(
+pub fn guarded<'a, H, T, E, F, C, R>(
     located: Located<'a, H>,
     body: F,
     is_failure: C,
-) -> Guarded<'a, H, F, C>
+    rejected: R,
+) -> Guarded<'a, H, F, C, R>
 where
     H: CircuitBreaker,
     F: Future<Output = Result<T, E>>,
     // Here too, so that a closure passed for it is typed for every borrow of the error.
     C: FnOnce(&E) -> bool,
+    R: FnOnce(CircuitBreakerOpen) -> Result<T, E> + Copy,
 {
     Guarded {
         body,
+        rejected,
         phase: ManuallyDrop::new(Phase::Start {
             located,
             is_failure,
@@ -549,19 +549,20 @@ where
     }
 }
 
-impl<'a, H, T, E, F, C> Future for Guarded<'a, H, F, C>
+impl<'a, H, T, E, F, C, R> Future for Guarded<'a, H, F, C, R>
 where
     H: CircuitBreaker,
     H::Storage: AsyncStorage,
     F: Future<Output = Result<T, E>>,
     C: FnOnce(&E) -> bool,
+    R: FnOnce(CircuitBreakerOpen) -> Result<T, E> + Copy,
 {
-    type Output = Result<Result<T, E>, CircuitBreakerOpen>;
+    type Output = Result<T, E>;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, context: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        poll_phases(this.body, &mut **this.phase, context)
+        poll_phases(this.body, &mut **this.phase, *this.rejected, context)
     }
 }
 
@@ -577,7 +578,7 @@ fn poll_here<'a, H, T, E, F, C>(
     is_failure: C,
     span: CallSpan,
     context: &mut std::task::Context<'_>,
-) -> Poll<Result<Result<T, E>, CircuitBreakerOpen>>
+) -> Poll<Result<T, E>>
 where
     H: CircuitBreaker,
     F: Future<Output = Result<T, E>>,
@@ -602,7 +603,7 @@ where
         Poll::Ready(result) => {
             let report = permit.report_of_result(&result, is_failure);
             record_here(permit, report);
-            Poll::Ready(Ok(result))
+            Poll::Ready(result)
         }
     }
 }
@@ -612,8 +613,9 @@ where
 fn poll_phases<'a, H, T, E, F, C>(
     mut body: Pin<&mut F>,
     phase: &mut Phase<'a, H, C, F::Output>,
+    rejected: impl FnOnce(CircuitBreakerOpen) -> Result<T, E> + Copy,
     context: &mut std::task::Context<'_>,
-) -> Poll<Result<Result<T, E>, CircuitBreakerOpen>>
+) -> Poll<Result<T, E>>
 where
     H: CircuitBreaker,
     H::Storage: AsyncStorage,
@@ -636,7 +638,7 @@ where
                         let span = call_span(permit.key(), permit.is_trial());
                         (permit, is_failure, span)
                     }
-                    Entering::Decided(Err(rejected)) => return Poll::Ready(Err(rejected)),
+                    Entering::Decided(Err(rejection)) => return Poll::Ready(rejected(rejection)),
                     Entering::Asking(asking) => {
                         *phase = Phase::Asking { asking, is_failure };
                         continue;
@@ -651,7 +653,7 @@ where
                     *phase = Phase::Asking { asking, is_failure };
                     return Poll::Pending;
                 }
-                Poll::Ready(Err(rejected)) => return Poll::Ready(Err(rejected)),
+                Poll::Ready(Err(rejection)) => return Poll::Ready(rejected(rejection)),
                 Poll::Ready(Ok(permit)) => {
                     let span = call_span(permit.key(), permit.is_trial());
                     (permit, is_failure, span)
@@ -671,7 +673,7 @@ where
                     return Poll::Pending;
                 }
                 return match result.take() {
-                    Some(Ok(result)) => Poll::Ready(Ok(result)),
+                    Some(Ok(result)) => Poll::Ready(result),
                     Some(Err(panic)) => resume_unwind(panic),
                     None => unreachable!("a recording holds the call's result"),
                 };
