@@ -162,48 +162,25 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
             };
         }
     };
-    // An async function without a fallback is one future that admits the call in its first
-    // poll and polls the body at once, so that the permit stays out of the function's future
-    // unless the body is pending. Its breaker is located first, while a per-call key may
-    // still borrow the arguments the body then takes. (A fallback needs the arguments after
-    // a rejection, so there the call is admitted before the body is made.)
-    if is_async && args.fallback.is_none() {
-        let locate = syn::Ident::new("locate_async", handler.span());
-        let guarded = syn::Ident::new("guarded", handler.span());
-        let call = quote_spanned! {handler.span()=>
-            let __circuitpy_located = #private::#locate::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method);
-            #private::#guarded(
-                __circuitpy_located,
-                async move #body,
-                #counts,
-                |__circuitpy_rejection| {
-                    // `From::from` is the identity when the error type is the rejection.
-                    #[allow(clippy::useless_conversion)]
-                    let __circuitpy_rejected = #rejected;
-                    __circuitpy_rejected
-                },
-            )
-            .await
+    // Without a fallback the body is handed over with the breaker's place, found before the
+    // body takes the arguments a per-call key borrows: a blocking call runs the closed
+    // breaker's call apart from every other; an async one is one future that admits the
+    // call in its first poll and polls the body at once, so that the permit stays out of
+    // the function's future unless the body is pending. (A fallback needs the arguments
+    // after a rejection, so there the call is admitted before the body is made.)
+    let call = if args.fallback.is_none() {
+        let (run, body, wait) = if is_async {
+            ("guarded", quote!(async move #body), quote!(.await))
+        } else {
+            ("call", quote!(move || #body), quote!())
         };
-        return Ok(quote! {
-            #(#attrs)*
-            #vis #sig {
-                #check
-                static __CIRCUITPY_SITE: #private::Site = #private::Site::new();
-                #call
-            }
-        });
-    }
-    // A blocking function without a fallback hands its body over with the admission, so
-    // that the closed breaker's call is compiled apart from every other.
-    if !is_async && args.fallback.is_none() {
         let locate = syn::Ident::new("locate", handler.span());
-        let call = syn::Ident::new("call", handler.span());
-        let call = quote_spanned! {handler.span()=>
+        let run = syn::Ident::new(run, handler.span());
+        quote_spanned! {handler.span()=>
             let __circuitpy_located = #private::#locate::<#handler>(&#handler, &__CIRCUITPY_SITE, #key, #method);
-            #private::#call(
+            #private::#run(
                 __circuitpy_located,
-                move || #body,
+                #body,
                 #counts,
                 |__circuitpy_rejection| {
                     // `From::from` is the identity when the error type is the rejection.
@@ -212,23 +189,17 @@ fn expand(args: &Args, function: &ItemFn) -> syn::Result<TokenStream> {
                     __circuitpy_rejected
                 },
             )
-        };
-        return Ok(quote! {
-            #(#attrs)*
-            #vis #sig {
-                #check
-                static __CIRCUITPY_SITE: #private::Site = #private::Site::new();
-                #call
-            }
-        });
-    }
+            #wait
+        }
+    } else {
+        quote!(#permit #run)
+    };
     Ok(quote! {
         #(#attrs)*
         #vis #sig {
             #check
             static __CIRCUITPY_SITE: #private::Site = #private::Site::new();
-            #permit
-            #run
+            #call
         }
     })
 }

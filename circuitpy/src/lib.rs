@@ -164,7 +164,7 @@ pub mod __private {
     use crate::{AsyncStorage, CircuitBreaker, CircuitBreakerOpen, Storage};
 
     pub use crate::engine::view::Site;
-    pub use crate::engine::{Entering, Guarded, Located, guarded};
+    pub use crate::engine::{Entering, Guarded, Located, call, guarded};
 
     /// Checks that `H` is a handler with valid consts. The attribute evaluates it in a
     /// `const` item spanned at its `handler = ...`, so an invalid const fails the build
@@ -196,38 +196,6 @@ pub mod __private {
         engine::enter(handler, storage, site.family(handler), key, method)
     }
 
-    /// Where a guarded blocking function's breaker is, found before the body takes the
-    /// arguments (a per-call key borrows them); [`call`] then runs the call.
-    #[inline(always)]
-    pub fn locate<'a, H>(
-        handler: &'a H,
-        site: &'a Site,
-        key: Option<&str>,
-        method: &'static str,
-    ) -> Located<'a, H>
-    where
-        H: CircuitBreaker,
-        H::Storage: Storage,
-    {
-        engine::locate(handler, site.family(handler), key, method)
-    }
-
-    /// A guarded blocking function without a fallback: its admission, body and outcome, or
-    /// its result when rejected.
-    #[inline(always)]
-    pub fn call<'a, H, T, E>(
-        located: Located<'a, H>,
-        body: impl FnOnce() -> Result<T, E>,
-        is_failure: impl FnOnce(&E) -> bool,
-        rejected: impl FnOnce(CircuitBreakerOpen) -> Result<T, E>,
-    ) -> Result<T, E>
-    where
-        H: CircuitBreaker,
-        H::Storage: Storage,
-    {
-        engine::call(located, body, is_failure, rejected)
-    }
-
     /// Admission for a guarded async function: decided at once where the storage decides
     /// in this process, a future to await otherwise.
     #[inline(always)]
@@ -244,19 +212,15 @@ pub mod __private {
         engine::enter_async(handler, site.family(handler), key, method)
     }
 
-    /// Where a guarded async function's breaker is, found before the body takes the
-    /// arguments; [`guarded`] then admits and runs the call as one future.
+    /// Where a guarded function's breaker is, found before the body takes the arguments (a
+    /// per-call key borrows them); [`call`] or [`guarded`] then runs the call.
     #[inline(always)]
-    pub fn locate_async<'a, H>(
+    pub fn locate<'a, H: CircuitBreaker>(
         handler: &'a H,
         site: &'a Site,
         key: Option<&str>,
         method: &'static str,
-    ) -> Located<'a, H>
-    where
-        H: CircuitBreaker,
-        H::Storage: AsyncStorage,
-    {
+    ) -> Located<'a, H> {
         engine::locate(handler, site.family(handler), key, method)
     }
 

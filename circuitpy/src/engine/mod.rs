@@ -836,7 +836,7 @@ where
 /// path then shares no code with the rest and keeps in registers only what must survive
 /// the body. The body is compiled into both paths.
 #[inline(always)]
-pub(crate) fn call<'a, H, T, E>(
+pub fn call<'a, H, T, E>(
     located: Located<'a, H>,
     body: impl FnOnce() -> Result<T, E>,
     is_failure: impl FnOnce(&E) -> bool,
@@ -852,17 +852,20 @@ where
         method,
         at,
     } = located;
-    match at {
-        Ok(cell) => {
-            if decided_here::<H::Storage>() {
-                let word = cell.load();
-                if word.is_closed() {
-                    let permit = Permit::new(handler, cell, clock, word, Role::Closed);
-                    return permit.run_here(body, is_failure);
-                }
-            }
-            call_slowly(handler, cell, method, body, is_failure, rejected)
+    if decided_here::<H::Storage>()
+        && let Ok(cell) = &at
+    {
+        let word = cell.load();
+        if word.is_closed() {
+            let Ok(cell) = at else {
+                unreachable!("matched above")
+            };
+            let permit = Permit::new(handler, cell, clock, word, Role::Closed);
+            return permit.run_here(body, is_failure);
         }
+    }
+    match at {
+        Ok(cell) => call_slowly(handler, cell, method, body, is_failure, rejected),
         Err(error) => call_refused(handler, *error, method, body, is_failure, rejected),
     }
 }
@@ -881,10 +884,8 @@ where
     H: CircuitBreaker,
     H::Storage: Storage,
 {
-    match enter_at(handler, handler.storage(), cell, method) {
-        Ok(permit) => permit.run(body, is_failure),
-        Err(rejection) => rejected(rejection),
-    }
+    let admission = enter_at(handler, handler.storage(), cell, method);
+    run_admitted(admission, body, is_failure, rejected)
 }
 
 /// [`call`] of a call whose key was refused: the handler's storage-failure policy decides.
@@ -903,7 +904,24 @@ where
     H::Storage: Storage,
 {
     let clock = Storage::clock(handler.storage());
-    match storage_failed(handler, None, clock, method, error) {
+    let admission = storage_failed(handler, None, clock, method, error);
+    run_admitted(admission, body, is_failure, rejected)
+}
+
+/// Runs the body under an admitted call's permit, or makes the function's result of the
+/// rejection.
+#[inline(always)]
+fn run_admitted<H, T, E>(
+    admission: Admission<'_, H>,
+    body: impl FnOnce() -> Result<T, E>,
+    is_failure: impl FnOnce(&E) -> bool,
+    rejected: impl FnOnce(CircuitBreakerOpen) -> Result<T, E>,
+) -> Result<T, E>
+where
+    H: CircuitBreaker,
+    H::Storage: Storage,
+{
+    match admission {
         Ok(permit) => permit.run(body, is_failure),
         Err(rejection) => rejected(rejection),
     }
