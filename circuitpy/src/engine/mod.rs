@@ -699,10 +699,19 @@ where
             Ok(Poll::Ready(result)) => Ok(result),
             Err(panic) => Err(panic),
         };
+        let mut permit = permit;
         let report = permit.report_of_caught(&result, is_failure);
+        // What this process settles itself (a success local mode holds back, a call
+        // recorded nowhere) needs no future of its own.
+        let Some(sending) = to_send(&mut permit, report) else {
+            return match result {
+                Ok(result) => Poll::Ready(result),
+                Err(panic) => resume_unwind(panic),
+            };
+        };
         let storage = permit.handler.storage();
         *phase = Phase::Recording {
-            recording: Box::pin(async move { permit.finish(&Async(storage), report).await }),
+            recording: Box::pin(async move { send(&permit, &Async(storage), sending).await }),
             result: Some(result),
         };
     }
@@ -1870,6 +1879,25 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
     backend: &B,
     report: Option<Report>,
 ) {
+    if let Some(sending) = to_send(permit, report) {
+        send(permit, backend, sending).await;
+    }
+}
+
+/// What a shared storage must be told of an outcome: the operation, and the role the call
+/// was admitted in.
+struct Sending {
+    op: Op,
+    role: Role,
+}
+
+/// The part of [`record_shared`] done here and now: this process's own breaker under a
+/// quorum, the meters, a success local mode holds back; then what is left to send, if
+/// anything. The permit is left recording nothing more when dropped.
+fn to_send<H: CircuitBreaker>(
+    permit: &mut Permit<'_, H>,
+    report: Option<Report>,
+) -> Option<Sending> {
     let config = &H::CONFIG;
     let role = std::mem::replace(&mut permit.role, Role::Unrecorded);
     // Under a quorum this process's own breaker counts the call first, by the word it
@@ -1903,7 +1931,7 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
             if let Some(interval) = config.sync_interval
                 && hold_back_success(permit, interval)
             {
-                return;
+                return None;
             }
             Op::Success
         }
@@ -1911,8 +1939,19 @@ async fn record_shared<H: CircuitBreaker, B: Backend>(
         (Role::Trial, Some(Report::Success)) => Op::TrialSuccess,
         (Role::Trial, Some(_)) => Op::TrialFailure,
         (Role::Trial, None) => Op::ReleaseTrial,
-        _ => return,
+        _ => return None,
     };
+    permit.cell.as_ref()?;
+    Some(Sending { op, role })
+}
+
+/// The rest of [`record_shared`]: the outcome sent to the storage, and its reply adopted.
+async fn send<H: CircuitBreaker, B: Backend>(
+    permit: &Permit<'_, H>,
+    backend: &B,
+    Sending { op, role }: Sending,
+) {
+    let config = &H::CONFIG;
     let Some(cell) = permit.cell.as_deref() else {
         return;
     };
