@@ -1642,9 +1642,17 @@ fn settles_at_once<H: CircuitBreaker>(permit: &Permit<'_, H>, report: Option<Rep
     let Some(cell) = permit.cell.as_deref() else {
         return false;
     };
+    closed_success_settled::<H>(cell, permit.clock, permit.admitted)
+}
+
+/// Whether a closed success is settled by what this does: under the consecutive policy,
+/// one load finding nothing to reset; under the rate policy, the success counted in its
+/// bucket without a lock (`rate_success_counted`). Otherwise the cold path records it.
+#[inline(always)]
+fn closed_success_settled<H: CircuitBreaker>(cell: &Cell, clock: &Clock, admitted: Word) -> bool {
     match H::CONFIG.policy {
-        FailurePolicy::Consecutive => closed_success_changes_nothing(cell.load(), permit.admitted),
-        _ => rate_success_counted::<H>(cell, permit.clock, permit.admitted),
+        FailurePolicy::Consecutive => closed_success_changes_nothing(cell.load(), admitted),
+        _ => rate_success_counted::<H>(cell, clock, admitted),
     }
 }
 
@@ -1666,14 +1674,9 @@ fn finish_here<H: CircuitBreaker, R>(
 /// pad to spill it for. Always inlined, for the reason [`enter`] is.
 #[inline(always)]
 fn record_here<H: CircuitBreaker>(mut permit: Permit<'_, H>, report: Option<Report>) {
-    // The rate policy's closed success: one compare-and-swap on its bucket's slot, no lock.
-    // Checked on the whole permit, which then stays in registers.
-    #[cfg(not(feature = "metrics"))]
-    if permit.role == Role::Closed
-        && report == Some(Report::Success)
-        && let Some(cell) = permit.cell.as_deref()
-        && rate_success_counted::<H>(cell, permit.clock, permit.admitted)
-    {
+    // The common closed success, checked on the whole permit, which then stays in
+    // registers.
+    if settles_at_once(&permit, report) {
         permit.role = Role::Unrecorded;
         return;
     }
@@ -1685,17 +1688,10 @@ fn record_here<H: CircuitBreaker>(mut permit: Permit<'_, H>, report: Option<Repo
     let permit = counted(permit, &cell, role, report);
     let report = match (role, report) {
         (Role::Unrecorded, _) | (Role::Closed, None) => return,
-        // The common case: one load, no store, no clock.
-        (Role::Closed, Some(Report::Success))
-            if matches!(H::CONFIG.policy, FailurePolicy::Consecutive)
-                && closed_success_changes_nothing(cell.load(), permit.admitted) =>
-        {
-            return;
-        }
-        // The rate policy's, once the success is counted in the breaker's meters.
+        // With metrics, the same closed success once it is counted in the breaker's meters.
         #[cfg(feature = "metrics")]
         (Role::Closed, Some(Report::Success))
-            if rate_success_counted::<H>(&cell, permit.clock, permit.admitted) =>
+            if closed_success_settled::<H>(&cell, permit.clock, permit.admitted) =>
         {
             return;
         }
