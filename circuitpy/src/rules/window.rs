@@ -144,7 +144,9 @@ impl Calls {
         if self.head.0.load(Ordering::Acquire).wrapping_sub(bucket) >= WINDOW {
             return false;
         }
-        let slot = &self.stripes[stripe()].0[(bucket & SLOT_MASK) as usize];
+        // Masked, so that the compiler sees the index in bounds: no panic path, which would
+        // keep the caller's permit in memory for its landing pad.
+        let slot = &self.stripes[stripe() % STRIPES].0[(bucket & SLOT_MASK) as usize];
         let tag = tag(generation, bucket);
         let mut seen = slot.load(Ordering::Relaxed);
         while seen & TAG_MASK == tag {
