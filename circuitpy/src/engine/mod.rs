@@ -400,6 +400,14 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
                     permit.role = Role::Unrecorded;
                     return result;
                 }
+                // With metrics every outcome is first counted in the breaker's meters (a
+                // virtual call the result survives anyway), and the common closed success
+                // is then settled inline by `record_here`: handing it to `finish_here`
+                // would add a call and the permit's trip through memory to every call.
+                if cfg!(feature = "metrics") {
+                    record_here(permit, report);
+                    return result;
+                }
                 finish_here(permit, report, result)
             }
             None => result,
