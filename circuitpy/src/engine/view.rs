@@ -9,7 +9,7 @@
 use std::any::TypeId;
 use std::collections::{HashMap, HashSet};
 use std::ops::Deref;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
@@ -87,6 +87,10 @@ struct Extra {
     forced: Mutex<Option<crate::admin::Forced>>,
     /// In-process breakers: an operator's runtime overrides, until cleared.
     overrides: Mutex<Option<crate::Overrides>>,
+    /// Whether `overrides` holds any, written under its lock: a breaker without overrides
+    /// (with `metrics`, every breaker that recorded a call has this extra part) is then
+    /// admitted without taking the lock.
+    overridden: AtomicBool,
     /// Shared views of a breaker with a quorum: this process's own breaker, deciding by its
     /// own calls alone (see [`Cell::local`]).
     local: OnceLock<Box<Cell>>,
@@ -104,6 +108,7 @@ impl Extra {
             failure: Mutex::default(),
             forced: Mutex::default(),
             overrides: Mutex::default(),
+            overridden: AtomicBool::new(false),
             local: OnceLock::new(),
             meters: Meters::register(&cell.key, cell.load().phase()),
         }
@@ -250,7 +255,12 @@ impl Cell {
     /// In-process breakers: keeps (or with `None` forgets) an operator's runtime overrides.
     pub(crate) fn set_overrides(&self, overrides: Option<crate::Overrides>) {
         if overrides.is_some() || self.extra.get().is_some() {
-            *lock(&self.extra().overrides) = overrides;
+            let extra = self.extra();
+            let mut held = lock(&extra.overrides);
+            *held = overrides;
+            extra
+                .overridden
+                .store(overrides.is_some(), Ordering::Release);
         }
     }
 
@@ -267,7 +277,8 @@ impl Cell {
         match self.extra.get() {
             // Most breakers never make their extra part: one load and a branch.
             None => None,
-            Some(extra) => overridden_by(extra, config),
+            Some(extra) if extra.overridden.load(Ordering::Acquire) => overridden_by(extra, config),
+            Some(_) => None,
         }
     }
 
