@@ -85,6 +85,10 @@ struct Stripe([AtomicU64; SLOTS]);
 struct Head(AtomicU64);
 
 /// The stripe this thread counts in: threads take them in turn as they first count.
+/// Always inlined and reduced modulo [`STRIPES`] on the way out (a no-op on the stored
+/// value), so that every caller's compiler sees the index in bounds: no panic path, which
+/// would keep a closed success's permit in memory for its landing pad.
+#[inline(always)]
 fn stripe() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
@@ -96,7 +100,7 @@ fn stripe() -> usize {
             index = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
             stripe.set(index);
         }
-        index
+        index % STRIPES
     })
 }
 
@@ -144,9 +148,7 @@ impl Calls {
         if self.head.0.load(Ordering::Acquire).wrapping_sub(bucket) >= WINDOW {
             return false;
         }
-        // Masked, so that the compiler sees the index in bounds: no panic path, which would
-        // keep the caller's permit in memory for its landing pad.
-        let slot = &self.stripes[stripe() % STRIPES].0[(bucket & SLOT_MASK) as usize];
+        let slot = &self.stripes[stripe()].0[(bucket & SLOT_MASK) as usize];
         let tag = tag(generation, bucket);
         let mut seen = slot.load(Ordering::Relaxed);
         while seen & TAG_MASK == tag {
