@@ -396,16 +396,16 @@ impl<'a, H: CircuitBreaker> Permit<'a, H> {
         match permit {
             Some(mut permit) => {
                 let report = permit.report_of_result(&result, is_failure);
-                if settles_at_once(&permit, report) {
-                    permit.role = Role::Unrecorded;
-                    return result;
-                }
                 // With metrics every outcome is first counted in the breaker's meters (a
-                // virtual call the result survives anyway), and the common closed success
-                // is then settled inline by `record_here`: handing it to `finish_here`
-                // would add a call and the permit's trip through memory to every call.
+                // virtual call the result survives anyway), and `record_here` then settles
+                // the common closed success inline: handing it to `finish_here` would add
+                // a call and the permit's trip through memory to every call.
                 if cfg!(feature = "metrics") {
                     record_here(permit, report);
+                    return result;
+                }
+                if settles_at_once(&permit, report) {
+                    permit.role = Role::Unrecorded;
                     return result;
                 }
                 finish_here(permit, report, result)
